@@ -1,0 +1,1 @@
+"""Building blocks of the rerank server; `service.py` at the repository root wires them into a BentoML service."""

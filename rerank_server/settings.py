@@ -1,0 +1,53 @@
+"""Server configuration, read from ``RERANK_*`` environment variables (see the README's configuration table)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from rerank_server.catalog import DEFAULT_MODEL_ID, canonical_id
+
+DeviceChoice = Literal["auto", "cpu", "cuda", "mps"]
+DtypeChoice = Literal["auto", "float32", "float16", "bfloat16"]
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set without touching code."""
+
+    model_config = SettingsConfigDict(env_prefix="RERANK_", extra="ignore")
+
+    default_model: str = Field(DEFAULT_MODEL_ID, description="Model used when a request names none.")
+    preload: str = Field("", description="Comma-separated model ids loaded at start-up, besides the default.")
+    device: DeviceChoice = Field("auto", description="auto: CUDA when available, else CPU.")
+    dtype: DtypeChoice = Field("auto", description="auto: float16 on CUDA, float32 elsewhere.")
+    max_batch_pairs: int = Field(
+        256, ge=1, description="Most (query, document) pairs BentoML's adaptive batcher merges into one call."
+    )
+    max_latency_ms: int = Field(
+        20_000, ge=10, description="Time budget the adaptive batcher may spend on one call, queueing included."
+    )
+    token_budget: int = Field(
+        16_384, ge=512, description="Most padded tokens in one forward pass; larger batches are split."
+    )
+
+    @property
+    def default_model_id(self) -> str:
+        return canonical_id(self.default_model)
+
+    @property
+    def preload_ids(self) -> list[str]:
+        """The default model first, then the preload list, without repeats."""
+        ids = [self.default_model_id]
+        for name in self.preload.split(","):
+            if name.strip() and canonical_id(name) not in ids:
+                ids.append(canonical_id(name))
+        return ids
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

@@ -1,0 +1,113 @@
+"""Shared fixtures: an isolated BentoML home, an offline fixture cross-encoder, and a real `bentoml serve`."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+# BentoML reads BENTOML_HOME once, at import: point it at a scratch store before anything imports bentoml.
+_SCRATCH = Path(tempfile.mkdtemp(prefix="rerank-tests-"))
+os.environ["BENTOML_HOME"] = str(_SCRATCH / "bentoml")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from tests.fixture_models import build_minilm_cross_encoder  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FIXTURE_MODEL_ID = "test-org/mini-reranker"
+
+
+@pytest.fixture(scope="session")
+def fixture_model_dir() -> Path:
+    """A MiniLM-L6 cross-encoder folder in Hugging Face format, built once per test session."""
+    return build_minilm_cross_encoder(_SCRATCH / "mini-reranker")
+
+
+@pytest.fixture(scope="session")
+def stored_fixture(fixture_model_dir: Path):
+    """The fixture model imported into the scratch BentoML store under FIXTURE_MODEL_ID."""
+    from rerank_server.model_store import import_from_folder
+
+    return import_from_folder(FIXTURE_MODEL_ID, fixture_model_dir).stored
+
+
+@pytest.fixture(scope="session")
+def reference_encoder(fixture_model_dir: Path):
+    """sentence-transformers' own CrossEncoder on the same weights: the reference for every score."""
+    from sentence_transformers import CrossEncoder
+
+    return CrossEncoder(str(fixture_model_dir), device="cpu")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RunningServer:
+    """A `bentoml serve` subprocess on a free loopback port."""
+
+    def __init__(self, target: str, env: dict[str, str], cwd: Path, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self._log_file = log.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=cwd,
+            env={**os.environ, **env},
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log.read_text()[-4000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise TimeoutError(f"server not ready in {timeout} s:\n{self.log.read_text()[-4000:]}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, 15)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, 9)
+                self.process.wait()
+        self._log_file.close()
+
+
+@pytest.fixture(scope="module")
+def server_env(stored_fixture) -> dict[str, str]:
+    return {"RERANK_DEFAULT_MODEL": FIXTURE_MODEL_ID}
+
+
+@pytest.fixture(scope="module")
+def server(server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """`bentoml serve service:Reranker` from the repository root, serving the fixture model."""
+    running = RunningServer(
+        "service:Reranker", server_env, REPO_ROOT, tmp_path_factory.mktemp("server") / "serve.log"
+    )
+    try:
+        running.wait_ready()
+        yield running
+    finally:
+        running.stop()

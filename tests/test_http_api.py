@@ -1,0 +1,154 @@
+"""The HTTP routes with the model called directly (no BentoML server): request and answer shapes, errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from rerank_server.http_api import app, current_backend
+from rerank_server.registry import ModelRegistry
+from rerank_server.schemas import PairScore, ScorePair
+from rerank_server.settings import Settings
+from tests.conftest import FIXTURE_MODEL_ID
+
+DOCS = ["Machine learning is a branch of AI", "Python is a programming language", "The cat sat on the mat"]
+
+
+class DirectBackend:
+    """The service's shape, scoring in-process instead of through BentoML's batcher."""
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+        self.calls: list[int] = []
+
+    async def score_pairs(self, pairs: list[ScorePair]) -> list[PairScore]:
+        self.calls.append(len(pairs))
+        return self.registry.score(pairs)
+
+
+@pytest.fixture(scope="module")
+def backend(stored_fixture) -> DirectBackend:
+    return DirectBackend(ModelRegistry(Settings(default_model=FIXTURE_MODEL_ID)))
+
+
+@pytest.fixture()
+def client(backend: DirectBackend) -> Iterator[TestClient]:
+    app.dependency_overrides[current_backend] = lambda: backend
+    with TestClient(app) as test_client:
+        yield test_client
+    app.dependency_overrides.clear()
+
+
+def test_rerank_answers_in_vllm_shape_sorted_by_score(client, reference_encoder) -> None:
+    response = client.post("/v1/rerank", json={"query": "what is ML?", "documents": DOCS})
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {"id", "model", "usage", "results"}
+    assert body["id"].startswith("rerank-") and body["model"] == FIXTURE_MODEL_ID
+    expected = reference_encoder.predict([("what is ML?", d) for d in DOCS])
+    scores = [r["relevance_score"] for r in body["results"]]
+    assert scores == sorted(scores, reverse=True)
+    assert sorted(r["index"] for r in body["results"]) == [0, 1, 2]
+    for result in body["results"]:
+        assert result["relevance_score"] == pytest.approx(float(expected[result["index"]]), abs=1e-5)
+        assert result["document"] == {"text": DOCS[result["index"]]}
+    tokenizer = reference_encoder.tokenizer
+    tokens = sum(len(tokenizer("what is ML?", d)["input_ids"]) for d in DOCS)
+    assert body["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
+
+
+@pytest.mark.parametrize(("top_n", "count"), [(None, 3), (0, 3), (1, 1), (2, 2), (3, 3), (50, 3)])
+def test_top_n(client, top_n, count) -> None:
+    payload = {"query": "q", "documents": DOCS, **({"top_n": top_n} if top_n is not None else {})}
+    everything = client.post("/v1/rerank", json={"query": "q", "documents": DOCS}).json()["results"]
+    results = client.post("/v1/rerank", json=payload).json()["results"]
+    assert [r["index"] for r in results] == [r["index"] for r in everything][:count]
+
+
+def test_top_n_null_returns_everything(client) -> None:
+    assert len(client.post("/v1/rerank", json={"query": "q", "documents": DOCS, "top_n": None}).json()["results"]) == 3
+
+
+def test_return_documents_false_leaves_the_document_out(client) -> None:
+    results = client.post("/v1/rerank", json={"query": "q", "documents": DOCS, "return_documents": False}).json()
+    assert all(set(r) == {"index", "relevance_score"} for r in results["results"])
+
+
+def test_model_can_be_named_by_id_short_name_or_any_case(client) -> None:
+    for name in (FIXTURE_MODEL_ID, "mini-reranker", "TEST-ORG/Mini-Reranker"):
+        body = client.post("/v1/rerank", json={"query": "q", "documents": DOCS, "model": name}).json()
+        assert body["model"] == FIXTURE_MODEL_ID
+
+
+def test_unknown_model_is_a_404_listing_the_available_ones(client) -> None:
+    response = client.post("/v1/rerank", json={"query": "q", "documents": DOCS, "model": "BAAI/nope"})
+    assert response.status_code == 404
+    error = response.json()["error"]
+    assert error["code"] == 404 and error["param"] == "model" and error["type"] == "NotFoundError"
+    assert "BAAI/nope" in error["message"] and FIXTURE_MODEL_ID in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "param"),
+    [
+        ({"query": "q", "documents": []}, "documents"),
+        ({"documents": DOCS}, "query"),
+        ({"query": "q", "documents": "not a list"}, "documents"),
+        ({"query": "q", "documents": DOCS, "top_n": -1}, "top_n"),
+        ({"query": "q", "documents": DOCS, "top_n": "two"}, "top_n"),
+    ],
+)
+def test_bad_requests_are_400_in_vllm_error_shape(client, payload, param) -> None:
+    response = client.post("/v1/rerank", json=payload)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == 400 and error["type"] == "BadRequestError"
+    assert error["param"].startswith(param)
+
+
+def test_malformed_json_is_a_400(client) -> None:
+    response = client.post("/v1/rerank", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == 400
+
+
+def test_empty_query_is_allowed(client) -> None:
+    assert client.post("/v1/rerank", json={"query": "", "documents": DOCS}).status_code == 200
+
+
+def test_unknown_keys_are_ignored(client) -> None:
+    payload = {"query": "q", "documents": DOCS, "max_chunks_per_doc": 3, "rank_fields": ["text"], "priority": 1}
+    assert client.post("/v1/rerank", json=payload).status_code == 200
+
+
+def test_models_lists_every_stored_reranker_openai_style(client) -> None:
+    body = client.get("/v1/models").json()
+    assert body["object"] == "list"
+    card = next(m for m in body["data"] if m["id"] == FIXTURE_MODEL_ID)
+    assert card["object"] == "model" and card["owned_by"] == "test-org"
+    assert card["max_length"] == 512 and card["default"] is True
+    assert isinstance(card["created"], int) and card["tag"].startswith("test-org--mini-reranker:")
+    assert card["loaded"] is True  # the rerank tests above loaded it
+
+
+def test_status_document_for_programs(client) -> None:
+    body = client.get("/", headers={"accept": "application/json"}).json()
+    assert body["status"] == "running"
+    assert body["default_model"] == FIXTURE_MODEL_ID
+    assert FIXTURE_MODEL_ID in body["supported_models"]
+    assert FIXTURE_MODEL_ID in body["loaded_models"]
+    assert client.get("/").json()["status"] == "running"  # curl sends Accept: */*
+
+
+def test_browsers_get_the_api_ui_at_the_root(client) -> None:
+    response = client.get("/", headers={"accept": "text/html,application/xhtml+xml"})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+
+
+def test_every_pair_of_a_request_goes_to_the_batcher_in_one_call(client, backend) -> None:
+    backend.calls.clear()
+    client.post("/v1/rerank", json={"query": "q", "documents": DOCS * 10})
+    assert backend.calls == [30]

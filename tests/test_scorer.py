@@ -1,0 +1,82 @@
+"""The scoring hot path against sentence-transformers' CrossEncoder on the same weights."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from rerank_server.scorer import CrossEncoderScorer, pack_by_tokens, resolve_device, resolve_dtype
+
+QUERY = "what is machine learning?"
+WORDS = "machine learning models learn patterns from data while python programs run on computers".split()
+
+
+def mixed_documents(count: int, seed: int = 1) -> list[str]:
+    """Documents from a few tokens up to far beyond 512, so truncation and length packing are exercised."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choices(WORDS, k=rng.choice([0, 3, 20, 90, 300, 700]))) for _ in range(count)]
+
+
+@pytest.fixture(scope="module")
+def scorer(fixture_model_dir) -> CrossEncoderScorer:
+    return CrossEncoderScorer(
+        fixture_model_dir, max_length=512, device="cpu", dtype=torch.float32, token_budget=2048
+    )
+
+
+def test_scores_equal_the_reference_cross_encoder(scorer, reference_encoder) -> None:
+    documents = mixed_documents(40) + ["深度学习使用多层神经网络", "", "Python is a programming language"]
+    scored = scorer.score([QUERY] * len(documents), documents)
+    reference = reference_encoder.predict([(QUERY, d) for d in documents])
+    np.testing.assert_allclose(scored.scores, reference, atol=1e-5, rtol=0)
+    assert np.ptp(reference) > 0.3, "the fixture model must separate documents for this test to mean anything"
+    logits = np.log(np.array(scored.scores) / (1 - np.array(scored.scores)))
+    np.testing.assert_allclose(scored.logits, logits, atol=1e-3)
+
+
+def test_token_counts_are_what_the_model_saw(scorer, reference_encoder) -> None:
+    documents = ["short", " ".join(["word"] * 2000)]
+    scored = scorer.score([QUERY, QUERY], documents)
+    tokenizer = reference_encoder.tokenizer
+    expected = [len(tokenizer(QUERY, d, truncation=True, max_length=512)["input_ids"]) for d in documents]
+    assert scored.tokens == expected
+    assert scored.tokens[1] == 512
+
+
+def test_an_empty_call_scores_nothing(scorer) -> None:
+    assert scorer.score([], []).scores == []
+
+
+@pytest.mark.parametrize("budget", [1, 64, 1000, 10**6])
+def test_packing_keeps_every_pair_once_and_respects_the_budget(budget: int) -> None:
+    lengths = [random.Random(budget).randint(1, 300) for _ in range(257)]
+    batches = list(pack_by_tokens(lengths, budget))
+    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
+    for batch in batches:
+        padded = max(lengths[i] for i in batch) * len(batch)
+        assert padded <= budget or len(batch) == 1
+    flat = [lengths[i] for batch in batches for i in batch]
+    assert flat == sorted(flat, reverse=True), "pairs go longest first so each batch pads to its first pair"
+
+
+def test_half_precision_runs_on_cpu_and_stays_close(fixture_model_dir, scorer) -> None:
+    half = CrossEncoderScorer(
+        fixture_model_dir, max_length=512, device="cpu", dtype=torch.bfloat16, token_budget=2048
+    )
+    assert next(half.model.parameters()).dtype == torch.bfloat16
+    documents = mixed_documents(12, seed=3)
+    full = scorer.score([QUERY] * 12, documents).scores
+    reduced = half.score([QUERY] * 12, documents).scores
+    assert all(isinstance(s, float) for s in reduced)
+    np.testing.assert_allclose(reduced, full, atol=0.05)
+
+
+def test_device_and_dtype_defaults() -> None:
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_dtype("auto", "cuda") == torch.float16
+    assert resolve_dtype("auto", "cpu") == torch.float32
+    assert resolve_dtype("bfloat16", "cuda") == torch.bfloat16

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from rerank_server.catalog import DEFAULT_MODEL_ID, KNOWN_MODELS
-from rerank_server.model_store import ModelImportError, import_model, list_rerankers
+from rerank_server.model_store import ModelImportError, find_reranker, import_model, list_rerankers
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 
@@ -38,6 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--from-dir", type=Path, metavar="DIR", help="register a local model folder (one MODEL_ID)")
     parser.add_argument("--models-dir", type=Path, default=MODELS_DIR, help="where local copies are looked for")
     parser.add_argument("--force", action="store_true", help="import again even if the same source is stored")
+    parser.add_argument("--if-missing", action="store_true", help="skip models the store already holds (no network)")
     parser.add_argument("--list", action="store_true", help="print the stored rerankers and exit")
     args = parser.parse_args(argv)
     if args.from_dir and len(args.models) != 1:
@@ -64,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     wanted = [m.model_id for m in KNOWN_MODELS] if args.all else (args.models or [DEFAULT_MODEL_ID])
     failures = 0
     for model_id in wanted:
+        stored = find_reranker(model_id) if args.if_missing else None
+        if stored:
+            print(f"{stored.model_id}: in the store as {stored.tag}")
+            continue
         try:
             result = import_model(model_id, from_dir=args.from_dir, models_dir=args.models_dir, force=args.force)
         except ModelImportError as exc:

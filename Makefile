@@ -1,0 +1,33 @@
+# The two commands a newcomer needs: `make serve` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch==2.13.0 resolves to the CUDA build from PyPI on a Linux GPU host (and to a local CPU build where one is
+# offered); pass e.g. TORCH="torch --index-url https://download.pytorch.org/whl/cpu" for a CPU-only host.
+TORCH ?= torch==2.13.0
+RERANK_DEFAULT_MODEL ?= BAAI/bge-reranker-base
+export RERANK_DEFAULT_MODEL
+
+.PHONY: setup serve test build clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -r requirements-dev.txt
+	touch $@
+
+# Imports the default model when the store lacks it (models/<name>/ first, else the Hub), then serves on :8000.
+serve: setup
+	$(BIN)/python import_models.py --if-missing "$(RERANK_DEFAULT_MODEL)"
+	$(BIN)/bentoml serve service:Reranker
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+build: setup
+	$(BIN)/bentoml build
+
+clean:
+	rm -rf $(VENV) .pytest_cache

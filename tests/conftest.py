@@ -95,16 +95,14 @@ class RunningServer:
         self._log_file.close()
 
 
-@pytest.fixture(scope="module")
-def server_env(stored_fixture) -> dict[str, str]:
-    return {"RERANK_DEFAULT_MODEL": FIXTURE_MODEL_ID}
-
-
-@pytest.fixture(scope="module")
-def server(server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """`bentoml serve service:Reranker` from the repository root, serving the fixture model."""
+@pytest.fixture(scope="session")
+def server(stored_fixture, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """`bentoml serve service:Reranker` from the repository root, serving the fixture model (one per session)."""
     running = RunningServer(
-        "service:Reranker", server_env, REPO_ROOT, tmp_path_factory.mktemp("server") / "serve.log"
+        "service:Reranker",
+        {"RERANK_DEFAULT_MODEL": FIXTURE_MODEL_ID},
+        REPO_ROOT,
+        tmp_path_factory.mktemp("server") / "serve.log",
     )
     try:
         running.wait_ready()

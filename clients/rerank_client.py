@@ -1,0 +1,225 @@
+"""Async and sync Python clients for the rerank server (and any vLLM / Jina compatible `/v1/rerank`).
+
+    async with RerankClient("http://localhost:8000", api_key="...") as client:
+        for r in await client.rerank("what is ML?", ["ML is a branch of AI", "Python is a language"], top_n=1):
+            print(r.index, r.relevance_score, r.document)
+
+The only dependency is httpx, so this file can be copied into another project as it is. `base_url` defaults to
+RERANK_BASE_URL or http://localhost:8000, `api_key` to RERANK_API_KEY.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import random
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+DEFAULT_BASE_URL = "http://localhost:8000"
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class RerankResult:
+    """One ranked document: its position in the request, its score, and its text when the server echoed it."""
+
+    index: int
+    relevance_score: float
+    document: str | None = None
+
+
+class RerankError(Exception):
+    """Any failed call: `status_code` is the HTTP status (None when the server could not be reached)."""
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(f"{status_code}: {message}" if status_code else message)
+        self.status_code = status_code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries 429/502/503/504 and connection failures with exponential backoff, honouring `Retry-After`."""
+
+    attempts: int = 3
+    backoff: float = 0.5
+    max_delay: float = 30.0
+
+    def settle(
+        self, attempt: int, *, response: httpx.Response | None = None, error: Exception | None = None, url: str = ""
+    ) -> float:
+        """Seconds to wait before retrying a failed attempt; raises RerankError when it should not be retried."""
+        if response is not None and (response.status_code not in RETRY_STATUSES or attempt >= self.attempts):
+            raise _error_from(response)
+        if error is not None and attempt >= self.attempts:
+            raise RerankError(f"cannot reach {url}: {error!r}") from error
+        return self._delay(attempt, response)
+
+    def _delay(self, attempt: int, response: httpx.Response | None) -> float:
+        retry_after = response.headers.get("retry-after") if response is not None else None
+        if retry_after:
+            try:
+                return min(float(retry_after), self.max_delay)
+            except ValueError:
+                pass  # an HTTP date: fall back to backoff
+        return min(self.backoff * 2**attempt * (1 + random.random() / 4), self.max_delay)
+
+
+def _settings(base_url: str | None, api_key: str | None) -> tuple[str, dict[str, str]]:
+    url = (base_url or os.environ.get("RERANK_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+    key = api_key if api_key is not None else os.environ.get("RERANK_API_KEY")
+    return url, ({"Authorization": f"Bearer {key}"} if key else {})
+
+
+def _rerank_body(
+    query: str, documents: list[str], top_n: int | None, model: str | None, return_documents: bool
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"query": query, "documents": list(documents), "return_documents": return_documents}
+    if top_n is not None:
+        body["top_n"] = top_n
+    if model is not None:
+        body["model"] = model
+    return body
+
+
+def _parse_results(payload: dict[str, Any]) -> list[RerankResult]:
+    return [
+        RerankResult(
+            index=item["index"],
+            relevance_score=item["relevance_score"],
+            document=(item.get("document") or {}).get("text"),
+        )
+        for item in payload["results"]
+    ]
+
+
+def _error_from(response: httpx.Response) -> RerankError:
+    try:
+        body = response.json()
+        error = body.get("error", body) if isinstance(body, dict) else body
+        message = error.get("message", str(error)) if isinstance(error, dict) else str(error)
+    except ValueError:
+        message = response.text or response.reason_phrase
+    return RerankError(message, response.status_code)
+
+
+class RerankClient:
+    """Async client (httpx.AsyncClient). Close it with `await client.close()` or use `async with`."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.base_url, headers = _settings(base_url, api_key)
+        self.retry = retry or RetryPolicy()
+        self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    async def rerank(
+        self,
+        query: str,
+        documents: list[str],
+        top_n: int | None = None,
+        model: str | None = None,
+        return_documents: bool = True,
+    ) -> list[RerankResult]:
+        """Rank `documents` against `query`, best first (all of them unless `top_n`)."""
+        body = _rerank_body(query, documents, top_n, model, return_documents)
+        return _parse_results(await self._call("POST", "/v1/rerank", json=body))
+
+    async def models(self) -> list[dict[str, Any]]:
+        """The server's models (`GET /v1/models` data)."""
+        return (await self._call("GET", "/v1/models"))["data"]
+
+    async def health(self) -> dict[str, Any]:
+        """The server's status document (`GET /`): loaded, default and supported models."""
+        return await self._call("GET", "/", headers={"Accept": "application/json"})
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        for attempt in itertools.count():
+            try:
+                response = await self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                await asyncio.sleep(self.retry.settle(attempt, error=exc, url=self.base_url))
+                continue
+            if response.status_code < 400:
+                return response.json()
+            await asyncio.sleep(self.retry.settle(attempt, response=response))
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> RerankClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+class SyncRerankClient:
+    """Blocking client (httpx.Client) with the same calls as RerankClient; use `with` or `close()`."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.base_url, headers = _settings(base_url, api_key)
+        self.retry = retry or RetryPolicy()
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    def rerank(
+        self,
+        query: str,
+        documents: list[str],
+        top_n: int | None = None,
+        model: str | None = None,
+        return_documents: bool = True,
+    ) -> list[RerankResult]:
+        """Rank `documents` against `query`, best first (all of them unless `top_n`)."""
+        body = _rerank_body(query, documents, top_n, model, return_documents)
+        return _parse_results(self._call("POST", "/v1/rerank", json=body))
+
+    def models(self) -> list[dict[str, Any]]:
+        """The server's models (`GET /v1/models` data)."""
+        return self._call("GET", "/v1/models")["data"]
+
+    def health(self) -> dict[str, Any]:
+        """The server's status document (`GET /`): loaded, default and supported models."""
+        return self._call("GET", "/", headers={"Accept": "application/json"})
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        for attempt in itertools.count():
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                time.sleep(self.retry.settle(attempt, error=exc, url=self.base_url))
+                continue
+            if response.status_code < 400:
+                return response.json()
+            time.sleep(self.retry.settle(attempt, response=response))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> SyncRerankClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -11,6 +11,7 @@ import bentoml
 
 from rerank_server.catalog import store_name
 from rerank_server.http_api import app as http_app
+from rerank_server.middleware import INTERNAL_CALL, RequestGuard
 from rerank_server.registry import ModelRegistry
 from rerank_server.schemas import PairScore, ScorePair
 from rerank_server.settings import get_settings
@@ -37,7 +38,7 @@ class Reranker:
         self.registry.preload(settings.preload_ids)
 
     @bentoml.api(batchable=True, max_batch_size=settings.max_batch_pairs, max_latency_ms=settings.max_latency_ms)
-    def score(self, pairs: list[ScorePair]) -> list[PairScore]:
+    def score_pairs(self, pairs: list[ScorePair]) -> list[PairScore]:
         """Score (query, document) pairs; concurrent calls are merged into one model batch.
 
         Each result holds the relevance `score` (sigmoid of the logit), the raw `logit` and the `tokens` the model saw,
@@ -45,10 +46,16 @@ class Reranker:
         """
         return self.registry.score(pairs)
 
-    async def score_pairs(self, pairs: list[ScorePair]) -> list[PairScore]:
+    async def batch_score(self, pairs: list[ScorePair]) -> list[PairScore]:
         """Send pairs through the adaptive batcher (from the HTTP routes, which run in the event loop)."""
-        return [PairScore.model_validate(item) for item in await self.to_async.score(pairs)]
+        marker = INTERNAL_CALL.set(True)
+        try:
+            scored = await self.to_async.score_pairs(pairs)
+        finally:
+            INTERNAL_CALL.reset(marker)
+        return [PairScore.model_validate(item) for item in scored]
 
 
+Reranker.add_asgi_middleware(RequestGuard, api_keys=settings.api_keys, max_body_bytes=settings.max_body_bytes)
 # A Bento carries the models the server loads at start-up: the default model and RERANK_PRELOAD.
 Reranker.models.extend(bentoml.models.BentoModel(f"{store_name(model_id)}:latest") for model_id in settings.preload_ids)

@@ -1,18 +1,20 @@
-"""The HTTP face of the server: `/v1/rerank`, `/v1/models` and `/`, as rerank clients expect them.
+"""The HTTP face of the server: rerank in the vLLM / Jina / Cohere and TEI formats, vLLM's score, models, status.
 
-The routes know nothing of BentoML: they talk to a `RerankBackend` (the service in production, a fake in unit tests),
-which scores pairs through the adaptive batcher.
+The routes know nothing of BentoML: they talk to a `RerankBackend` (the service in production, a direct one in unit
+tests), which scores pairs through the adaptive batcher.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Protocol
+from typing import Annotated, Any, Protocol
 
 import anyio
-from fastapi import Depends, FastAPI, Request
+from fastapi import Body, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rerank_server.registry import ModelLoadError, ModelRegistry, UnknownModelError
@@ -26,8 +28,14 @@ from rerank_server.schemas import (
     RerankRequest,
     RerankResponse,
     RerankResult,
+    ScoreData,
     ScorePair,
+    ScoreRequest,
+    ScoreResponse,
     ServerStatus,
+    TEIError,
+    TEIRank,
+    TEIRerankRequest,
     Usage,
     unix_time,
 )
@@ -38,7 +46,7 @@ class RerankBackend(Protocol):
 
     registry: ModelRegistry
 
-    async def score_pairs(self, pairs: list[ScorePair]) -> list[PairScore]: ...
+    async def batch_score(self, pairs: list[ScorePair]) -> list[PairScore]: ...
 
 
 def current_backend() -> RerankBackend:
@@ -52,96 +60,273 @@ Backend = Annotated[RerankBackend, Depends(current_backend)]
 
 
 class APIError(Exception):
-    """An error answered in vLLM's error shape."""
+    """An error answered in vLLM's shape, or in TEI's when `tei` is set."""
 
-    def __init__(self, status: int, message: str, type_: str, param: str | None = None) -> None:
+    def __init__(self, status: int, message: str, type_: str, param: str | None = None, *, tei: bool = False) -> None:
         super().__init__(message)
-        self.status, self.message, self.type, self.param = status, message, type_, param
-
-
-def error_response(status: int, message: str, type_: str, param: str | None = None) -> JSONResponse:
-    body = ErrorResponse(error=ErrorInfo(message=message, type=type_, param=param, code=status))
-    return JSONResponse(body.model_dump(), status_code=status)
+        self.status, self.message, self.type, self.param, self.tei = status, message, type_, param, tei
 
 
 app = FastAPI(
     title="Rerank API",
-    summary="vLLM / Jina / Cohere compatible reranking with BGE cross-encoders, served by BentoML.",
-    # BentoML keeps its own Swagger UI at `/` for browsers; ours documents the rerank routes.
+    summary="vLLM / Jina / Cohere / TEI compatible reranking with cross-encoders, served by BentoML.",
+    # BentoML keeps its own Swagger UI at `/` for browsers; this one documents the rerank routes.
     docs_url="/docs",
 )
 
 
 @app.exception_handler(APIError)
 async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-    return error_response(exc.status, exc.message, exc.type, exc.param)
+    if exc.tei:
+        return JSONResponse(TEIError(error=exc.message, error_type=exc.type).model_dump(), status_code=exc.status)
+    body = ErrorResponse(error=ErrorInfo(message=exc.message, type=exc.type, param=exc.param, code=exc.status))
+    return JSONResponse(body.model_dump(), status_code=exc.status)
+
+
+def _validation_error(errors: list[dict[str, Any]], *, tei: bool = False) -> APIError:
+    first = errors[0] if errors else {}
+    param = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or None
+    message = str(first.get("msg", "invalid request"))
+    if tei:
+        return APIError(422, f"Input validation error: {param + ': ' if param else ''}{message}", "Validation", tei=True)
+    # vLLM answers malformed requests with 400 and its error shape, not FastAPI's 422 detail list.
+    return APIError(400, f"{param}: {message}" if param else message, "BadRequestError", param)
 
 
 @app.exception_handler(RequestValidationError)
-async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    # vLLM answers malformed requests with 400 and its error shape, not FastAPI's 422 detail list.
-    first = exc.errors()[0] if exc.errors() else {}
-    location = [str(part) for part in first.get("loc", ()) if part != "body"]
-    param = ".".join(location) or None
-    message = f"{param}: {first.get('msg', 'invalid request')}" if param else str(first.get("msg", "invalid request"))
-    return error_response(400, message, "BadRequestError", param)
+async def _request_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return await _api_error(request, _validation_error(list(exc.errors())))
 
 
 @app.exception_handler(StarletteHTTPException)
-async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return error_response(exc.status_code, str(exc.detail), "NotFoundError" if exc.status_code == 404 else "Error")
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    type_ = {404: "NotFoundError", 405: "MethodNotAllowedError"}.get(exc.status_code, "Error")
+    return await _api_error(request, APIError(exc.status_code, str(exc.detail), type_))
 
 
-async def _resolve_and_load(backend: RerankBackend, name: str | None) -> str:
-    """The public id of the requested model, loaded (in a thread: loading takes seconds)."""
-    registry = backend.registry
-    try:
-        stored = registry.resolve(name)
-        await anyio.to_thread.run_sync(registry.get, stored.model_id)
-    except UnknownModelError as exc:
-        raise APIError(404, str(exc), "NotFoundError", "model") from exc
-    except ModelLoadError as exc:
-        raise APIError(503, str(exc), "ServiceUnavailableError", "model") from exc
-    return stored.model_id
+# --- Scoring shared by every format --------------------------------------------------------------------------------
 
 
-@app.post(
-    "/v1/rerank",
-    response_model=RerankResponse,
-    response_model_exclude_none=True,
-    responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}},
-)
-async def rerank(request: RerankRequest, backend: Backend) -> RerankResponse:
-    """Rank `documents` by relevance to `query`, best first (vLLM / Jina / Cohere v1 request and answer).
+@dataclass(frozen=True)
+class Scored:
+    """Per-document scores of one request, in document order, and what was spent on them."""
 
-    `relevance_score` is the sigmoid of the cross-encoder's logit, as `sentence_transformers.CrossEncoder.predict`
-    returns it. `usage` counts the tokens the model actually saw, after truncation to the model's max_length.
+    model_id: str
+    scores: list[float]
+    tokens: int
+
+
+async def _score_documents(
+    backend: RerankBackend,
+    *,
+    model: str | None,
+    queries: list[str],
+    documents: list[str],
+    raw: bool = False,
+    max_length: int | None = None,
+    truncation_side: str = "right",
+    max_document_tokens: int | None = None,
+    max_chunks: int | None = None,
+    tei: bool = False,
+) -> Scored:
+    """Resolve and load the model, score each (queries[i], documents[i]) pair, keep each document's best window.
+
+    With chunking, a document too long for the model is split into windows that each fit beside its query.
     """
-    if not request.documents:
-        raise APIError(400, "documents must not be empty", "BadRequestError", "documents")
-    model_id = await _resolve_and_load(backend, request.model)
-    pairs = [ScorePair(model=model_id, query=request.query, document=doc) for doc in request.documents]
-    scored = await backend.score_pairs(pairs)
+    registry = backend.registry
+    settings = registry.settings
+    if not documents:
+        raise APIError(422 if tei else 400, "documents must not be empty", "Validation" if tei else "BadRequestError",
+                       "documents", tei=tei)  # fmt: skip
+    if len(documents) > settings.max_documents:
+        raise APIError(
+            422 if tei else 400, f"{len(documents)} documents exceed the limit of {settings.max_documents} per request",
+            "Validation" if tei else "BadRequestError", "documents", tei=tei,
+        )  # fmt: skip
+    try:
+        stored = registry.resolve(model)
+        scorer = await anyio.to_thread.run_sync(registry.get, stored.model_id)
+    except UnknownModelError as exc:
+        raise APIError(404, str(exc), "NotFoundError", "model", tei=tei) from exc
+    except ModelLoadError as exc:
+        raise APIError(503, str(exc), "ServiceUnavailableError", "model", tei=tei) from exc
+    if max_length is not None and max_length > stored.max_length:
+        raise APIError(
+            400, f"truncate_prompt_tokens ({max_length}) is larger than the model's max_length ({stored.max_length})",
+            "BadRequestError", "truncate_prompt_tokens",
+        )  # fmt: skip
+
+    chunks = max_chunks if max_chunks is not None else settings.max_chunks_per_doc
+    if chunks and chunks > 1:
+        windows = await anyio.to_thread.run_sync(
+            lambda: [scorer.windows(q, d, chunks) for q, d in zip(queries, documents)]
+        )
+    else:
+        windows = [[d] for d in documents]
+    owners = [i for i, pieces in enumerate(windows) for _ in pieces]
+    pairs = [
+        ScorePair(
+            model=stored.model_id, query=queries[i], document=piece, max_length=max_length,
+            truncation_side=truncation_side, max_document_tokens=max_document_tokens,
+        )
+        for i, pieces in enumerate(windows)
+        for piece in pieces
+    ]  # fmt: skip
+    scored = await backend.batch_score(pairs)
     failed = next((s.error for s in scored if s.error), None)
     if failed:
-        raise APIError(503, failed, "ServiceUnavailableError", "model")
-    order = sorted(range(len(scored)), key=lambda i: scored[i].score or 0.0, reverse=True)
-    if request.top_n:
-        order = order[: request.top_n]
-    tokens = sum(s.tokens for s in scored)
+        raise APIError(503, failed, "ServiceUnavailableError", "model", tei=tei)
+    best: list[float | None] = [None] * len(documents)
+    for owner, result in zip(owners, scored):
+        value = result.logit if raw else result.score
+        assert value is not None  # no error means a score
+        best[owner] = value if best[owner] is None else max(best[owner], value)
+    return Scored(stored.model_id, [b for b in best if b is not None], sum(s.tokens for s in scored))
+
+
+def _ranked(scores: list[float], top_n: int | None) -> list[int]:
+    order = sorted(range(len(scores)), key=lambda i: scores[i], reverse=True)
+    return order[:top_n] if top_n else order
+
+
+# --- Rerank: vLLM / Jina / Cohere ------------------------------------------------------------------------------------
+
+
+async def _rerank(request: RerankRequest, backend: RerankBackend) -> RerankResponse:
+    texts = request.texts()
+    max_length = request.truncate_prompt_tokens
+    scored = await _score_documents(
+        backend,
+        model=request.model,
+        queries=[request.query] * len(texts),
+        documents=texts,
+        raw=not request.use_activation,
+        max_length=None if max_length in (None, -1) else max_length,
+        max_document_tokens=request.max_tokens_per_doc,
+        max_chunks=request.max_chunks_per_doc,
+    )
     results = [
         RerankResult(
             index=i,
-            relevance_score=scored[i].score or 0.0,
-            document=RerankDocument(text=request.documents[i]) if request.return_documents else None,
+            relevance_score=scored.scores[i],
+            document=RerankDocument(text=texts[i]) if request.return_documents else None,
         )
-        for i in order
+        for i in _ranked(scored.scores, request.top_n)
     ]
-    return RerankResponse(model=model_id, usage=Usage(prompt_tokens=tokens, total_tokens=tokens), results=results)
+    usage = Usage(prompt_tokens=scored.tokens, total_tokens=scored.tokens)
+    return RerankResponse(model=scored.model_id, usage=usage, results=results)
 
 
-def _model_cards(backend: RerankBackend) -> list[ModelCard]:
-    registry = backend.registry
+_RERANK_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse},
+    401: {"model": ErrorResponse},
+    404: {"model": ErrorResponse},
+    503: {"model": ErrorResponse},
+}
+
+
+@app.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True, responses=_RERANK_RESPONSES)
+async def rerank_v1(request: RerankRequest, backend: Backend) -> RerankResponse:
+    """Rank `documents` by relevance to `query`, best first (vLLM, Jina and Cohere v1 request and answer).
+
+    `relevance_score` is the sigmoid of the cross-encoder's logit, as `sentence_transformers.CrossEncoder.predict`
+    returns it (the raw logit with `use_activation: false`). `usage` counts the tokens the model saw, after each pair
+    was truncated to the model's max_length.
+    """
+    return await _rerank(request, backend)
+
+
+@app.post("/v2/rerank", response_model=RerankResponse, response_model_exclude_none=True, responses=_RERANK_RESPONSES)
+async def rerank_v2(request: RerankRequest, backend: Backend) -> RerankResponse:
+    """Cohere v2 rerank (and vLLM's `/v2/rerank`): the same request and answer as `/v1/rerank`."""
+    return await _rerank(request, backend)
+
+
+async def _rerank_tei(request: TEIRerankRequest, backend: RerankBackend) -> list[TEIRank]:
+    side = request.truncation_direction.lower()
+    if not request.truncate:
+        stored = _resolve_for_tei(backend, request.model)
+        scorer = await anyio.to_thread.run_sync(backend.registry.get, stored.model_id)
+        lengths = await anyio.to_thread.run_sync(scorer.pair_lengths, request.query, request.texts)
+        if max(lengths, default=0) > stored.max_length:
+            raise APIError(
+                413, f"Input validation error: `inputs` must have less than {stored.max_length} tokens. "
+                f"Given: {max(lengths)}", "Validation", tei=True,
+            )  # fmt: skip
+    scored = await _score_documents(
+        backend, model=request.model, queries=[request.query] * len(request.texts), documents=request.texts,
+        raw=request.raw_scores,
+        truncation_side=side, tei=True,
+    )  # fmt: skip
+    return [
+        TEIRank(index=i, score=scored.scores[i], text=request.texts[i] if request.return_text else None)
+        for i in _ranked(scored.scores, None)
+    ]
+
+
+def _resolve_for_tei(backend: RerankBackend, model: str | None):
+    try:
+        return backend.registry.resolve(model)
+    except UnknownModelError as exc:
+        raise APIError(404, str(exc), "NotFoundError", tei=True) from exc
+
+
+@app.post(
+    "/rerank",
+    response_model=RerankResponse | list[TEIRank],
+    response_model_exclude_none=True,
+    responses={**_RERANK_RESPONSES, 413: {"model": TEIError}, 422: {"model": TEIError}},
+)
+async def rerank(
+    backend: Backend,
+    body: Annotated[
+        dict[str, Any],
+        Body(description="A Jina / Cohere / vLLM rerank body, or TEI's `{query, texts, raw_scores, ...}`."),
+    ],
+) -> RerankResponse | list[TEIRank]:
+    """Rerank in either format: a body with `texts` is a text-embeddings-inference request and gets TEI's answer (a
+    bare list of `{index, score, text?}` sorted by score); a body with `documents` is handled as `/v1/rerank`."""
+    if "texts" in body:
+        try:
+            tei_request = TEIRerankRequest.model_validate(body)
+        except ValidationError as exc:
+            raise _validation_error(list(exc.errors()), tei=True) from exc
+        return await _rerank_tei(tei_request, backend)
+    try:
+        request = RerankRequest.model_validate(body)
+    except ValidationError as exc:
+        raise _validation_error(list(exc.errors())) from exc
+    return await _rerank(request, backend)
+
+
+# --- vLLM score -----------------------------------------------------------------------------------------------------
+
+
+@app.post("/score", response_model=ScoreResponse, responses=_RERANK_RESPONSES)
+@app.post("/v1/score", response_model=ScoreResponse, responses=_RERANK_RESPONSES, include_in_schema=False)
+async def score(request: ScoreRequest, backend: Backend) -> ScoreResponse:
+    """vLLM's score API: `text_1` against each `text_2` (or pairwise for two lists), scores in input order."""
+    firsts = [request.text_1] if isinstance(request.text_1, str) else request.text_1
+    seconds = [request.text_2] if isinstance(request.text_2, str) else request.text_2
+    if len(firsts) == 1:
+        firsts = firsts * len(seconds)
+    if len(firsts) != len(seconds):
+        raise APIError(400, f"text_1 has {len(firsts)} items and text_2 {len(seconds)}: give one text_1 or as many "
+                       "as text_2", "BadRequestError", "text_1")  # fmt: skip
+    max_length = request.truncate_prompt_tokens
+    scored = await _score_documents(
+        backend, model=request.model, queries=firsts, documents=seconds, raw=not request.use_activation,
+        max_length=None if max_length in (None, -1) else max_length,
+    )  # fmt: skip
+    data = [ScoreData(index=i, score=s) for i, s in enumerate(scored.scores)]
+    usage = Usage(prompt_tokens=scored.tokens, total_tokens=scored.tokens)
+    return ScoreResponse(model=scored.model_id, data=data, usage=usage)
+
+
+# --- Models and status ----------------------------------------------------------------------------------------------
+
+
+def _model_cards(registry: ModelRegistry) -> list[ModelCard]:
     loaded = set(registry.loaded_ids())
     return [
         ModelCard(
@@ -157,10 +342,10 @@ def _model_cards(backend: RerankBackend) -> list[ModelCard]:
     ]
 
 
-@app.get("/v1/models", response_model=ModelList)
+@app.get("/v1/models", response_model=ModelList, responses={401: {"model": ErrorResponse}})
 async def list_models(backend: Backend) -> ModelList:
     """Every reranker in the model store (OpenAI-style list), with whether it is loaded and its max_length."""
-    return ModelList(data=await anyio.to_thread.run_sync(_model_cards, backend))
+    return ModelList(data=await anyio.to_thread.run_sync(_model_cards, backend.registry))
 
 
 def _bentoml_index_page() -> Path | None:

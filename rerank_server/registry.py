@@ -1,16 +1,19 @@
-"""Which rerankers are loaded: resolves request model names, loads on first use (once), scores batches."""
+"""Which rerankers are loaded: resolves request model names, loads on first use (once), keeps within a budget of
+loaded models (least recently used first out, never one in use), and scores merged batches."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 from rerank_server.catalog import canonical_id
 from rerank_server.model_store import StoredReranker, find_reranker, list_rerankers
-from rerank_server.schemas import PairScore, ScorePair
+from rerank_server.schemas import PairScore, ScorePair, Truncation
 from rerank_server.scorer import CrossEncoderScorer, resolve_device, resolve_dtype
 from rerank_server.settings import Settings
 
@@ -35,7 +38,7 @@ ScorerFactory = Callable[[StoredReranker], CrossEncoderScorer]
 
 
 class ModelRegistry:
-    """The models this worker serves. Thread-safe: loading happens under a per-model lock."""
+    """The models this worker serves. Thread-safe: each model loads under its own lock, bookkeeping under one guard."""
 
     def __init__(self, settings: Settings, factory: ScorerFactory | None = None) -> None:
         self.settings = settings
@@ -43,6 +46,8 @@ class ModelRegistry:
         self.dtype = resolve_dtype(settings.dtype, self.device)
         self._factory = factory or self._load_scorer
         self._loaded: dict[str, CrossEncoderScorer] = {}
+        self._last_used: dict[str, float] = {}
+        self._in_use: defaultdict[str, int] = defaultdict(int)
         self._load_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._guard = threading.Lock()
         self._stored: list[StoredReranker] = []
@@ -52,10 +57,6 @@ class ModelRegistry:
         """Re-read the store, so that models imported while the server runs become servable."""
         self._stored = list_rerankers()
         return self._stored
-
-    @property
-    def stored(self) -> list[StoredReranker]:
-        return list(self._stored)
 
     @property
     def default_model_id(self) -> str:
@@ -75,27 +76,30 @@ class ModelRegistry:
 
     def get(self, model_id: str) -> CrossEncoderScorer:
         """The loaded scorer for `model_id`, loading it first if needed; concurrent callers load it once."""
-        scorer = self._loaded.get(model_id)
-        if scorer is not None:
-            return scorer
+        with self._guard:
+            scorer = self._loaded.get(model_id)
+            if scorer is not None:
+                self._last_used[model_id] = time.monotonic()
+                return scorer
         stored = self.resolve(model_id)
         with self._load_locks[stored.model_id]:
-            scorer = self._loaded.get(stored.model_id)
+            with self._guard:
+                scorer = self._loaded.get(stored.model_id)
             if scorer is None:
-                started = time.perf_counter()
-                try:
-                    scorer = self._factory(stored)
-                except Exception as exc:
-                    logger.exception("Loading %s from %s failed", stored.model_id, stored.path)
-                    raise ModelLoadError(f"The model `{stored.model_id}` could not be loaded: {exc}") from exc
-                with self._guard:
-                    self._loaded[stored.model_id] = scorer
-                logger.info(
-                    "Loaded %s (%s) on %s as %s in %.1f s",
-                    stored.model_id, stored.tag, self.device, str(self.dtype).removeprefix("torch."),
-                    time.perf_counter() - started,
-                )  # fmt: skip
+                scorer = self._load(stored)
         return scorer
+
+    @contextmanager
+    def using(self, model_id: str) -> Iterator[CrossEncoderScorer]:
+        """The scorer for `model_id`, protected from unloading while the block runs."""
+        with self._guard:
+            self._in_use[model_id] += 1
+        try:
+            yield self.get(model_id)
+        finally:
+            with self._guard:
+                self._in_use[model_id] -= 1
+            self._enforce_budget(keep=None)
 
     def preload(self, names: Sequence[str]) -> None:
         """Load each named model now; an unknown or broken one stops start-up with a clear message."""
@@ -103,16 +107,17 @@ class ModelRegistry:
             self.get(name)
 
     def score(self, pairs: Sequence[ScorePair]) -> list[PairScore]:
-        """Score a merged batch that may mix models: each model's pairs go through it in one call."""
+        """Score a merged batch that may mix models and truncation settings: each group goes through in one call."""
         results: list[PairScore] = [PairScore()] * len(pairs)
-        by_model: defaultdict[str, list[int]] = defaultdict(list)
+        groups: defaultdict[tuple[str, Truncation], list[int]] = defaultdict(list)
         for position, pair in enumerate(pairs):
-            by_model[pair.model].append(position)
-        for model_id, positions in by_model.items():
+            groups[(pair.model, pair.truncation())].append(position)
+        for (model_id, truncation), positions in groups.items():
             try:
-                scored = self.get(model_id).score(
-                    [pairs[i].query for i in positions], [pairs[i].document for i in positions]
-                )
+                with self.using(model_id) as scorer:
+                    scored = scorer.score(
+                        [pairs[i].query for i in positions], [pairs[i].document for i in positions], truncation
+                    )
             except (UnknownModelError, ModelLoadError) as exc:
                 for i in positions:
                     results[i] = PairScore(error=str(exc))
@@ -120,6 +125,59 @@ class ModelRegistry:
             for i, logit, score, tokens in zip(positions, scored.logits, scored.scores, scored.tokens):
                 results[i] = PairScore(score=score, logit=logit, tokens=tokens)
         return results
+
+    def _load(self, stored: StoredReranker) -> CrossEncoderScorer:
+        self._enforce_budget(keep=stored.model_id, incoming=stored)
+        started = time.perf_counter()
+        try:
+            scorer = self._factory(stored)
+        except Exception as exc:
+            logger.exception("Loading %s from %s failed", stored.model_id, stored.path)
+            raise ModelLoadError(f"The model `{stored.model_id}` could not be loaded: {exc}") from exc
+        with self._guard:
+            self._loaded[stored.model_id] = scorer
+            self._last_used[stored.model_id] = time.monotonic()
+        logger.info(
+            "Loaded %s (%s) on %s as %s in %.1f s",
+            stored.model_id, stored.tag, self.device, str(self.dtype).removeprefix("torch."),
+            time.perf_counter() - started,
+        )  # fmt: skip
+        return scorer
+
+    def _weight_bytes(self, scorer: CrossEncoderScorer) -> int:
+        return scorer.parameters * scorer.dtype.itemsize
+
+    def _over_budget(self, incoming: StoredReranker | None) -> bool:
+        count = len(self._loaded) + (1 if incoming else 0)
+        if self.settings.max_loaded_models and count > self.settings.max_loaded_models:
+            return True
+        if self.settings.max_model_memory_mb:
+            # A stored model's size is its float32 weights; loaded in half precision it takes half of that.
+            incoming_bytes = incoming.size_bytes * self.dtype.itemsize // 4 if incoming else 0
+            used = sum(self._weight_bytes(s) for s in self._loaded.values()) + incoming_bytes
+            return used > self.settings.max_model_memory_mb * 2**20
+        return False
+
+    def _enforce_budget(self, keep: str | None, incoming: StoredReranker | None = None) -> None:
+        """Unload least recently used models, never the default, `keep`, or one a batch is using, until within budget."""
+        evicted: list[CrossEncoderScorer] = []
+        with self._guard:
+            while self._over_budget(incoming):
+                idle = [
+                    model_id
+                    for model_id in self._loaded
+                    if model_id not in (keep, self.default_model_id) and self._in_use[model_id] == 0
+                ]
+                if not idle:
+                    break  # everything else is busy: go over budget for now, retry when a batch finishes
+                victim = min(idle, key=lambda m: self._last_used.get(m, 0.0))
+                evicted.append(self._loaded.pop(victim))
+                self._last_used.pop(victim, None)
+                logger.info("Unloaded %s (least recently used; loaded-model budget)", victim)
+        for scorer in evicted:
+            scorer.release()
+        if evicted:
+            gc.collect()
 
     def _load_scorer(self, stored: StoredReranker) -> CrossEncoderScorer:
         return CrossEncoderScorer(

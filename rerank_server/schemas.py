@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,6 +21,20 @@ class ScorePair(BaseModel):
     model: str = Field(description="Public model id, e.g. BAAI/bge-reranker-base.")
     query: str
     document: str
+    max_length: int | None = Field(None, ge=4, description="Token cap for the pair, below the model's max_length.")
+    truncation_side: Literal["right", "left"] = Field("right", description="Which end of the text truncation cuts.")
+    max_document_tokens: int | None = Field(None, ge=1, description="Token cap for the document alone.")
+
+    def truncation(self) -> Truncation:
+        return Truncation(self.max_length, self.truncation_side, self.max_document_tokens)
+
+
+class Truncation(NamedTuple):
+    """How a pair is cut down to size; pairs with equal truncation are tokenized together."""
+
+    max_length: int | None = None
+    side: Literal["right", "left"] = "right"
+    max_document_tokens: int | None = None
 
 
 class PairScore(BaseModel):
@@ -35,16 +49,94 @@ class PairScore(BaseModel):
 # --- POST /v1/rerank ------------------------------------------------------------------------------------------------
 
 
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class TextDocument(BaseModel):
+    """Cohere v1 style document: only `text` is read, other fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    text: str
+
+
 class RerankRequest(BaseModel):
-    """A rerank request as vLLM, Jina and Cohere clients send it; keys we do not use are ignored."""
+    """A rerank request as vLLM, Jina and Cohere (v1 and v2) clients send it; keys we do not use are ignored."""
 
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = Field(None, description="Model id or alias; the server's default model when absent.")
     query: str
-    documents: list[str] = Field(description="Texts to rank against the query.")
+    documents: list[str | TextDocument] = Field(description="Texts (or `{text}` objects) to rank against the query.")
     top_n: int | None = Field(None, ge=0, description="Return only the best n; absent, null or 0 returns all.")
     return_documents: bool = Field(True, description="Echo each document's text in the results.")
+    truncate_prompt_tokens: int | None = Field(
+        None, ge=-1, description="vLLM: cap each (query, document) pair at this many tokens; -1 is the model's limit."
+    )
+    max_tokens_per_doc: int | None = Field(None, ge=1, description="Cohere v2: cap each document at this many tokens.")
+    use_activation: bool = Field(True, description="vLLM: false returns the raw logit instead of its sigmoid.")
+    max_chunks_per_doc: int | None = Field(
+        None, ge=1, description="Split a long document into up to this many windows and keep the best window's score."
+    )
+
+    def texts(self) -> list[str]:
+        return [doc if isinstance(doc, str) else doc.text for doc in self.documents]
+
+
+class TEIRerankRequest(BaseModel):
+    """text-embeddings-inference's `/rerank` body (sent by LlamaIndex's and RAGFlow's TEI rerankers)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    query: str
+    texts: list[str]
+    raw_scores: bool = Field(False, description="Return the logit instead of its sigmoid.")
+    return_text: bool = False
+    truncate: bool = Field(True, description="Cut long inputs to the model's limit; false rejects them with 413.")
+    truncation_direction: Literal["Right", "Left", "right", "left"] = "Right"
+    model: str | None = None
+
+
+class TEIRank(BaseModel):
+    index: int
+    score: float
+    text: str | None = None
+
+
+class TEIError(BaseModel):
+    """text-embeddings-inference's error body."""
+
+    error: str
+    error_type: str
+
+
+class ScoreRequest(BaseModel):
+    """vLLM's `/score`: `text_1` against each `text_2` (one-to-many), or pairwise when both are lists."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    text_1: str | list[str]
+    text_2: str | list[str]
+    truncate_prompt_tokens: int | None = Field(None, ge=-1)
+    use_activation: bool = True
+
+
+class ScoreData(BaseModel):
+    index: int
+    object: Literal["score"] = "score"
+    score: float
+
+
+class ScoreResponse(BaseModel):
+    id: str = Field(default_factory=lambda: f"score-{uuid.uuid4().hex}")
+    object: Literal["list"] = "list"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    data: list[ScoreData]
+    usage: Usage
 
 
 class RerankDocument(BaseModel):
@@ -55,11 +147,6 @@ class RerankResult(BaseModel):
     index: int = Field(description="Position of the document in the request.")
     relevance_score: float
     document: RerankDocument | None = None
-
-
-class Usage(BaseModel):
-    prompt_tokens: int
-    total_tokens: int
 
 
 class RerankResponse(BaseModel):

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from sentence_transformers import CrossEncoder
 
+from rerank_server.schemas import Truncation
+
 logger = logging.getLogger("bentoml")
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -85,14 +87,23 @@ class CrossEncoderScorer:
         self._lock = threading.Lock()
 
     @torch.inference_mode()
-    def score(self, queries: Sequence[str], documents: Sequence[str]) -> PairScores:
+    def score(
+        self, queries: Sequence[str], documents: Sequence[str], truncation: Truncation = Truncation()
+    ) -> PairScores:
         """Score each (queries[i], documents[i]) pair; truncation is sentence-transformers' (longest first)."""
         if not documents:
             return PairScores([], [], [])
+        max_length = min(truncation.max_length or self.max_length, self.max_length)
         with self._lock:
-            encoded = self.tokenizer(
-                list(queries), list(documents), truncation="longest_first", max_length=self.max_length
-            )
+            if truncation.max_document_tokens:
+                documents = self._cut_documents(documents, truncation.max_document_tokens, truncation.side)
+            self.tokenizer.truncation_side = truncation.side
+            try:
+                encoded = self.tokenizer(
+                    list(queries), list(documents), truncation="longest_first", max_length=max_length
+                )
+            finally:
+                self.tokenizer.truncation_side = "right"
             lengths = [len(ids) for ids in encoded["input_ids"]]
             logits = torch.empty(len(lengths), dtype=torch.float32)
             for batch in pack_by_tokens(lengths, self.token_budget):
@@ -103,6 +114,43 @@ class CrossEncoderScorer:
                 # Half-precision logits are upcast before the sigmoid, as sentence-transformers does.
                 logits[batch] = self.model(**features).logits[:, 0].float().cpu()
         return PairScores(logits.tolist(), torch.sigmoid(logits).tolist(), lengths)
+
+    def _cut_documents(self, documents: Sequence[str], max_tokens: int, side: str) -> list[str]:
+        """Each document cut to its first (or last) `max_tokens` tokens, cutting the text at a token boundary."""
+        spans = self.tokenizer(list(documents), add_special_tokens=False, return_offsets_mapping=True)
+        cut = []
+        for text, offsets in zip(documents, spans["offset_mapping"]):
+            if len(offsets) <= max_tokens:
+                cut.append(text)
+            elif side == "left":
+                cut.append(text[offsets[-max_tokens][0] :])
+            else:
+                cut.append(text[: offsets[max_tokens - 1][1]])
+        return cut
+
+    def pair_lengths(self, query: str, documents: Sequence[str]) -> list[int]:
+        """Untruncated token counts of (query, document) pairs, to reject over-long input when truncation is off."""
+        with self._lock:
+            encoded = self.tokenizer([query] * len(documents), list(documents), truncation=False)
+        return [len(ids) for ids in encoded["input_ids"]]
+
+    def windows(self, query: str, document: str, max_windows: int) -> list[str]:
+        """Split `document` into at most `max_windows` consecutive pieces that each fit beside `query`.
+
+        Windows are cut at token boundaries of the original text; a document that fits is returned whole.
+        """
+        with self._lock:
+            query_tokens = len(self.tokenizer(query, add_special_tokens=False)["input_ids"])
+            offsets = self.tokenizer(document, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+            special = self.tokenizer.num_special_tokens_to_add(pair=True)
+        room = max(self.max_length - query_tokens - special, 16)
+        if len(offsets) <= room:
+            return [document]
+        starts = range(0, len(offsets), room)
+        return [
+            document[offsets[start][0] : offsets[min(start + room, len(offsets)) - 1][1]]
+            for start in list(starts)[:max_windows]
+        ]
 
     def release(self) -> None:
         """Drop the weights and give accelerator memory back."""

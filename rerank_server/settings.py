@@ -33,6 +33,17 @@ class Settings(BaseSettings):
         16_384, ge=512, description="Most padded tokens in one forward pass; larger batches are split."
     )
 
+    max_loaded_models: int = Field(0, ge=0, description="Most models loaded at once (0: no limit); LRU unloads.")
+    max_model_memory_mb: int = Field(0, ge=0, description="Most MiB of loaded weights (0: no limit); LRU unloads.")
+    api_key: str = Field("", description="One key or several, comma-separated; set, every API call needs one.")
+    max_documents: int = Field(1000, ge=1, description="Most documents in one request.")
+    max_body_bytes: int = Field(32 * 2**20, ge=1024, description="Largest request body accepted.")
+    max_chunks_per_doc: int = Field(0, ge=0, description="Default chunking of long documents (0: off).")
+
+    @property
+    def api_keys(self) -> list[str]:
+        return [key.strip() for key in self.api_key.split(",") if key.strip()]
+
     @property
     def default_model_id(self) -> str:
         return canonical_id(self.default_model)

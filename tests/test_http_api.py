@@ -23,7 +23,7 @@ class DirectBackend:
         self.registry = registry
         self.calls: list[int] = []
 
-    async def score_pairs(self, pairs: list[ScorePair]) -> list[PairScore]:
+    async def batch_score(self, pairs: list[ScorePair]) -> list[PairScore]:
         self.calls.append(len(pairs))
         return self.registry.score(pairs)
 

@@ -47,19 +47,19 @@ def test_bentoml_endpoints_keep_working(server) -> None:
 
 def test_the_batchable_api_is_callable_with_the_bentoml_client(server, reference_encoder) -> None:
     with bentoml.SyncHTTPClient(server.url) as client:
-        scored = client.score(pairs=[{"model": FIXTURE_MODEL_ID, "query": QUERY, "document": "python code"}])
+        scored = client.score_pairs(pairs=[{"model": FIXTURE_MODEL_ID, "query": QUERY, "document": "python code"}])
     assert scored[0]["score"] == pytest.approx(float(reference_encoder.predict([(QUERY, "python code")])[0]), abs=1e-5)
     assert scored[0]["tokens"] > 0 and scored[0]["error"] is None
 
 
 def _batch_histogram(url: str) -> tuple[float, float]:
-    """(model calls, calls that served a single request) from BentoML's adaptive batch size histogram of `score`."""
+    """(model calls, calls that served a single request) from BentoML's adaptive batch size histogram of `score_pairs`."""
     calls = single = 0.0
     for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
         if family.name != "bentoml_service_adaptive_batch_size":
             continue
         for sample in family.samples:
-            if sample.labels.get("method_name") != "score":
+            if sample.labels.get("method_name") != "score_pairs":
                 continue
             if sample.name.endswith("_count"):
                 calls += sample.value

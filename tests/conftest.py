@@ -9,10 +9,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
 # BentoML reads BENTOML_HOME once, at import: point it at a scratch store before anything imports bentoml.
 _SCRATCH = Path(tempfile.mkdtemp(prefix="rerank-tests-"))
@@ -37,6 +39,45 @@ def stored_fixture(fixture_model_dir: Path):
     from rerank_server.model_store import import_from_folder
 
     return import_from_folder(FIXTURE_MODEL_ID, fixture_model_dir).stored
+
+
+class DirectBackend:
+    """The service's shape for the HTTP routes, scoring in-process instead of through BentoML's batcher."""
+
+    def __init__(self, registry) -> None:
+        self.registry = registry
+        self.calls: list[int] = []
+
+    async def batch_score(self, pairs):
+        self.calls.append(len(pairs))
+        return self.registry.score(pairs)
+
+
+@contextmanager
+def routes_client(backend: DirectBackend) -> Iterator[TestClient]:
+    """A TestClient on the HTTP routes, served by `backend` instead of the BentoML service."""
+    from rerank_server.http_api import app, current_backend
+
+    app.dependency_overrides[current_backend] = lambda: backend
+    try:
+        with TestClient(app) as client:
+            yield client
+    finally:
+        app.dependency_overrides.clear()
+
+
+@pytest.fixture(scope="session")
+def direct_backend(stored_fixture) -> DirectBackend:
+    from rerank_server.registry import ModelRegistry
+    from rerank_server.settings import Settings
+
+    return DirectBackend(ModelRegistry(Settings(default_model=FIXTURE_MODEL_ID)))
+
+
+@pytest.fixture()
+def client(direct_backend: DirectBackend) -> Iterator[TestClient]:
+    with routes_client(direct_backend) as test_client:
+        yield test_client
 
 
 @pytest.fixture(scope="session")

@@ -2,43 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-from fastapi.testclient import TestClient
 
-from rerank_server.http_api import app, current_backend
-from rerank_server.registry import ModelRegistry
-from rerank_server.schemas import PairScore, ScorePair
-from rerank_server.settings import Settings
 from tests.conftest import FIXTURE_MODEL_ID
 
 DOCS = ["Machine learning is a branch of AI", "Python is a programming language", "The cat sat on the mat"]
-
-
-class DirectBackend:
-    """The service's shape, scoring in-process instead of through BentoML's batcher."""
-
-    def __init__(self, registry: ModelRegistry) -> None:
-        self.registry = registry
-        self.calls: list[int] = []
-
-    async def batch_score(self, pairs: list[ScorePair]) -> list[PairScore]:
-        self.calls.append(len(pairs))
-        return self.registry.score(pairs)
-
-
-@pytest.fixture(scope="module")
-def backend(stored_fixture) -> DirectBackend:
-    return DirectBackend(ModelRegistry(Settings(default_model=FIXTURE_MODEL_ID)))
-
-
-@pytest.fixture()
-def client(backend: DirectBackend) -> Iterator[TestClient]:
-    app.dependency_overrides[current_backend] = lambda: backend
-    with TestClient(app) as test_client:
-        yield test_client
-    app.dependency_overrides.clear()
 
 
 def test_rerank_answers_in_vllm_shape_sorted_by_score(client, reference_encoder) -> None:
@@ -148,7 +116,7 @@ def test_browsers_get_the_api_ui_at_the_root(client) -> None:
     assert response.headers["content-type"].startswith("text/html")
 
 
-def test_every_pair_of_a_request_goes_to_the_batcher_in_one_call(client, backend) -> None:
-    backend.calls.clear()
+def test_every_pair_of_a_request_goes_to_the_batcher_in_one_call(client, direct_backend) -> None:
+    direct_backend.calls.clear()
     client.post("/v1/rerank", json={"query": "q", "documents": DOCS * 10})
-    assert backend.calls == [30]
+    assert direct_backend.calls == [30]

@@ -1,0 +1,95 @@
+"""API keys and the body limit, on a bare app behind RequestGuard (the same middleware the service installs)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from fastapi.testclient import TestClient
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from rerank_server.middleware import INTERNAL_CALL, RequestGuard
+
+
+async def echo(request: Request) -> JSONResponse:
+    return JSONResponse({"bytes": len(await request.body())})
+
+
+inner = Starlette(routes=[Route(path, echo, methods=["GET", "POST"]) for path in ("/v1/rerank", "/score_pairs",
+                                                                                   "/readyz", "/metrics", "/")])
+
+
+def guarded(keys: tuple[str, ...] = ("key-one", "key-two"), limit: int = 1000) -> TestClient:
+    return TestClient(RequestGuard(inner, api_keys=keys, max_body_bytes=limit))
+
+
+@pytest.mark.parametrize(
+    "header",
+    [None, "Bearer wrong", "Bearer", "Bearer ", "Basic a2V5LW9uZQ==", "key-one", "Bearer key-one-extra", "Bearer KEY-ONE"],
+)
+def test_requests_without_a_valid_key_are_401(header: str | None) -> None:
+    headers = {"Authorization": header} if header is not None else {}
+    for path in ("/v1/rerank", "/score_pairs"):
+        response = guarded().post(path, json={}, headers=headers)
+        assert response.status_code == 401
+        assert response.headers["www-authenticate"].startswith("Bearer")
+        assert response.json()["error"]["type"] == "AuthenticationError"
+
+
+@pytest.mark.parametrize("header", ["Bearer key-one", "Bearer key-two", "bearer key-two"])
+def test_any_configured_key_is_accepted(header: str) -> None:
+    assert guarded().post("/v1/rerank", json={}, headers={"Authorization": header}).status_code == 200
+
+
+def test_probes_metrics_and_status_stay_open() -> None:
+    client = guarded()
+    for path in ("/readyz", "/metrics", "/"):
+        assert client.get(path).status_code == 200, path
+    assert client.post("/", json={}).status_code == 401  # only reading the status page is open
+
+
+def test_without_keys_everything_is_open() -> None:
+    assert guarded(keys=()).post("/v1/rerank", json={}).status_code == 200
+
+
+def test_the_services_own_call_into_the_batcher_needs_no_key() -> None:
+    guard = RequestGuard(inner, api_keys=("key-one",))
+    statuses: list[int] = []
+
+    async def call() -> None:
+        scope = {"type": "http", "method": "POST", "path": "/score_pairs", "headers": [], "query_string": b"",
+                 "http_version": "1.1", "scheme": "http", "server": ("localhost", 3000), "root_path": ""}  # fmt: skip
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
+        async def send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        await guard(scope, receive, send)
+        marker = INTERNAL_CALL.set(True)
+        try:
+            await guard(scope, receive, send)
+        finally:
+            INTERNAL_CALL.reset(marker)
+
+    asyncio.run(call())
+    assert statuses == [401, 200]
+
+
+def test_bodies_over_the_limit_are_413_declared_or_chunked() -> None:
+    client = guarded(keys=(), limit=1000)
+    assert client.post("/v1/rerank", content=b"x" * 1000).json() == {"bytes": 1000}
+    declared = client.post("/v1/rerank", content=b"x" * 1001)
+    assert declared.status_code == 413 and declared.json()["error"]["code"] == 413
+
+    def chunks(total: int):
+        for _ in range(total // 100):
+            yield b"y" * 100
+
+    assert client.post("/v1/rerank", content=chunks(1000)).json() == {"bytes": 1000}
+    assert client.post("/v1/rerank", content=chunks(5000)).status_code == 413

@@ -1,0 +1,105 @@
+"""Many models: lazy loading, the loaded-model budget (least recently used out, never one in use), broken models."""
+
+from __future__ import annotations
+
+import gc
+import shutil
+import threading
+import weakref
+
+import pytest
+
+from rerank_server.model_store import import_from_folder
+from rerank_server.registry import ModelLoadError, ModelRegistry, UnknownModelError
+from rerank_server.schemas import ScorePair
+from rerank_server.settings import Settings
+from tests.conftest import FIXTURE_MODEL_ID, DirectBackend, routes_client
+
+EXTRA = ("test-org/extra-a", "test-org/extra-b", "test-org/extra-c")
+
+
+@pytest.fixture(scope="module")
+def extra_models(fixture_model_dir) -> tuple[str, ...]:
+    for model_id in EXTRA:
+        import_from_folder(model_id, fixture_model_dir)
+    return EXTRA
+
+
+def test_least_recently_used_model_is_unloaded_and_its_memory_released(stored_fixture, extra_models) -> None:
+    registry = ModelRegistry(Settings(default_model=FIXTURE_MODEL_ID, max_loaded_models=3))
+    registry.preload([FIXTURE_MODEL_ID])
+    a = weakref.ref(registry.get(EXTRA[0]).model)
+    registry.get(EXTRA[1])
+    registry.get(EXTRA[0])  # EXTRA[1] is now the least recently used
+    registry.get(EXTRA[2])
+    assert sorted(registry.loaded_ids()) == sorted([FIXTURE_MODEL_ID, EXTRA[0], EXTRA[2]])
+    registry.get(EXTRA[1])  # EXTRA[0] goes; the default model never does
+    assert sorted(registry.loaded_ids()) == sorted([FIXTURE_MODEL_ID, EXTRA[1], EXTRA[2]])
+    gc.collect()
+    assert a() is None, "an unloaded model's weights must be freed"
+
+
+def test_a_model_in_use_is_never_unloaded(stored_fixture, extra_models) -> None:
+    registry = ModelRegistry(Settings(default_model=FIXTURE_MODEL_ID, max_loaded_models=2))
+    registry.preload([FIXTURE_MODEL_ID])
+    with registry.using(EXTRA[0]):
+        registry.get(EXTRA[1])  # over budget, but EXTRA[0] is busy: both stay for now
+        assert set(registry.loaded_ids()) == {FIXTURE_MODEL_ID, EXTRA[0], EXTRA[1]}
+    # when the batch using EXTRA[0] ends, the budget is restored
+    assert len(registry.loaded_ids()) == 2 and FIXTURE_MODEL_ID in registry.loaded_ids()
+
+
+def test_memory_budget(stored_fixture, extra_models) -> None:
+    one_model_mib = ModelRegistry(Settings(default_model=FIXTURE_MODEL_ID)).get(FIXTURE_MODEL_ID).parameters * 4 / 2**20
+    registry = ModelRegistry(
+        Settings(default_model=FIXTURE_MODEL_ID, max_model_memory_mb=int(one_model_mib * 2.5))
+    )
+    for model_id in (FIXTURE_MODEL_ID, *EXTRA):
+        registry.get(model_id)
+    assert len(registry.loaded_ids()) == 2
+
+
+def test_concurrent_first_use_loads_once(stored_fixture, extra_models) -> None:
+    loads: list[str] = []
+    registry = ModelRegistry(Settings(default_model=FIXTURE_MODEL_ID))
+    original = registry._factory
+
+    def counting(stored):
+        loads.append(stored.model_id)
+        return original(stored)
+
+    registry._factory = counting
+    threads = [threading.Thread(target=registry.get, args=(EXTRA[2],)) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert loads == [EXTRA[2]]
+
+
+def test_a_broken_model_fails_alone(stored_fixture, fixture_model_dir, tmp_path) -> None:
+    folder = tmp_path / "broken"
+    shutil.copytree(fixture_model_dir, folder)
+    stored = import_from_folder("test-org/broken-weights", folder).stored
+    (stored.path / "model.safetensors").write_bytes(b"not a safetensors file")
+    registry = ModelRegistry(Settings(default_model=FIXTURE_MODEL_ID))
+    with pytest.raises(ModelLoadError, match="test-org/broken-weights"):
+        registry.get("test-org/broken-weights")
+    mixed = registry.score(
+        [ScorePair(model="test-org/broken-weights", query="q", document="d"),
+         ScorePair(model=FIXTURE_MODEL_ID, query="q", document="d")]
+    )  # fmt: skip
+    assert mixed[0].error and "could not be loaded" in mixed[0].error and mixed[0].score is None
+    assert mixed[1].error is None and mixed[1].score is not None
+    with routes_client(DirectBackend(registry)) as client:
+        broken = client.post("/v1/rerank", json={"query": "q", "documents": ["d"], "model": "test-org/broken-weights"})
+        assert broken.status_code == 503
+        assert "test-org/broken-weights" in broken.json()["error"]["message"]
+        assert client.post("/v1/rerank", json={"query": "q", "documents": ["d"]}).status_code == 200
+
+
+def test_unknown_models_are_reported_with_the_available_ones(stored_fixture) -> None:
+    registry = ModelRegistry(Settings(default_model=FIXTURE_MODEL_ID))
+    with pytest.raises(UnknownModelError) as caught:
+        registry.resolve("../../etc/passwd")
+    assert FIXTURE_MODEL_ID in caught.value.available

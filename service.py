@@ -6,10 +6,13 @@ Serve it with `bentoml serve` (port 8000) or `make serve`; build a Bento with `b
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 
 import bentoml
+from bentoml.exceptions import BentoMLException
 
 from rerank_server.catalog import store_name
+from rerank_server.http_api import BackendBusyError
 from rerank_server.http_api import app as http_app
 from rerank_server.middleware import INTERNAL_CALL, RequestGuard
 from rerank_server.registry import ModelRegistry
@@ -51,6 +54,11 @@ class Reranker:
         marker = INTERNAL_CALL.set(True)
         try:
             scored = await self.to_async.score_pairs(pairs)
+        except BentoMLException as exc:
+            # The dispatcher sheds load it predicts it cannot finish within max_latency_ms (503), as does a full queue.
+            if exc.error_code in (HTTPStatus.SERVICE_UNAVAILABLE, HTTPStatus.TOO_MANY_REQUESTS):
+                raise BackendBusyError(str(exc)) from exc
+            raise
         finally:
             INTERNAL_CALL.reset(marker)
         return [PairScore.model_validate(item) for item in scored]

@@ -6,6 +6,7 @@ tests), which scores pairs through the adaptive batcher.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Protocol
@@ -41,12 +42,21 @@ from rerank_server.schemas import (
 )
 
 
+logger = logging.getLogger("bentoml")
+
+
+class BackendBusyError(RuntimeError):
+    """The batcher refused the work for now (its queue cannot meet the latency budget); worth retrying."""
+
+
 class RerankBackend(Protocol):
     """What the routes need from the service."""
 
     registry: ModelRegistry
 
-    async def batch_score(self, pairs: list[ScorePair]) -> list[PairScore]: ...
+    async def batch_score(self, pairs: list[ScorePair]) -> list[PairScore]:
+        """Scores in the order of `pairs`; raises BackendBusyError when overloaded."""
+        ...
 
 
 def current_backend() -> RerankBackend:
@@ -62,9 +72,19 @@ Backend = Annotated[RerankBackend, Depends(current_backend)]
 class APIError(Exception):
     """An error answered in vLLM's shape, or in TEI's when `tei` is set."""
 
-    def __init__(self, status: int, message: str, type_: str, param: str | None = None, *, tei: bool = False) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str,
+        param: str | None = None,
+        *,
+        tei: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.tei = status, message, type_, param, tei
+        self.headers = headers
 
 
 app = FastAPI(
@@ -78,19 +98,33 @@ app = FastAPI(
 @app.exception_handler(APIError)
 async def _api_error(_: Request, exc: APIError) -> JSONResponse:
     if exc.tei:
-        return JSONResponse(TEIError(error=exc.message, error_type=exc.type).model_dump(), status_code=exc.status)
-    body = ErrorResponse(error=ErrorInfo(message=exc.message, type=exc.type, param=exc.param, code=exc.status))
-    return JSONResponse(body.model_dump(), status_code=exc.status)
+        body = TEIError(error=exc.message, error_type=exc.type).model_dump()
+    else:
+        body = ErrorResponse(error=ErrorInfo(message=exc.message, type=exc.type, param=exc.param, code=exc.status))
+        body = body.model_dump()
+    return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+
+
+@app.exception_handler(Exception)
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    # Still a bug to fix (it is logged with its traceback), but the client gets JSON, not a bare text page.
+    logger.exception("Unhandled error on %s %s", request.method, request.url.path)
+    return await _api_error(request, APIError(500, f"Internal error: {type(exc).__name__}", "InternalServerError"))
+
+
+def _invalid(message: str, param: str | None, *, tei: bool = False) -> APIError:
+    """A request that cannot be served as sent: vLLM answers 400, TEI 422 with its own error type."""
+    if tei:
+        return APIError(422, f"Input validation error: {message}", "Validation", param, tei=True)
+    return APIError(400, message, "BadRequestError", param)
 
 
 def _validation_error(errors: list[dict[str, Any]], *, tei: bool = False) -> APIError:
+    # FastAPI's own answer would be 422 with a list of details; clients of vLLM and TEI expect their error shapes.
     first = errors[0] if errors else {}
     param = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or None
     message = str(first.get("msg", "invalid request"))
-    if tei:
-        return APIError(422, f"Input validation error: {param + ': ' if param else ''}{message}", "Validation", tei=True)
-    # vLLM answers malformed requests with 400 and its error shape, not FastAPI's 422 detail list.
-    return APIError(400, f"{param}: {message}" if param else message, "BadRequestError", param)
+    return _invalid(f"{param}: {message}" if param else message, param, tei=tei)
 
 
 @app.exception_handler(RequestValidationError)
@@ -136,13 +170,10 @@ async def _score_documents(
     registry = backend.registry
     settings = registry.settings
     if not documents:
-        raise APIError(422 if tei else 400, "documents must not be empty", "Validation" if tei else "BadRequestError",
-                       "documents", tei=tei)  # fmt: skip
+        raise _invalid("documents must not be empty", "documents", tei=tei)
     if len(documents) > settings.max_documents:
-        raise APIError(
-            422 if tei else 400, f"{len(documents)} documents exceed the limit of {settings.max_documents} per request",
-            "Validation" if tei else "BadRequestError", "documents", tei=tei,
-        )  # fmt: skip
+        message = f"{len(documents)} documents exceed the limit of {settings.max_documents} per request"
+        raise _invalid(message, "documents", tei=tei)
     try:
         stored = registry.resolve(model)
         scorer = await anyio.to_thread.run_sync(registry.get, stored.model_id)
@@ -151,10 +182,8 @@ async def _score_documents(
     except ModelLoadError as exc:
         raise APIError(503, str(exc), "ServiceUnavailableError", "model", tei=tei) from exc
     if max_length is not None and max_length > stored.max_length:
-        raise APIError(
-            400, f"truncate_prompt_tokens ({max_length}) is larger than the model's max_length ({stored.max_length})",
-            "BadRequestError", "truncate_prompt_tokens",
-        )  # fmt: skip
+        message = f"truncate_prompt_tokens ({max_length}) is larger than the model's max_length ({stored.max_length})"
+        raise _invalid(message, "truncate_prompt_tokens")
 
     chunks = max_chunks if max_chunks is not None else settings.max_chunks_per_doc
     if chunks and chunks > 1:
@@ -172,7 +201,11 @@ async def _score_documents(
         for i, pieces in enumerate(windows)
         for piece in pieces
     ]  # fmt: skip
-    scored = await backend.batch_score(pairs)
+    try:
+        scored = await backend.batch_score(pairs)
+    except BackendBusyError as exc:
+        raise APIError(503, f"The server is busy, retry shortly: {exc}", "ServiceUnavailableError", tei=tei,
+                       headers={"Retry-After": "1"}) from exc  # fmt: skip
     failed = next((s.error for s in scored if s.error), None)
     if failed:
         raise APIError(503, failed, "ServiceUnavailableError", "model", tei=tei)
@@ -311,8 +344,8 @@ async def score(request: ScoreRequest, backend: Backend) -> ScoreResponse:
     if len(firsts) == 1:
         firsts = firsts * len(seconds)
     if len(firsts) != len(seconds):
-        raise APIError(400, f"text_1 has {len(firsts)} items and text_2 {len(seconds)}: give one text_1 or as many "
-                       "as text_2", "BadRequestError", "text_1")  # fmt: skip
+        message = f"text_1 has {len(firsts)} items and text_2 {len(seconds)}: give one text_1 or as many as text_2"
+        raise _invalid(message, "text_1")
     max_length = request.truncate_prompt_tokens
     scored = await _score_documents(
         backend, model=request.model, queries=firsts, documents=seconds, raw=not request.use_activation,

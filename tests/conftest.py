@@ -54,13 +54,13 @@ class DirectBackend:
 
 
 @contextmanager
-def routes_client(backend: DirectBackend) -> Iterator[TestClient]:
+def routes_client(backend: DirectBackend, raise_server_exceptions: bool = True) -> Iterator[TestClient]:
     """A TestClient on the HTTP routes, served by `backend` instead of the BentoML service."""
     from rerank_server.http_api import app, current_backend
 
     app.dependency_overrides[current_backend] = lambda: backend
     try:
-        with TestClient(app) as client:
+        with TestClient(app, raise_server_exceptions=raise_server_exceptions) as client:
             yield client
     finally:
         app.dependency_overrides.clear()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import statistics
@@ -110,47 +111,58 @@ async def measure_http(url: str, payloads: list[dict], clients: int, tokens_per_
     return pairs / elapsed, tokens_per_request * len(payloads) / elapsed
 
 
-def latencies(url: str, payload: dict, count: int) -> list[float]:
-    times = []
-    with httpx.Client(base_url=url, timeout=3600) as http:
-        for _ in range(count):
-            started = time.perf_counter()
-            http.post("/v1/rerank", json=payload).raise_for_status()
-            times.append((time.perf_counter() - started) * 1000)
-    return times
+class Encoder:
+    """The reference, in-process: `CrossEncoder.predict` with its default batch size."""
+
+    def __init__(self, model_dir: Path, device: str) -> None:
+        from sentence_transformers import CrossEncoder
+
+        self.model = CrossEncoder(str(model_dir), device=device, model_kwargs={"dtype": dtype_for(device)})
+
+    def latency_ms(self, payload: dict) -> float:
+        started = time.perf_counter()
+        self.model.predict([(payload["query"], d) for d in payload["documents"]])
+        return (time.perf_counter() - started) * 1000
+
+    def throughput(self, payloads: list[dict], tokens: int) -> tuple[float, float]:
+        started = time.perf_counter()
+        for payload in payloads:
+            self.model.predict([(payload["query"], d) for d in payload["documents"]])
+        elapsed = time.perf_counter() - started
+        return sum(len(p["documents"]) for p in payloads) / elapsed, tokens * len(payloads) / elapsed
 
 
-def bench_http(name: str, system: str, url: str, payloads: list[dict], args: argparse.Namespace, tokens: int) -> Row:
-    latencies(url, payloads[0], 1)  # warm-up
-    lat = latencies(url, payloads[0], args.latency_requests)
-    row = Row(name, system, statistics.median(lat), percentile(lat, 0.99))
+def http_latency_ms(url: str, payload: dict) -> float:
+    started = time.perf_counter()
+    httpx.post(f"{url}/v1/rerank", json=payload, timeout=3600).raise_for_status()
+    return (time.perf_counter() - started) * 1000
+
+
+def compare(name: str, encoder: Encoder, servers: dict[str, str], payloads: list[dict], args, tokens: int) -> list[Row]:
+    """Every system measured in turn, request by request and level by level, so that a slow spell of a shared
+    machine falls on all of them alike rather than on whichever ran at that moment."""
+    rows = {"reference": Row(name, "reference: CrossEncoder.predict")}
+    rows.update({system: Row(name, system) for system in servers})
+    lat: dict[str, list[float]] = {system: [] for system in rows}
+    encoder.latency_ms(payloads[0])
+    for url in servers.values():
+        http_latency_ms(url, payloads[0])  # warm-up
+    for _ in range(args.latency_requests):
+        lat["reference"].append(encoder.latency_ms(payloads[0]))
+        for system, url in servers.items():
+            lat[system].append(http_latency_ms(url, payloads[0]))
+    for system, row in rows.items():
+        row.p50_ms, row.p99_ms = statistics.median(lat[system]), percentile(lat[system], 0.99)
+    rows["reference"].throughput[1] = encoder.throughput(payloads[: args.requests], tokens)
     for clients in args.concurrency:
         count = max(clients, args.requests)
-        row.throughput[clients] = asyncio.run(measure_http(url, payloads[:count], clients, tokens))
-    row.after_burst_ms = statistics.median(latencies(url, payloads[0], args.latency_requests))
-    return row
-
-
-def bench_reference(name: str, model_dir: Path, payloads: list[dict], args, tokens: int, device: str) -> Row:
-    from sentence_transformers import CrossEncoder
-
-    encoder = CrossEncoder(str(model_dir), device=device, model_kwargs={"dtype": dtype_for(device)})
-    pairs = [(payloads[0]["query"], d) for d in payloads[0]["documents"]]
-    encoder.predict(pairs)  # warm-up
-    lat = []
-    for _ in range(args.latency_requests):
-        started = time.perf_counter()
-        encoder.predict(pairs)
-        lat.append((time.perf_counter() - started) * 1000)
-    row = Row(name, "reference: CrossEncoder.predict", statistics.median(lat), percentile(lat, 0.99))
-    # In-process there are no concurrent clients: its best is sequential predict calls.
-    count = max(args.requests, 1)
-    started = time.perf_counter()
-    for payload in payloads[:count]:
-        encoder.predict([(payload["query"], d) for d in payload["documents"]])
-    elapsed = time.perf_counter() - started
-    row.throughput[1] = (len(pairs) * count / elapsed, tokens * count / elapsed)
-    return row
+        for system, url in servers.items():
+            rows[system].throughput[clients] = asyncio.run(measure_http(url, payloads[:count], clients, tokens))
+    for system, url in servers.items():
+        rows[system].after_burst_ms = statistics.median(
+            [http_latency_ms(url, payloads[0]) for _ in range(args.latency_requests)]
+        )
+    return list(rows.values())
 
 
 def bench_forward(name: str, model_dir: Path, payloads: list[dict], args, tokens: int, device: str) -> Row:
@@ -181,44 +193,45 @@ def dtype_for(device: str) -> torch.dtype:
 
 
 def run(args: argparse.Namespace) -> list[Row]:
+    from transformers import AutoTokenizer
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
     work = Path(tempfile.mkdtemp(prefix="rerank-bench-"))
     rows: list[Row] = []
     for name in args.models:
         model_dir = build_model(name, Path(args.model_cache) / name)
-        from transformers import AutoTokenizer
-
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         docs = [documents(args.docs, tokenizer, seed=i) for i in range(max(args.requests, max(args.concurrency)))]
         payloads = [{"query": QUERY, "documents": d, "model": f"bench/{name}"} for d in docs]
         tokens = sum(len(tokenizer(QUERY, d, truncation=True, max_length=512)["input_ids"]) for d in docs[0])
-        rows.append(bench_reference(name, model_dir, payloads, args, tokens, device))
+        env = {
+            "BENTOML_HOME": str(work / "bentoml"),
+            "RERANK_DEFAULT_MODEL": f"bench/{name}",
+            # Throughput is measured with every request admitted: a CPU queue of 100-document requests is longer
+            # than the default one-minute budget after which the server sheds load with 503s.
+            "RERANK_MAX_LATENCY_MS": str(args.max_latency_ms),
+        }
+        subprocess.run([sys.executable, "import_models.py", f"bench/{name}", "--from-dir", str(model_dir)],
+                       cwd=REPO, env={**os.environ, **env}, check=True, capture_output=True)  # fmt: skip
+        with contextlib.ExitStack() as stack:
+            # Both servers stay up (idle while the other is measured).
+            ours_port, baseline_port = free_port(), free_port()
+            ours = stack.enter_context(Server(
+                [sys.executable, "-m", "bentoml", "serve", "service:Reranker", "--port", str(ours_port)],
+                env, ours_port, work / f"ours-{name}.log",
+            ))  # fmt: skip
+            baseline = stack.enter_context(Server(
+                [sys.executable, "-m", "uvicorn", "benchmarks.baseline_server:app", "--port", str(baseline_port)],
+                {"BASELINE_MODEL_DIR": str(model_dir), "BASELINE_DEVICE": device}, baseline_port,
+                work / f"baseline-{name}.log",
+            ))  # fmt: skip
+            servers = {
+                "baseline: original design": baseline.url,
+                f"ours: bentoml serve (ready in {ours.ready_s:.1f} s)": ours.url,
+            }
+            rows += compare(name, Encoder(model_dir, device), servers, payloads, args, tokens)
         if device == "cuda":
             rows.append(bench_forward(name, model_dir, payloads, args, tokens, device))
-        if "baseline" in args.systems:
-            port = free_port()
-            command = [sys.executable, "-m", "uvicorn", "benchmarks.baseline_server:app", "--port", str(port)]
-            with Server(command, {"BASELINE_MODEL_DIR": str(model_dir), "BASELINE_DEVICE": device}, port,
-                        work / f"baseline-{name}.log") as server:  # fmt: skip
-                rows.append(bench_http(name, "baseline: original design", server.url, payloads, args, tokens))
-        if "ours" in args.systems:
-            home = work / "bentoml"
-            env = {
-                "BENTOML_HOME": str(home),
-                "RERANK_DEFAULT_MODEL": f"bench/{name}",
-                # Throughput is measured with every request admitted: a CPU queue of 100-document requests is
-                # longer than the default one-minute budget after which the server sheds load with 503s.
-                "RERANK_MAX_LATENCY_MS": str(args.max_latency_ms),
-            }
-            subprocess.run([sys.executable, "import_models.py", f"bench/{name}", "--from-dir", str(model_dir)],
-                           cwd=REPO, env={**os.environ, **env}, check=True, capture_output=True)  # fmt: skip
-            port = free_port()
-            command = [sys.executable, "-m", "bentoml", "serve", "service:Reranker", "--port", str(port)]
-            with Server(command, env, port, work / f"ours-{name}.log") as server:
-                print(f"{name}: bentoml serve ready in {server.ready_s:.1f} s", file=sys.stderr)
-                row = bench_http(name, "ours: bentoml serve", server.url, payloads, args, tokens)
-                row.system += f" (ready in {server.ready_s:.1f} s)"
-                rows.append(row)
     return rows
 
 
@@ -261,7 +274,6 @@ def write(markdown: str, key: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=lambda s: s.split(","), default=["minilm"])
-    parser.add_argument("--systems", type=lambda s: s.split(","), default=["baseline", "ours"])
     parser.add_argument("--docs", type=int, default=100, help="documents per request")
     parser.add_argument("--requests", type=int, default=8, help="requests per throughput level (at least clients)")
     parser.add_argument("--latency-requests", type=int, default=5, help="sequential requests for p50/p99")

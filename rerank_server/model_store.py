@@ -54,6 +54,7 @@ class StoredReranker:
     revision: str | None
     created: datetime
     size_bytes: int
+    fingerprint: str
 
     @property
     def owned_by(self) -> str:
@@ -140,6 +141,7 @@ def _to_stored(model: bentoml.Model) -> StoredReranker | None:
         revision=meta.get("revision") or None,
         created=model.info.creation_time,
         size_bytes=int(meta.get("size_bytes", 0)),
+        fingerprint=str(meta.get("fingerprint", "")),
     )
 
 
@@ -182,10 +184,8 @@ def store_folder(
         raise ModelImportError(f"{model_id!r} is not a model id of the form org/name")
     info = inspect_folder(folder, model_id)
     existing = find_reranker(model_id)
-    if existing and not force:
-        current = next(m for m in bentoml.models.list() if str(m.tag) == existing.tag)
-        if current.info.metadata.get("fingerprint") == fingerprint:
-            return ImportResult(existing, skipped=True)
+    if existing and existing.fingerprint == fingerprint and not force:
+        return ImportResult(existing, skipped=True)
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and ".git" not in p.parts)
     metadata = {
         "model_id": model_id,

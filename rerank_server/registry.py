@@ -11,6 +11,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
+import torch
+
 from rerank_server.catalog import canonical_id
 from rerank_server.model_store import StoredReranker, find_reranker, list_rerankers
 from rerank_server.schemas import PairScore, ScorePair, Truncation
@@ -138,9 +140,9 @@ class ModelRegistry:
             self._loaded[stored.model_id] = scorer
             self._last_used[stored.model_id] = time.monotonic()
         logger.info(
-            "Loaded %s (%s) on %s as %s in %.1f s",
+            "Loaded %s (%s) on %s as %s in %.1f s (%d CPU threads)",
             stored.model_id, stored.tag, self.device, str(self.dtype).removeprefix("torch."),
-            time.perf_counter() - started,
+            time.perf_counter() - started, torch.get_num_threads(),
         )  # fmt: skip
         return scorer
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -135,3 +136,29 @@ def test_the_command_line_refuses_from_dir_with_several_ids() -> None:
     with pytest.raises(SystemExit) as exc:
         import_models.parse_args(["a/b", "c/d", "--from-dir", "x"])
     assert exc.value.code == 2
+
+
+def test_download_through_an_hf_endpoint_mirror(fixture_model_dir: Path, tmp_path: Path) -> None:
+    """The real Hub code path, against a loopback mirror: `HF_ENDPOINT=... python import_models.py ORG/NAME`."""
+    from tests.fake_hub import fake_hub
+
+    repo = _copy(fixture_model_dir, tmp_path / "repo")
+    (repo / "pytorch_model.bin").write_bytes(b"a duplicate of the weights that must not be downloaded")
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    with fake_hub({"mirror-org/mirrored-reranker": repo}) as (endpoint, seen):
+        env["HF_ENDPOINT"] = endpoint
+        command = [sys.executable, "import_models.py", "mirror-org/mirrored-reranker", "--models-dir", str(tmp_path)]
+        first = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+        again = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+        missing = subprocess.run(
+            [sys.executable, "import_models.py", "mirror-org/absent", "--models-dir", str(tmp_path)],
+            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("mirror-org/mirrored-reranker: imported as mirror-org--mirrored-reranker:")
+    assert "already stored" in again.stdout
+    stored = find_reranker("mirror-org/mirrored-reranker")
+    assert stored.source == f"hub:{endpoint}" and len(stored.revision) == 40
+    assert (stored.path / "model.safetensors").is_file() and not (stored.path / "pytorch_model.bin").exists()
+    assert not any(path.endswith("pytorch_model.bin") for path in seen)
+    assert missing.returncode == 1 and "mirror-org/absent is not available" in missing.stderr

@@ -103,3 +103,32 @@ def test_unknown_models_are_reported_with_the_available_ones(stored_fixture) -> 
     with pytest.raises(UnknownModelError) as caught:
         registry.resolve("../../etc/passwd")
     assert FIXTURE_MODEL_ID in caught.value.available
+
+
+def test_settings_from_the_environment(monkeypatch) -> None:
+    monkeypatch.setenv("RERANK_DEFAULT_MODEL", "bge-reranker-large")
+    monkeypatch.setenv("RERANK_PRELOAD", " bge-reranker-v2-m3, BAAI/bge-reranker-large ,my-org/x,")
+    monkeypatch.setenv("RERANK_DTYPE", "bfloat16")
+    monkeypatch.setenv("RERANK_API_KEY", "one, two")
+    settings = Settings()
+    assert settings.default_model_id == "BAAI/bge-reranker-large"
+    assert settings.preload_ids == ["BAAI/bge-reranker-large", "BAAI/bge-reranker-v2-m3", "my-org/x"]
+    assert settings.dtype == "bfloat16" and settings.api_keys == ["one", "two"]
+    monkeypatch.setenv("RERANK_DTYPE", "float8")
+    with pytest.raises(ValueError):
+        Settings()
+
+
+def test_the_dtype_setting_reaches_the_model(stored_fixture) -> None:
+    import torch
+
+    registry = ModelRegistry(Settings(default_model=FIXTURE_MODEL_ID, device="cpu", dtype="bfloat16"))
+    scorer = registry.get(FIXTURE_MODEL_ID)
+    assert next(scorer.model.parameters()).dtype == torch.bfloat16
+    assert registry.score([ScorePair(model=FIXTURE_MODEL_ID, query="q", document="d")])[0].score is not None
+
+
+def test_start_up_stops_on_an_unknown_preload(stored_fixture) -> None:
+    registry = ModelRegistry(Settings(default_model=FIXTURE_MODEL_ID))
+    with pytest.raises(UnknownModelError, match="my-org/not-imported"):
+        registry.preload([FIXTURE_MODEL_ID, "my-org/not-imported"])

@@ -74,7 +74,8 @@ def test_concurrent_requests_are_merged_into_one_model_batch(server) -> None:
 
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
-            documents = [f"document {j} about {WORDS[j % len(WORDS)]}" for j in range(30)]
+            # ~100 tokens each: a model call lasts far longer than the spread of the requests' arrival.
+            documents = [" ".join([WORDS[j % len(WORDS)]] * 100) for j in range(30)]
             payloads = [{"query": f"query {i}", "documents": documents} for i in range(requests)]
             return await asyncio.gather(*(client.post("/v1/rerank", json=p) for p in payloads))
 

@@ -15,6 +15,7 @@ import itertools
 import os
 import random
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -71,12 +72,6 @@ class RetryPolicy:
         return min(self.backoff * 2**attempt * (1 + random.random() / 4), self.max_delay)
 
 
-def _settings(base_url: str | None, api_key: str | None) -> tuple[str, dict[str, str]]:
-    url = (base_url or os.environ.get("RERANK_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-    key = api_key if api_key is not None else os.environ.get("RERANK_API_KEY")
-    return url, ({"Authorization": f"Bearer {key}"} if key else {})
-
-
 def _rerank_body(
     query: str, documents: list[str], top_n: int | None, model: str | None, return_documents: bool
 ) -> dict[str, Any]:
@@ -109,8 +104,8 @@ def _error_from(response: httpx.Response) -> RerankError:
     return RerankError(message, response.status_code)
 
 
-class RerankClient:
-    """Async client (httpx.AsyncClient). Close it with `await client.close()` or use `async with`."""
+class _BaseClient(ABC):
+    """Settings shared by both clients; each subclass makes its own httpx client."""
 
     def __init__(
         self,
@@ -120,9 +115,23 @@ class RerankClient:
         timeout: float = 30.0,
         retry: RetryPolicy | None = None,
     ) -> None:
-        self.base_url, headers = _settings(base_url, api_key)
+        """`base_url` defaults to RERANK_BASE_URL or http://localhost:8000, `api_key` to RERANK_API_KEY."""
+        self.base_url = (base_url or os.environ.get("RERANK_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        key = api_key if api_key is not None else os.environ.get("RERANK_API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.retry = retry or RetryPolicy()
-        self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout)
+        self._http = self._http_client(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    @abstractmethod
+    def _http_client(self, **options: Any) -> Any:
+        """The httpx client (sync or async) the subclass talks through."""
+
+
+class RerankClient(_BaseClient):
+    """Async client (httpx.AsyncClient). Close it with `await client.close()` or use `async with`."""
+
+    def _http_client(self, **options: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(**options)
 
     async def rerank(
         self,
@@ -167,20 +176,11 @@ class RerankClient:
         await self.close()
 
 
-class SyncRerankClient:
+class SyncRerankClient(_BaseClient):
     """Blocking client (httpx.Client) with the same calls as RerankClient; use `with` or `close()`."""
 
-    def __init__(
-        self,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        *,
-        timeout: float = 30.0,
-        retry: RetryPolicy | None = None,
-    ) -> None:
-        self.base_url, headers = _settings(base_url, api_key)
-        self.retry = retry or RetryPolicy()
-        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+    def _http_client(self, **options: Any) -> httpx.Client:
+        return httpx.Client(**options)
 
     def rerank(
         self,

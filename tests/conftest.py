@@ -136,17 +136,19 @@ class RunningServer:
         self._log_file.close()
 
 
-@pytest.fixture(scope="session")
-def server(stored_fixture, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """`bentoml serve service:Reranker` from the repository root, serving the fixture model (one per session)."""
-    running = RunningServer(
-        "service:Reranker",
-        {"RERANK_DEFAULT_MODEL": FIXTURE_MODEL_ID},
-        REPO_ROOT,
-        tmp_path_factory.mktemp("server") / "serve.log",
-    )
+@contextmanager
+def running_server(log: Path, env: dict[str, str], target: str = "service:Reranker", cwd: Path = REPO_ROOT):
+    """`bentoml serve target` with `env` added, ready on a free port until the block ends."""
+    running = RunningServer(target, env, cwd, log)
     try:
         running.wait_ready()
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture(scope="session")
+def server(stored_fixture, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """`bentoml serve service:Reranker` from the repository root, serving the fixture model (one per session)."""
+    with running_server(tmp_path_factory.mktemp("server") / "serve.log", {"RERANK_DEFAULT_MODEL": FIXTURE_MODEL_ID}) as s:
+        yield s

@@ -10,24 +10,16 @@ import httpx
 import pytest
 
 from clients.rerank_client import RerankError, SyncRerankClient
-from tests.conftest import FIXTURE_MODEL_ID, REPO_ROOT, RunningServer
+from tests.conftest import FIXTURE_MODEL_ID, RunningServer, running_server
 
 KEYS = ("first-secret-key", "second-secret-key")
 
 
 @pytest.fixture(scope="module")
 def secured(stored_fixture, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    running = RunningServer(
-        "service:Reranker",
-        {"RERANK_DEFAULT_MODEL": FIXTURE_MODEL_ID, "RERANK_API_KEY": ",".join(KEYS)},
-        REPO_ROOT,
-        tmp_path_factory.mktemp("secured") / "serve.log",
-    )
-    try:
-        running.wait_ready()
+    env = {"RERANK_DEFAULT_MODEL": FIXTURE_MODEL_ID, "RERANK_API_KEY": ",".join(KEYS)}
+    with running_server(tmp_path_factory.mktemp("secured") / "serve.log", env) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def test_rerank_needs_a_key_and_works_with_one(secured, reference_encoder) -> None:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import FIXTURE_MODEL_ID, REPO_ROOT, RunningServer
+from tests.conftest import FIXTURE_MODEL_ID, REPO_ROOT, RunningServer, running_server
 
 
 def bentoml_cli(*args: str, home: str | None = None, cwd: Path = REPO_ROOT) -> str:
@@ -60,14 +60,9 @@ def shipped_bento(bento_tag: str, tmp_path_factory: pytest.TempPathFactory) -> I
     bentoml_cli("export", bento_tag, str(archive))
     fresh_home = str(work / "home")
     bentoml_cli("import", str(archive), home=fresh_home, cwd=work)
-    running = RunningServer(
-        bento_tag, {"BENTOML_HOME": fresh_home, "RERANK_DEFAULT_MODEL": FIXTURE_MODEL_ID}, work, work / "serve.log"
-    )
-    try:
-        running.wait_ready()
+    env = {"BENTOML_HOME": fresh_home, "RERANK_DEFAULT_MODEL": FIXTURE_MODEL_ID}
+    with running_server(work / "serve.log", env, target=bento_tag, cwd=work) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def test_the_shipped_bento_carries_its_model_and_serves_it(shipped_bento, reference_encoder) -> None:

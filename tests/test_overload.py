@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from rerank_server.http_api import BackendBusyError
-from tests.conftest import FIXTURE_MODEL_ID, REPO_ROOT, DirectBackend, RunningServer, routes_client
+from tests.conftest import FIXTURE_MODEL_ID, DirectBackend, RunningServer, routes_client, running_server
 
 
 class RefusingBackend(DirectBackend):
@@ -43,17 +43,9 @@ def test_an_unexpected_failure_is_a_json_500(direct_backend) -> None:
 @pytest.fixture(scope="module")
 def impatient(stored_fixture, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """A server whose batcher accepts 1.5 s of queueing: a short request fits, a burst of long ones cannot."""
-    running = RunningServer(
-        "service:Reranker",
-        {"RERANK_DEFAULT_MODEL": FIXTURE_MODEL_ID, "RERANK_MAX_LATENCY_MS": "1500", "RERANK_MAX_BATCH_PAIRS": "64"},
-        REPO_ROOT,
-        tmp_path_factory.mktemp("impatient") / "serve.log",
-    )
-    try:
-        running.wait_ready()
+    env = {"RERANK_DEFAULT_MODEL": FIXTURE_MODEL_ID, "RERANK_MAX_LATENCY_MS": "1500", "RERANK_MAX_BATCH_PAIRS": "64"}
+    with running_server(tmp_path_factory.mktemp("impatient") / "serve.log", env) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def test_a_burst_beyond_the_latency_budget_gets_fast_503s_not_500s(impatient) -> None:

@@ -125,3 +125,24 @@ def test_async_client_and_the_original_designs_examples(server, monkeypatch) -> 
 
     models, health = asyncio.run(with_context_manager())
     assert FIXTURE_MODEL_ID in [m["id"] for m in models] and health["status"] == "running"
+
+
+def test_the_real_cohere_sdk_v1_and_v2(server, reference_encoder) -> None:
+    import cohere
+
+    documents = ["ML is a branch of AI", "Python is a language", "cats sleep a lot"]
+    expected = reference_encoder.predict([("what is ML?", d) for d in documents])
+    best_two = sorted(range(3), key=lambda i: -expected[i])[:2]
+
+    v2 = cohere.ClientV2(api_key="unused", base_url=server.url).rerank(
+        model=FIXTURE_MODEL_ID, query="what is ML?", documents=documents, top_n=2
+    )
+    assert [r.index for r in v2.results] == best_two
+    assert [r.relevance_score for r in v2.results] == pytest.approx([float(expected[i]) for i in best_two], abs=1e-5)
+
+    v1 = cohere.Client(api_key="unused", base_url=server.url).rerank(
+        model=FIXTURE_MODEL_ID, query="what is ML?", documents=[{"text": d} for d in documents], top_n=2,
+        return_documents=True,
+    )  # fmt: skip
+    assert [r.index for r in v1.results] == best_two
+    assert [r.document.text for r in v1.results] == [documents[i] for i in best_two]

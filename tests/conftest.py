@@ -98,6 +98,13 @@ class RunningServer:
     """A `bentoml serve` subprocess on a free loopback port."""
 
     def __init__(self, target: str, env: dict[str, str], cwd: Path, log: Path) -> None:
+        if "BENTOML_HOME" not in env:
+            # BentoML keeps its Prometheus files under BENTOML_HOME and a starting server wipes them: each server gets
+            # a home of its own that shares the test model store.
+            home = log.parent / "bentoml-home"
+            home.mkdir(exist_ok=True)
+            (home / "models").symlink_to(Path(os.environ["BENTOML_HOME"]) / "models", target_is_directory=True)
+            env = {**env, "BENTOML_HOME": str(home)}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log

@@ -24,6 +24,8 @@ serve: setup
 	$(BIN)/bentoml serve service:Reranker
 
 test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 build: setup

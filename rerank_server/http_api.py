@@ -41,7 +41,6 @@ from rerank_server.schemas import (
     unix_time,
 )
 
-
 logger = logging.getLogger("bentoml")
 
 
@@ -188,7 +187,7 @@ async def _score_documents(
     chunks = max_chunks if max_chunks is not None else settings.max_chunks_per_doc
     if chunks and chunks > 1:
         windows = await anyio.to_thread.run_sync(
-            lambda: [scorer.windows(q, d, chunks) for q, d in zip(queries, documents)]
+            lambda: [scorer.windows(q, d, chunks) for q, d in zip(queries, documents, strict=True)]
         )
     else:
         windows = [[d] for d in documents]
@@ -210,7 +209,7 @@ async def _score_documents(
     if failed:
         raise APIError(503, failed, "ServiceUnavailableError", "model", tei=tei)
     best: list[float | None] = [None] * len(documents)
-    for owner, result in zip(owners, scored):
+    for owner, result in zip(owners, scored, strict=True):
         value = result.logit if raw else result.score
         assert value is not None  # no error means a score
         best[owner] = value if best[owner] is None else max(best[owner], value)

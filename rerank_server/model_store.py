@@ -233,8 +233,10 @@ def import_from_hub(model_id: str, *, revision: str | None = None, force: bool =
         patterns = ["*.json", "*.txt", "*.model", "*.safetensors" if has_safetensors else "pytorch_model*.bin"]
         path = Path(snapshot_download(model_id, revision=info.sha, allow_patterns=patterns))
     except (RepositoryNotFoundError, GatedRepoError, RevisionNotFoundError) as exc:
-        raise ModelImportError(f"{model_id} is not available on {_hub_endpoint()}: {type(exc).__name__} "
-                               "(a gated or private model needs HF_TOKEN)") from exc
+        raise ModelImportError(
+            f"{model_id} is not available on {_hub_endpoint()}: {type(exc).__name__} "
+            "(a gated or private model needs HF_TOKEN)"
+        ) from exc
     except Exception as exc:  # noqa: BLE001 - any network failure ends in the same advice
         raise ModelImportError(
             f"cannot download {model_id} from {_hub_endpoint()} ({type(exc).__name__}); "

@@ -124,7 +124,7 @@ class ModelRegistry:
                 for i in positions:
                     results[i] = PairScore(error=str(exc))
                 continue
-            for i, logit, score, tokens in zip(positions, scored.logits, scored.scores, scored.tokens):
+            for i, logit, score, tokens in zip(positions, scored.logits, scored.scores, scored.tokens, strict=True):
                 results[i] = PairScore(score=score, logit=logit, tokens=tokens)
         return results
 
@@ -161,7 +161,7 @@ class ModelRegistry:
         return False
 
     def _enforce_budget(self, keep: str | None, incoming: StoredReranker | None = None) -> None:
-        """Unload least recently used models, never the default, `keep`, or one a batch is using, until within budget."""
+        """Unload least recently used models until within budget; never the default, `keep`, or one a batch uses."""
         evicted: list[CrossEncoderScorer] = []
         with self._guard:
             while self._over_budget(incoming):

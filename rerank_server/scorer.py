@@ -22,6 +22,11 @@ from rerank_server.schemas import Truncation
 logger = logging.getLogger("bentoml")
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Characters per token beyond which text can never reach the model: WordPiece turns a word of over 100 characters into
+# one [UNK], so 128 characters a token bounds every tokenizer we serve. Cutting there first keeps a 10 MB document from
+# being tokenized whole only to be truncated to max_length tokens.
+_MAX_CHARS_PER_TOKEN = 128
+NO_TRUNCATION = Truncation()
 
 
 def resolve_device(choice: str) -> str:
@@ -88,12 +93,14 @@ class CrossEncoderScorer:
 
     @torch.inference_mode()
     def score(
-        self, queries: Sequence[str], documents: Sequence[str], truncation: Truncation = Truncation()
+        self, queries: Sequence[str], documents: Sequence[str], truncation: Truncation = NO_TRUNCATION
     ) -> PairScores:
         """Score each (queries[i], documents[i]) pair; truncation is sentence-transformers' (longest first)."""
         if not documents:
             return PairScores([], [], [])
         max_length = min(truncation.max_length or self.max_length, self.max_length)
+        queries = self._cap_chars(queries, max_length)
+        documents = self._cap_chars(documents, max_length, truncation.side)
         with self._lock:
             if truncation.max_document_tokens:
                 documents = self._cut_documents(documents, truncation.max_document_tokens, truncation.side)
@@ -108,18 +115,25 @@ class CrossEncoderScorer:
             logits = torch.empty(len(lengths), dtype=torch.float32)
             for batch in pack_by_tokens(lengths, self.token_budget):
                 features = self.tokenizer.pad(
-                    {name: [encoded[name][i] for i in batch] for name in encoded.keys()}, return_tensors="pt"
+                    {name: [encoded[name][i] for i in batch] for name in encoded}, return_tensors="pt"
                 )
                 features = {name: tensor.to(self.device) for name, tensor in features.items()}
                 # Half-precision logits are upcast before the sigmoid, as sentence-transformers does.
                 logits[batch] = self.model(**features).logits[:, 0].float().cpu()
         return PairScores(logits.tolist(), torch.sigmoid(logits).tolist(), lengths)
 
+    @staticmethod
+    def _cap_chars(texts: Sequence[str], max_length: int, side: str = "right") -> Sequence[str]:
+        limit = max_length * _MAX_CHARS_PER_TOKEN
+        if all(len(text) <= limit for text in texts):
+            return texts
+        return [text[-limit:] if side == "left" else text[:limit] for text in texts]
+
     def _cut_documents(self, documents: Sequence[str], max_tokens: int, side: str) -> list[str]:
         """Each document cut to its first (or last) `max_tokens` tokens, cutting the text at a token boundary."""
         spans = self.tokenizer(list(documents), add_special_tokens=False, return_offsets_mapping=True)
         cut = []
-        for text, offsets in zip(documents, spans["offset_mapping"]):
+        for text, offsets in zip(documents, spans["offset_mapping"], strict=True):
             if len(offsets) <= max_tokens:
                 cut.append(text)
             elif side == "left":

@@ -27,7 +27,9 @@ class Settings(BaseSettings):
         256, ge=1, description="Most (query, document) pairs BentoML's adaptive batcher merges into one call."
     )
     max_latency_ms: int = Field(
-        60_000, ge=10, description="Queueing plus scoring time the batcher accepts; work it predicts to exceed it "
+        60_000,
+        ge=10,
+        description="Queueing plus scoring time the batcher accepts; work it predicts to exceed it "
         "is refused at once with 503 and Retry-After.",
     )
     token_budget: int = Field(

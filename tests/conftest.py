@@ -157,5 +157,6 @@ def running_server(log: Path, env: dict[str, str], target: str = "service:Rerank
 @pytest.fixture(scope="session")
 def server(stored_fixture, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """`bentoml serve service:Reranker` from the repository root, serving the fixture model (one per session)."""
-    with running_server(tmp_path_factory.mktemp("server") / "serve.log", {"RERANK_DEFAULT_MODEL": FIXTURE_MODEL_ID}) as s:
-        yield s
+    log = tmp_path_factory.mktemp("server") / "serve.log"
+    with running_server(log, {"RERANK_DEFAULT_MODEL": FIXTURE_MODEL_ID}) as running:
+        yield running

@@ -28,7 +28,8 @@ def test_rerank_needs_a_key_and_works_with_one(secured, reference_encoder) -> No
     wrong = httpx.post(f"{secured.url}/v1/rerank", json=payload, headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401 and wrong.headers["www-authenticate"].startswith("Bearer")
     for key in KEYS:
-        ok = httpx.post(f"{secured.url}/v1/rerank", json=payload, headers={"Authorization": f"Bearer {key}"}, timeout=60)
+        headers = {"Authorization": f"Bearer {key}"}
+        ok = httpx.post(f"{secured.url}/v1/rerank", json=payload, headers=headers, timeout=60)
         assert ok.status_code == 200
         expected = reference_encoder.predict([("q", "a"), ("q", "b")])
         for result in ok.json()["results"]:

@@ -1,4 +1,4 @@
-"""`bentoml build` offline, and the built Bento shipped to a fresh BentoML home and served with `bentoml serve <tag>`."""
+"""`bentoml build` offline; the built Bento shipped to a fresh BentoML home and served with `bentoml serve <tag>`."""
 
 from __future__ import annotations
 

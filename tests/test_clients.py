@@ -55,9 +55,9 @@ def test_base_url_and_key_fall_back_to_the_environment(server, monkeypatch) -> N
 
 def test_an_unreachable_server_is_a_rerank_error_after_retries() -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    with SyncRerankClient(url, retry=RetryPolicy(attempts=2, backoff=0.01)) as client:
-        with pytest.raises(RerankError, match="cannot reach") as caught:
-            client.rerank("q", ["d"])
+    client = SyncRerankClient(url, retry=RetryPolicy(attempts=2, backoff=0.01))
+    with client, pytest.raises(RerankError, match="cannot reach") as caught:
+        client.rerank("q", ["d"])
     assert caught.value.status_code is None
 
 

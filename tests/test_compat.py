@@ -192,7 +192,7 @@ def test_chunking_scores_each_window_and_keeps_the_best(client, direct_backend, 
     assert scorer.windows(QUERY, DOCS[0], 5) == [DOCS[0]]
 
 
-# --- Limits and errors --------------------------------------------------------------------------------------------------
+# --- Limits and errors ------------------------------------------------------------------------------------------------
 
 
 def test_too_many_documents(client, direct_backend) -> None:

@@ -51,9 +51,7 @@ def test_a_model_in_use_is_never_unloaded(stored_fixture, extra_models) -> None:
 
 def test_memory_budget(stored_fixture, extra_models) -> None:
     one_model_mib = ModelRegistry(Settings(default_model=FIXTURE_MODEL_ID)).get(FIXTURE_MODEL_ID).parameters * 4 / 2**20
-    registry = ModelRegistry(
-        Settings(default_model=FIXTURE_MODEL_ID, max_model_memory_mb=int(one_model_mib * 2.5))
-    )
+    registry = ModelRegistry(Settings(default_model=FIXTURE_MODEL_ID, max_model_memory_mb=int(one_model_mib * 2.5)))
     for model_id in (FIXTURE_MODEL_ID, *EXTRA):
         registry.get(model_id)
     assert len(registry.loaded_ids()) == 2

@@ -22,9 +22,7 @@ def mixed_documents(count: int, seed: int = 1) -> list[str]:
 
 @pytest.fixture(scope="module")
 def scorer(fixture_model_dir) -> CrossEncoderScorer:
-    return CrossEncoderScorer(
-        fixture_model_dir, max_length=512, device="cpu", dtype=torch.float32, token_budget=2048
-    )
+    return CrossEncoderScorer(fixture_model_dir, max_length=512, device="cpu", dtype=torch.float32, token_budget=2048)
 
 
 def test_scores_equal_the_reference_cross_encoder(scorer, reference_encoder) -> None:
@@ -63,9 +61,7 @@ def test_packing_keeps_every_pair_once_and_respects_the_budget(budget: int) -> N
 
 
 def test_half_precision_runs_on_cpu_and_stays_close(fixture_model_dir, scorer) -> None:
-    half = CrossEncoderScorer(
-        fixture_model_dir, max_length=512, device="cpu", dtype=torch.bfloat16, token_budget=2048
-    )
+    half = CrossEncoderScorer(fixture_model_dir, max_length=512, device="cpu", dtype=torch.bfloat16, token_budget=2048)
     assert next(half.model.parameters()).dtype == torch.bfloat16
     documents = mixed_documents(12, seed=3)
     full = scorer.score([QUERY] * 12, documents).scores
@@ -80,3 +76,11 @@ def test_device_and_dtype_defaults() -> None:
     assert resolve_dtype("auto", "cuda") == torch.float16
     assert resolve_dtype("auto", "cpu") == torch.float32
     assert resolve_dtype("bfloat16", "cuda") == torch.bfloat16
+
+
+def test_huge_documents_are_cut_before_tokenizing_with_the_same_score(scorer, reference_encoder) -> None:
+    huge = " ".join(WORDS * 20_000)  # ~1.6 million characters
+    scored = scorer.score([QUERY, QUERY], [huge, "short"])
+    reference = reference_encoder.predict([(QUERY, huge), (QUERY, "short")])
+    np.testing.assert_allclose(scored.scores, reference, atol=1e-5)
+    assert scored.tokens[0] == 512

@@ -53,7 +53,7 @@ def test_the_batchable_api_is_callable_with_the_bentoml_client(server, reference
 
 
 def _batch_histogram(url: str) -> tuple[float, float]:
-    """(model calls, calls that served a single request) from BentoML's adaptive batch size histogram of `score_pairs`."""
+    """(model calls, calls serving one request) from BentoML's adaptive batch size histogram of `score_pairs`."""
     calls = single = 0.0
     for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
         if family.name != "bentoml_service_adaptive_batch_size":

@@ -186,7 +186,6 @@ def store_folder(
     existing = find_reranker(model_id)
     if existing and existing.fingerprint == fingerprint and not force:
         return ImportResult(existing, skipped=True)
-    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and ".git" not in p.parts)
     metadata = {
         "model_id": model_id,
         "source": source,
@@ -195,11 +194,12 @@ def store_folder(
         "max_length": info.max_length,
         "architecture": info.architecture,
         "num_labels": info.num_labels,
-        "size_bytes": size,
     }
     labels = {**APP_LABEL, "model-id": model_id}
     with bentoml.models.create(store_name(model_id), labels=labels, metadata=metadata) as model:
         shutil.copytree(folder, model.path, ignore=_IGNORED, dirs_exist_ok=True)
+        # What was kept, not what the folder held (ONNX exports and other extras are left behind).
+        model.info.metadata["size_bytes"] = sum(p.stat().st_size for p in Path(model.path).rglob("*") if p.is_file())
     stored = find_reranker(model_id)
     assert stored is not None  # just created
     logger.info("Stored %s as %s", model_id, stored.tag)

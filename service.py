@@ -6,16 +6,14 @@ Serve it with `bentoml serve` (port 8000) or `make serve`; build a Bento with `b
 from __future__ import annotations
 
 import logging
-from http import HTTPStatus
 
 import bentoml
-from bentoml.exceptions import BentoMLException
+from bentoml.exceptions import ServiceUnavailable
 
 from rerank_server.catalog import store_name
-from rerank_server.http_api import BackendBusyError
+from rerank_server.engine import BatcherClosedError, DeadlineExceededError, QueueFullError, ScoringEngine
 from rerank_server.http_api import app as http_app
-from rerank_server.middleware import INTERNAL_CALL, RequestGuard
-from rerank_server.registry import ModelRegistry
+from rerank_server.middleware import RequestGuard
 from rerank_server.schemas import PairScore, ScorePair
 from rerank_server.settings import get_settings
 
@@ -29,16 +27,14 @@ settings = get_settings()
     resources={"gpu": 1},
     http={"port": 8000},
     traffic={"timeout": 300},
-    # The routes reach the batcher through BentoML's in-process client, which by default drops its session (and the
-    # requests in flight on it) every 100 requests; a long-lived session avoids those failures under load.
-    runner_connection={"max_requests": 2**31 - 1, "max_age": 365 * 24 * 3600.0},
 )
 class Reranker:
     """Scores (query, document) pairs with BGE / sentence-transformers cross-encoders from the model store."""
 
     def __init__(self) -> None:
-        self.registry = ModelRegistry(settings)
-        self.registry.preload(settings.preload_ids)
+        # One engine per worker: its model thread serves the HTTP routes and the batchable API alike.
+        self.engine = ScoringEngine(settings)
+        self.engine.registry.preload(settings.preload_ids)
 
     @bentoml.api(batchable=True, max_batch_size=settings.max_batch_pairs, max_latency_ms=settings.max_latency_ms)
     def score_pairs(self, pairs: list[ScorePair]) -> list[PairScore]:
@@ -47,21 +43,15 @@ class Reranker:
         Each result holds the relevance `score` (sigmoid of the logit), the raw `logit` and the `tokens` the model saw,
         or an `error` when that pair's model cannot be used.
         """
-        return self.registry.score(pairs)
-
-    async def batch_score(self, pairs: list[ScorePair]) -> list[PairScore]:
-        """Send pairs through the adaptive batcher (from the HTTP routes, which run in the event loop)."""
-        marker = INTERNAL_CALL.set(True)
         try:
-            scored = await self.to_async.score_pairs(pairs)
-        except BentoMLException as exc:
-            # The dispatcher sheds load it predicts it cannot finish within max_latency_ms (503), as does a full queue.
-            if exc.error_code in (HTTPStatus.SERVICE_UNAVAILABLE, HTTPStatus.TOO_MANY_REQUESTS):
-                raise BackendBusyError(str(exc)) from exc
-            raise
-        finally:
-            INTERNAL_CALL.reset(marker)
-        return [PairScore.model_validate(item) for item in scored]
+            return self.engine.score_blocking(pairs)
+        except (QueueFullError, DeadlineExceededError, BatcherClosedError) as exc:
+            raise ServiceUnavailable(str(exc)) from exc
+
+    @bentoml.on_shutdown
+    def drain(self) -> None:
+        """Finish the queued work before the worker exits (BentoML stops taking requests first)."""
+        self.engine.close(timeout=settings.request_timeout_s)
 
 
 Reranker.add_asgi_middleware(RequestGuard, api_keys=settings.api_keys, max_body_bytes=settings.max_body_bytes)

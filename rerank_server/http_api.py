@@ -1,7 +1,7 @@
 """The HTTP face of the server: rerank in the vLLM / Jina / Cohere and TEI formats, vLLM's score, models, status.
 
-The routes know nothing of BentoML: they talk to a `RerankBackend` (the service in production, a direct one in unit
-tests), which scores pairs through the adaptive batcher.
+The routes know nothing of BentoML: they talk to a `ScoringEngine` (the service's in production, one of their own in
+unit tests), which scores pairs through the continuous batcher.
 """
 
 from __future__ import annotations
@@ -9,15 +9,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any
 
 import anyio
+import torch
 from fastapi import Body, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from rerank_server.engine import BatcherClosedError, DeadlineExceededError, QueueFullError, ScoringEngine
 from rerank_server.registry import ModelLoadError, ModelRegistry, UnknownModelError
 from rerank_server.schemas import (
     ErrorInfo,
@@ -44,28 +46,14 @@ from rerank_server.schemas import (
 logger = logging.getLogger("bentoml")
 
 
-class BackendBusyError(RuntimeError):
-    """The batcher refused the work for now (its queue cannot meet the latency budget); worth retrying."""
-
-
-class RerankBackend(Protocol):
-    """What the routes need from the service."""
-
-    registry: ModelRegistry
-
-    async def batch_score(self, pairs: list[ScorePair]) -> list[PairScore]:
-        """Scores in the order of `pairs`; raises BackendBusyError when overloaded."""
-        ...
-
-
-def current_backend() -> RerankBackend:
-    """The running BentoML service instance (overridden in unit tests)."""
+def current_engine() -> ScoringEngine:
+    """The running BentoML service's engine (overridden in unit tests)."""
     import bentoml
 
-    return bentoml.get_current_service()
+    return bentoml.get_current_service().engine
 
 
-Backend = Annotated[RerankBackend, Depends(current_backend)]
+Engine = Annotated[ScoringEngine, Depends(current_engine)]
 
 
 class APIError(Exception):
@@ -150,7 +138,7 @@ class Scored:
 
 
 async def _score_documents(
-    backend: RerankBackend,
+    engine: ScoringEngine,
     *,
     model: str | None,
     queries: list[str],
@@ -166,7 +154,7 @@ async def _score_documents(
 
     With chunking, a document too long for the model is split into windows that each fit beside its query.
     """
-    registry = backend.registry
+    registry = engine.registry
     settings = registry.settings
     if not documents:
         raise _invalid("documents must not be empty", "documents", tei=tei)
@@ -200,11 +188,7 @@ async def _score_documents(
         for i, pieces in enumerate(windows)
         for piece in pieces
     ]  # fmt: skip
-    try:
-        scored = await backend.batch_score(pairs)
-    except BackendBusyError as exc:
-        raise APIError(503, f"The server is busy, retry shortly: {exc}", "ServiceUnavailableError", tei=tei,
-                       headers={"Retry-After": "1"}) from exc  # fmt: skip
+    scored = await _score_pairs(engine, pairs, tei=tei)
     failed = next((s.error for s in scored if s.error), None)
     if failed:
         raise APIError(503, failed, "ServiceUnavailableError", "model", tei=tei)
@@ -216,6 +200,24 @@ async def _score_documents(
     return Scored(stored.model_id, [b for b in best if b is not None], sum(s.tokens for s in scored))
 
 
+async def _score_pairs(engine: ScoringEngine, pairs: list[ScorePair], *, tei: bool) -> list[PairScore]:
+    """The engine's scores, its refusals turned into HTTP errors a client knows how to handle."""
+    retry = {"Retry-After": "1"}
+    try:
+        return await engine.score(pairs)
+    except QueueFullError as exc:
+        type_ = "Overloaded" if tei else "TooManyRequestsError"
+        raise APIError(429, f"Too many pairs are waiting, retry shortly: {exc}", type_, tei=tei, headers=retry) from exc
+    except DeadlineExceededError as exc:
+        raise APIError(504, str(exc), "Backend" if tei else "TimeoutError", tei=tei) from exc
+    except BatcherClosedError as exc:
+        type_ = "Unhealthy" if tei else "ServiceUnavailableError"
+        raise APIError(503, str(exc), type_, tei=tei, headers={**retry, "Connection": "close"}) from exc
+    except torch.OutOfMemoryError as exc:
+        message = "The accelerator ran out of memory on this request; retry, or send fewer or shorter documents"
+        raise APIError(503, message, "Backend" if tei else "ServiceUnavailableError", tei=tei, headers=retry) from exc
+
+
 def _ranked(scores: list[float], top_n: int | None) -> list[int]:
     order = sorted(range(len(scores)), key=lambda i: scores[i], reverse=True)
     return order[:top_n] if top_n else order
@@ -224,11 +226,11 @@ def _ranked(scores: list[float], top_n: int | None) -> list[int]:
 # --- Rerank: vLLM / Jina / Cohere ------------------------------------------------------------------------------------
 
 
-async def _rerank(request: RerankRequest, backend: RerankBackend) -> RerankResponse:
+async def _rerank(request: RerankRequest, engine: ScoringEngine) -> RerankResponse:
     texts = request.texts()
     max_length = request.truncate_prompt_tokens
     scored = await _score_documents(
-        backend,
+        engine,
         model=request.model,
         queries=[request.query] * len(texts),
         documents=texts,
@@ -253,32 +255,35 @@ _RERANK_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse},
     401: {"model": ErrorResponse},
     404: {"model": ErrorResponse},
+    413: {"model": ErrorResponse},
+    429: {"model": ErrorResponse},
     503: {"model": ErrorResponse},
+    504: {"model": ErrorResponse},
 }
 
 
 @app.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True, responses=_RERANK_RESPONSES)
-async def rerank_v1(request: RerankRequest, backend: Backend) -> RerankResponse:
+async def rerank_v1(request: RerankRequest, engine: Engine) -> RerankResponse:
     """Rank `documents` by relevance to `query`, best first (vLLM, Jina and Cohere v1 request and answer).
 
     `relevance_score` is the sigmoid of the cross-encoder's logit, as `sentence_transformers.CrossEncoder.predict`
     returns it (the raw logit with `use_activation: false`). `usage` counts the tokens the model saw, after each pair
     was truncated to the model's max_length.
     """
-    return await _rerank(request, backend)
+    return await _rerank(request, engine)
 
 
 @app.post("/v2/rerank", response_model=RerankResponse, response_model_exclude_none=True, responses=_RERANK_RESPONSES)
-async def rerank_v2(request: RerankRequest, backend: Backend) -> RerankResponse:
+async def rerank_v2(request: RerankRequest, engine: Engine) -> RerankResponse:
     """Cohere v2 rerank (and vLLM's `/v2/rerank`): the same request and answer as `/v1/rerank`."""
-    return await _rerank(request, backend)
+    return await _rerank(request, engine)
 
 
-async def _rerank_tei(request: TEIRerankRequest, backend: RerankBackend) -> list[TEIRank]:
+async def _rerank_tei(request: TEIRerankRequest, engine: ScoringEngine) -> list[TEIRank]:
     side = request.truncation_direction.lower()
     if not request.truncate:
-        stored = _resolve_for_tei(backend, request.model)
-        scorer = await anyio.to_thread.run_sync(backend.registry.get, stored.model_id)
+        stored = _resolve_for_tei(engine, request.model)
+        scorer = await anyio.to_thread.run_sync(engine.registry.get, stored.model_id)
         lengths = await anyio.to_thread.run_sync(scorer.pair_lengths, request.query, request.texts)
         if max(lengths, default=0) > stored.max_length:
             raise APIError(
@@ -286,7 +291,7 @@ async def _rerank_tei(request: TEIRerankRequest, backend: RerankBackend) -> list
                 f"Given: {max(lengths)}", "Validation", tei=True,
             )  # fmt: skip
     scored = await _score_documents(
-        backend, model=request.model, queries=[request.query] * len(request.texts), documents=request.texts,
+        engine, model=request.model, queries=[request.query] * len(request.texts), documents=request.texts,
         raw=request.raw_scores,
         truncation_side=side, tei=True,
     )  # fmt: skip
@@ -296,9 +301,9 @@ async def _rerank_tei(request: TEIRerankRequest, backend: RerankBackend) -> list
     ]
 
 
-def _resolve_for_tei(backend: RerankBackend, model: str | None):
+def _resolve_for_tei(engine: ScoringEngine, model: str | None):
     try:
-        return backend.registry.resolve(model)
+        return engine.registry.resolve(model)
     except UnknownModelError as exc:
         raise APIError(404, str(exc), "NotFoundError", tei=True) from exc
 
@@ -310,7 +315,7 @@ def _resolve_for_tei(backend: RerankBackend, model: str | None):
     responses={**_RERANK_RESPONSES, 413: {"model": TEIError}, 422: {"model": TEIError}},
 )
 async def rerank(
-    backend: Backend,
+    engine: Engine,
     body: Annotated[
         dict[str, Any],
         Body(description="A Jina / Cohere / vLLM rerank body, or TEI's `{query, texts, raw_scores, ...}`."),
@@ -323,12 +328,12 @@ async def rerank(
             tei_request = TEIRerankRequest.model_validate(body)
         except ValidationError as exc:
             raise _validation_error(list(exc.errors()), tei=True) from exc
-        return await _rerank_tei(tei_request, backend)
+        return await _rerank_tei(tei_request, engine)
     try:
         request = RerankRequest.model_validate(body)
     except ValidationError as exc:
         raise _validation_error(list(exc.errors())) from exc
-    return await _rerank(request, backend)
+    return await _rerank(request, engine)
 
 
 # --- vLLM score -----------------------------------------------------------------------------------------------------
@@ -336,7 +341,7 @@ async def rerank(
 
 @app.post("/score", response_model=ScoreResponse, responses=_RERANK_RESPONSES)
 @app.post("/v1/score", response_model=ScoreResponse, responses=_RERANK_RESPONSES, include_in_schema=False)
-async def score(request: ScoreRequest, backend: Backend) -> ScoreResponse:
+async def score(request: ScoreRequest, engine: Engine) -> ScoreResponse:
     """vLLM's score API: `text_1` against each `text_2` (or pairwise for two lists), scores in input order."""
     firsts = [request.text_1] if isinstance(request.text_1, str) else request.text_1
     seconds = [request.text_2] if isinstance(request.text_2, str) else request.text_2
@@ -347,7 +352,7 @@ async def score(request: ScoreRequest, backend: Backend) -> ScoreResponse:
         raise _invalid(message, "text_1")
     max_length = request.truncate_prompt_tokens
     scored = await _score_documents(
-        backend, model=request.model, queries=firsts, documents=seconds, raw=not request.use_activation,
+        engine, model=request.model, queries=firsts, documents=seconds, raw=not request.use_activation,
         max_length=None if max_length in (None, -1) else max_length,
     )  # fmt: skip
     data = [ScoreData(index=i, score=s) for i, s in enumerate(scored.scores)]
@@ -375,9 +380,9 @@ def _model_cards(registry: ModelRegistry) -> list[ModelCard]:
 
 
 @app.get("/v1/models", response_model=ModelList, responses={401: {"model": ErrorResponse}})
-async def list_models(backend: Backend) -> ModelList:
+async def list_models(engine: Engine) -> ModelList:
     """Every reranker in the model store (OpenAI-style list), with whether it is loaded and its max_length."""
-    return ModelList(data=await anyio.to_thread.run_sync(_model_cards, backend.registry))
+    return ModelList(data=await anyio.to_thread.run_sync(_model_cards, engine.registry))
 
 
 def _bentoml_index_page() -> Path | None:
@@ -389,7 +394,7 @@ def _bentoml_index_page() -> Path | None:
 
 
 @app.get("/", response_model=ServerStatus, responses={200: {"content": {"text/html": {}}}})
-async def status(request: Request, backend: Backend) -> Response | ServerStatus:
+async def status(request: Request, engine: Engine) -> Response | ServerStatus:
     """Server status for programs: loaded models, the default model and every servable model.
 
     A browser (asking for HTML) gets BentoML's API UI instead.
@@ -398,7 +403,7 @@ async def status(request: Request, backend: Backend) -> Response | ServerStatus:
         page = _bentoml_index_page()
         if page is not None:
             return FileResponse(page, media_type="text/html")
-    registry = backend.registry
+    registry = engine.registry
     stored = await anyio.to_thread.run_sync(registry.refresh)
     return ServerStatus(
         loaded_models=registry.loaded_ids(),

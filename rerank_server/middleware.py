@@ -9,13 +9,8 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Sequence
-from contextvars import ContextVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-# Set by the service around its own call into the batcher. BentoML's in-process client runs the ASGI app in the
-# calling task, so the flag is visible here; a request from outside runs in a task of its own and never has it.
-INTERNAL_CALL: ContextVar[bool] = ContextVar("rerank_internal_call", default=False)
 
 # Probes and metrics stay open for orchestrators; documentation and the status page hold no secrets.
 OPEN_PATHS = frozenset({"/readyz", "/livez", "/healthz", "/metrics"})
@@ -50,7 +45,7 @@ class RequestGuard:
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or INTERNAL_CALL.get():
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         if self.api_keys and not _is_open(scope["method"], scope["path"]) and not self._authorized(scope):

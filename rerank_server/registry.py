@@ -1,5 +1,5 @@
 """Which rerankers are loaded: resolves request model names, loads on first use (once), keeps within a budget of
-loaded models (least recently used first out, never one in use), and scores merged batches."""
+loaded models (least recently used first out, never one in use)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from contextlib import contextmanager
 import torch
 
 from rerank_server.catalog import canonical_id
+from rerank_server.metrics import RerankMetrics
 from rerank_server.model_store import StoredReranker, find_reranker, list_rerankers
-from rerank_server.schemas import PairScore, ScorePair, Truncation
 from rerank_server.scorer import CrossEncoderScorer, resolve_device, resolve_dtype
 from rerank_server.settings import Settings
 
@@ -42,8 +42,11 @@ ScorerFactory = Callable[[StoredReranker], CrossEncoderScorer]
 class ModelRegistry:
     """The models this worker serves. Thread-safe: each model loads under its own lock, bookkeeping under one guard."""
 
-    def __init__(self, settings: Settings, factory: ScorerFactory | None = None) -> None:
+    def __init__(
+        self, settings: Settings, factory: ScorerFactory | None = None, metrics: RerankMetrics | None = None
+    ) -> None:
         self.settings = settings
+        self._metrics = metrics
         self.device = resolve_device(settings.device)
         self.dtype = resolve_dtype(settings.dtype, self.device)
         self._factory = factory or self._load_scorer
@@ -91,42 +94,35 @@ class ModelRegistry:
                 scorer = self._load(stored)
         return scorer
 
-    @contextmanager
-    def using(self, model_id: str) -> Iterator[CrossEncoderScorer]:
-        """The scorer for `model_id`, protected from unloading while the block runs."""
+    def acquire(self, model_id: str) -> CrossEncoderScorer:
+        """The scorer for `model_id` (loading it if needed), protected from unloading until `release(model_id)`."""
         with self._guard:
             self._in_use[model_id] += 1
         try:
-            yield self.get(model_id)
+            return self.get(model_id)
+        except BaseException:
+            self.release(model_id)
+            raise
+
+    def release(self, model_id: str) -> None:
+        """End one `acquire`; a model over the budget may be unloaded now."""
+        with self._guard:
+            self._in_use[model_id] -= 1
+        self._enforce_budget(keep=None)
+
+    @contextmanager
+    def using(self, model_id: str) -> Iterator[CrossEncoderScorer]:
+        """`acquire` for the duration of a block."""
+        scorer = self.acquire(model_id)
+        try:
+            yield scorer
         finally:
-            with self._guard:
-                self._in_use[model_id] -= 1
-            self._enforce_budget(keep=None)
+            self.release(model_id)
 
     def preload(self, names: Sequence[str]) -> None:
         """Load each named model now; an unknown or broken one stops start-up with a clear message."""
         for name in names:
             self.get(name)
-
-    def score(self, pairs: Sequence[ScorePair]) -> list[PairScore]:
-        """Score a merged batch that may mix models and truncation settings: each group goes through in one call."""
-        results: list[PairScore] = [PairScore()] * len(pairs)
-        groups: defaultdict[tuple[str, Truncation], list[int]] = defaultdict(list)
-        for position, pair in enumerate(pairs):
-            groups[(pair.model, pair.truncation())].append(position)
-        for (model_id, truncation), positions in groups.items():
-            try:
-                with self.using(model_id) as scorer:
-                    scored = scorer.score(
-                        [pairs[i].query for i in positions], [pairs[i].document for i in positions], truncation
-                    )
-            except (UnknownModelError, ModelLoadError) as exc:
-                for i in positions:
-                    results[i] = PairScore(error=str(exc))
-                continue
-            for i, logit, score, tokens in zip(positions, scored.logits, scored.scores, scored.tokens, strict=True):
-                results[i] = PairScore(score=score, logit=logit, tokens=tokens)
-        return results
 
     def _load(self, stored: StoredReranker) -> CrossEncoderScorer:
         self._enforce_budget(keep=stored.model_id, incoming=stored)
@@ -139,6 +135,9 @@ class ModelRegistry:
         with self._guard:
             self._loaded[stored.model_id] = scorer
             self._last_used[stored.model_id] = time.monotonic()
+        if self._metrics:
+            self._metrics.model_load.labels(stored.model_id).observe(time.perf_counter() - started)
+            self._metrics.models_loaded.inc()
         logger.info(
             "Loaded %s (%s) on %s as %s in %.1f s (%d CPU threads)",
             stored.model_id, stored.tag, self.device, str(self.dtype).removeprefix("torch."),
@@ -178,6 +177,8 @@ class ModelRegistry:
                 logger.info("Unloaded %s (least recently used; loaded-model budget)", victim)
         for scorer in evicted:
             scorer.release()
+            if self._metrics:
+                self._metrics.models_loaded.dec()
         if evicted:
             gc.collect()
 

@@ -52,6 +52,31 @@ class PairScores:
     tokens: list[int]
 
 
+@dataclass(frozen=True)
+class EncodedPairs:
+    """Tokenized pairs, unpadded: what the model thread needs, prepared by another thread.
+
+    Token ids are model-specific but not truncation-specific, so encodings made under different truncation settings
+    can be merged into one forward pass.
+    """
+
+    features: dict[str, list[list[int]]]
+    lengths: list[int]
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    @classmethod
+    def concat(cls, parts: Sequence[EncodedPairs]) -> EncodedPairs:
+        if len(parts) == 1:
+            return parts[0]
+        names = parts[0].features.keys()
+        return cls(
+            {name: [ids for part in parts for ids in part.features[name]] for name in names},
+            [length for part in parts for length in part.lengths],
+        )
+
+
 def pack_by_tokens(lengths: Sequence[int], token_budget: int) -> Iterator[list[int]]:
     """Group pair indices, longest first, into batches whose padded size stays within `token_budget`.
 
@@ -87,21 +112,21 @@ class CrossEncoderScorer:
             raise ValueError(f"{path} did not load as a transformers model")
         self.model = model.eval()
         self.parameters = sum(p.numel() for p in self.model.parameters())
-        # Hugging Face fast tokenizers are not safe to share between threads, and one model call at a time keeps
-        # the accelerator's memory use predictable.
-        self._lock = threading.Lock()
+        # Hugging Face fast tokenizers are not safe to share between threads, and one forward at a time keeps the
+        # accelerator's memory use predictable. Separate locks let one request tokenize while another computes.
+        self._tokenizer_lock = threading.Lock()
+        self._model_lock = threading.Lock()
 
-    @torch.inference_mode()
-    def score(
+    def encode(
         self, queries: Sequence[str], documents: Sequence[str], truncation: Truncation = NO_TRUNCATION
-    ) -> PairScores:
-        """Score each (queries[i], documents[i]) pair; truncation is sentence-transformers' (longest first)."""
+    ) -> EncodedPairs:
+        """Tokenize each (queries[i], documents[i]) pair; truncation is sentence-transformers' (longest first)."""
         if not documents:
-            return PairScores([], [], [])
+            return EncodedPairs({}, [])
         max_length = min(truncation.max_length or self.max_length, self.max_length)
         queries = self._cap_chars(queries, max_length)
         documents = self._cap_chars(documents, max_length, truncation.side)
-        with self._lock:
+        with self._tokenizer_lock:
             if truncation.max_document_tokens:
                 documents = self._cut_documents(documents, truncation.max_document_tokens, truncation.side)
             self.tokenizer.truncation_side = truncation.side
@@ -111,16 +136,47 @@ class CrossEncoderScorer:
                 )
             finally:
                 self.tokenizer.truncation_side = "right"
-            lengths = [len(ids) for ids in encoded["input_ids"]]
-            logits = torch.empty(len(lengths), dtype=torch.float32)
-            for batch in pack_by_tokens(lengths, self.token_budget):
+        features = {name: list(encoded[name]) for name in encoded}
+        return EncodedPairs(features, [len(ids) for ids in features["input_ids"]])
+
+    @torch.inference_mode()
+    def logits(self, encoded: EncodedPairs) -> torch.Tensor:
+        """The model's logit for each encoded pair (float32, on the CPU, in the given order).
+
+        Sub-batches are launched one after another without waiting for the device, so on a GPU the host pads and
+        copies the next sub-batch while the current one computes; the only synchronisation is the final copy back.
+        """
+        if not encoded.lengths:
+            return torch.empty(0)
+        with self._model_lock:
+            order: list[int] = []
+            outputs: list[torch.Tensor] = []
+            for batch in pack_by_tokens(encoded.lengths, self.token_budget):
                 features = self.tokenizer.pad(
-                    {name: [encoded[name][i] for i in batch] for name in encoded}, return_tensors="pt"
+                    {name: [ids[i] for i in batch] for name, ids in encoded.features.items()}, return_tensors="pt"
                 )
-                features = {name: tensor.to(self.device) for name, tensor in features.items()}
+                on_device = {name: self._to_device(tensor) for name, tensor in features.items()}
                 # Half-precision logits are upcast before the sigmoid, as sentence-transformers does.
-                logits[batch] = self.model(**features).logits[:, 0].float().cpu()
-        return PairScores(logits.tolist(), torch.sigmoid(logits).tolist(), lengths)
+                outputs.append(self.model(**on_device).logits[:, 0].float())
+                order.extend(batch)
+            flat = torch.cat(outputs).cpu()
+        logits = torch.empty(len(order), dtype=torch.float32)
+        logits[order] = flat
+        return logits
+
+    def score(
+        self, queries: Sequence[str], documents: Sequence[str], truncation: Truncation = NO_TRUNCATION
+    ) -> PairScores:
+        """Tokenize and score each (queries[i], documents[i]) pair in one call."""
+        encoded = self.encode(queries, documents, truncation)
+        logits = self.logits(encoded)
+        return PairScores(logits.tolist(), torch.sigmoid(logits).tolist(), encoded.lengths)
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.device.startswith("cuda"):
+            # Pinned host memory makes the copy asynchronous, so it overlaps the previous sub-batch's compute.
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
 
     @staticmethod
     def _cap_chars(texts: Sequence[str], max_length: int, side: str = "right") -> Sequence[str]:
@@ -144,7 +200,7 @@ class CrossEncoderScorer:
 
     def pair_lengths(self, query: str, documents: Sequence[str]) -> list[int]:
         """Untruncated token counts of (query, document) pairs, to reject over-long input when truncation is off."""
-        with self._lock:
+        with self._tokenizer_lock:
             encoded = self.tokenizer([query] * len(documents), list(documents), truncation=False)
         return [len(ids) for ids in encoded["input_ids"]]
 
@@ -153,7 +209,7 @@ class CrossEncoderScorer:
 
         Windows are cut at token boundaries of the original text; a document that fits is returned whole.
         """
-        with self._lock:
+        with self._tokenizer_lock:
             query_tokens = len(self.tokenizer(query, add_special_tokens=False)["input_ids"])
             offsets = self.tokenizer(document, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
             special = self.tokenizer.num_special_tokens_to_add(pair=True)

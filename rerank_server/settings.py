@@ -24,16 +24,23 @@ class Settings(BaseSettings):
     device: DeviceChoice = Field("auto", description="auto: CUDA when available, else CPU.")
     dtype: DtypeChoice = Field("auto", description="auto: float16 on CUDA, float32 elsewhere.")
     max_batch_pairs: int = Field(
-        256, ge=1, description="Most (query, document) pairs BentoML's adaptive batcher merges into one call."
+        256, ge=1, description="Most (query, document) pairs merged into one model call (requests queued together)."
     )
-    max_latency_ms: int = Field(
-        60_000,
-        ge=10,
-        description="Queueing plus scoring time the batcher accepts; work it predicts to exceed it "
-        "is refused at once with 503 and Retry-After.",
+    max_queue_pairs: int = Field(
+        8192, ge=1, description="Most pairs waiting for the model; beyond it requests get 429 and Retry-After at once."
+    )
+    request_timeout_s: float = Field(
+        60.0, gt=0, description="Time a request may take, queueing included; past it the answer is 504."
     )
     token_budget: int = Field(
         16_384, ge=512, description="Most padded tokens in one forward pass; larger batches are split."
+    )
+    cache_size: int = Field(0, ge=0, description="Pair scores kept in the in-memory LRU result cache (0: off).")
+    max_latency_ms: int = Field(
+        60_000,
+        ge=10,
+        description="For BentoML's batchable API (`/score_pairs`) only: queueing plus scoring time its dispatcher "
+        "accepts; work it predicts to exceed it is refused with 503.",
     )
 
     max_loaded_models: int = Field(0, ge=0, description="Most models loaded at once (0: no limit); LRU unloads.")

@@ -41,24 +41,12 @@ def stored_fixture(fixture_model_dir: Path):
     return import_from_folder(FIXTURE_MODEL_ID, fixture_model_dir).stored
 
 
-class DirectBackend:
-    """The service's shape for the HTTP routes, scoring in-process instead of through BentoML's batcher."""
-
-    def __init__(self, registry) -> None:
-        self.registry = registry
-        self.calls: list[int] = []
-
-    async def batch_score(self, pairs):
-        self.calls.append(len(pairs))
-        return self.registry.score(pairs)
-
-
 @contextmanager
-def routes_client(backend: DirectBackend, raise_server_exceptions: bool = True) -> Iterator[TestClient]:
-    """A TestClient on the HTTP routes, served by `backend` instead of the BentoML service."""
-    from rerank_server.http_api import app, current_backend
+def routes_client(engine, raise_server_exceptions: bool = True) -> Iterator[TestClient]:
+    """A TestClient on the HTTP routes, served by `engine` instead of the BentoML service's."""
+    from rerank_server.http_api import app, current_engine
 
-    app.dependency_overrides[current_backend] = lambda: backend
+    app.dependency_overrides[current_engine] = lambda: engine
     try:
         with TestClient(app, raise_server_exceptions=raise_server_exceptions) as client:
             yield client
@@ -66,17 +54,28 @@ def routes_client(backend: DirectBackend, raise_server_exceptions: bool = True) 
         app.dependency_overrides.clear()
 
 
-@pytest.fixture(scope="session")
-def direct_backend(stored_fixture) -> DirectBackend:
-    from rerank_server.registry import ModelRegistry
+@contextmanager
+def scoring_engine(**settings) -> Iterator:
+    """A real ScoringEngine (registry, continuous batcher, cache) on the test store; its thread stops afterwards."""
+    from rerank_server.engine import ScoringEngine
     from rerank_server.settings import Settings
 
-    return DirectBackend(ModelRegistry(Settings(default_model=FIXTURE_MODEL_ID)))
+    engine = ScoringEngine(Settings(**{"default_model": FIXTURE_MODEL_ID, **settings}))
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
+@pytest.fixture(scope="session")
+def engine(stored_fixture) -> Iterator:
+    with scoring_engine() as session_engine:
+        yield session_engine
 
 
 @pytest.fixture()
-def client(direct_backend: DirectBackend) -> Iterator[TestClient]:
-    with routes_client(direct_backend) as test_client:
+def client(engine) -> Iterator[TestClient]:
+    with routes_client(engine) as test_client:
         yield test_client
 
 

@@ -175,8 +175,8 @@ def test_tei_without_truncation_refuses_long_input(client) -> None:
     assert client.post("/rerank", json={"query": QUERY, "texts": DOCS, "truncate": False}).status_code == 200
 
 
-def test_chunking_scores_each_window_and_keeps_the_best(client, direct_backend, reference_encoder) -> None:
-    scorer = direct_backend.registry.get(FIXTURE_MODEL_ID)
+def test_chunking_scores_each_window_and_keeps_the_best(client, engine, reference_encoder) -> None:
+    scorer = engine.registry.get(FIXTURE_MODEL_ID)
     # One window of filler ("rain" is one token), then the relevant passage: truncation alone never shows it.
     room = 512 - len(reference_encoder.tokenizer(QUERY, add_special_tokens=False)["input_ids"]) - 3
     BURIED = " ".join(["rain"] * room) + " " + DOCS[1]
@@ -195,8 +195,8 @@ def test_chunking_scores_each_window_and_keeps_the_best(client, direct_backend, 
 # --- Limits and errors ------------------------------------------------------------------------------------------------
 
 
-def test_too_many_documents(client, direct_backend) -> None:
-    limit = direct_backend.registry.settings.max_documents
+def test_too_many_documents(client, engine) -> None:
+    limit = engine.registry.settings.max_documents
     vllm = client.post("/v1/rerank", json={"query": "q", "documents": ["d"] * (limit + 1)})
     assert vllm.status_code == 400 and str(limit) in vllm.json()["error"]["message"]
     tei = client.post("/rerank", json={"query": "q", "texts": ["d"] * (limit + 1)})

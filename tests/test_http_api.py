@@ -116,7 +116,15 @@ def test_browsers_get_the_api_ui_at_the_root(client) -> None:
     assert response.headers["content-type"].startswith("text/html")
 
 
-def test_every_pair_of_a_request_goes_to_the_batcher_in_one_call(client, direct_backend) -> None:
-    direct_backend.calls.clear()
-    client.post("/v1/rerank", json={"query": "q", "documents": DOCS * 10})
-    assert direct_backend.calls == [30]
+def test_every_pair_of_a_request_goes_to_the_batcher_in_one_call(client) -> None:
+    from prometheus_client import REGISTRY
+
+    def batches() -> tuple[float, float]:
+        labels = {"model": FIXTURE_MODEL_ID}
+        count = REGISTRY.get_sample_value("rerank_batch_size_pairs_count", labels) or 0.0
+        return count, REGISTRY.get_sample_value("rerank_batch_size_pairs_sum", labels) or 0.0
+
+    before = batches()
+    assert client.post("/v1/rerank", json={"query": "q", "documents": DOCS * 10}).status_code == 200
+    after = batches()
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 30)

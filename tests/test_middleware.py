@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from fastapi.testclient import TestClient
 from starlette.applications import Starlette
@@ -11,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from rerank_server.middleware import INTERNAL_CALL, RequestGuard
+from rerank_server.middleware import RequestGuard
 
 
 async def echo(request: Request) -> JSONResponse:
@@ -57,32 +55,6 @@ def test_probes_metrics_and_status_stay_open() -> None:
 
 def test_without_keys_everything_is_open() -> None:
     assert guarded(keys=()).post("/v1/rerank", json={}).status_code == 200
-
-
-def test_the_services_own_call_into_the_batcher_needs_no_key() -> None:
-    guard = RequestGuard(inner, api_keys=("key-one",))
-    statuses: list[int] = []
-
-    async def call() -> None:
-        scope = {"type": "http", "method": "POST", "path": "/score_pairs", "headers": [], "query_string": b"",
-                 "http_version": "1.1", "scheme": "http", "server": ("localhost", 3000), "root_path": ""}  # fmt: skip
-
-        async def receive() -> dict:
-            return {"type": "http.request", "body": b"{}", "more_body": False}
-
-        async def send(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                statuses.append(message["status"])
-
-        await guard(scope, receive, send)
-        marker = INTERNAL_CALL.set(True)
-        try:
-            await guard(scope, receive, send)
-        finally:
-            INTERNAL_CALL.reset(marker)
-
-    asyncio.run(call())
-    assert statuses == [401, 200]
 
 
 def test_bodies_over_the_limit_are_413_declared_or_chunked() -> None:

@@ -9,11 +9,12 @@ import weakref
 
 import pytest
 
+from rerank_server.engine import ScoringEngine
 from rerank_server.model_store import import_from_folder
 from rerank_server.registry import ModelLoadError, ModelRegistry, UnknownModelError
 from rerank_server.schemas import ScorePair
 from rerank_server.settings import Settings
-from tests.conftest import FIXTURE_MODEL_ID, DirectBackend, routes_client
+from tests.conftest import FIXTURE_MODEL_ID, routes_client
 
 EXTRA = ("test-org/extra-a", "test-org/extra-b", "test-org/extra-c")
 
@@ -83,17 +84,19 @@ def test_a_broken_model_fails_alone(stored_fixture, fixture_model_dir, tmp_path)
     registry = ModelRegistry(Settings(default_model=FIXTURE_MODEL_ID))
     with pytest.raises(ModelLoadError, match="test-org/broken-weights"):
         registry.get("test-org/broken-weights")
-    mixed = registry.score(
+    engine = ScoringEngine(registry.settings, registry=registry)
+    mixed = engine.score_blocking(
         [ScorePair(model="test-org/broken-weights", query="q", document="d"),
          ScorePair(model=FIXTURE_MODEL_ID, query="q", document="d")]
     )  # fmt: skip
     assert mixed[0].error and "could not be loaded" in mixed[0].error and mixed[0].score is None
     assert mixed[1].error is None and mixed[1].score is not None
-    with routes_client(DirectBackend(registry)) as client:
+    with routes_client(engine) as client:
         broken = client.post("/v1/rerank", json={"query": "q", "documents": ["d"], "model": "test-org/broken-weights"})
         assert broken.status_code == 503
         assert "test-org/broken-weights" in broken.json()["error"]["message"]
         assert client.post("/v1/rerank", json={"query": "q", "documents": ["d"]}).status_code == 200
+    engine.close()
 
 
 def test_unknown_models_are_reported_with_the_available_ones(stored_fixture) -> None:
@@ -123,7 +126,9 @@ def test_the_dtype_setting_reaches_the_model(stored_fixture) -> None:
     registry = ModelRegistry(Settings(default_model=FIXTURE_MODEL_ID, device="cpu", dtype="bfloat16"))
     scorer = registry.get(FIXTURE_MODEL_ID)
     assert next(scorer.model.parameters()).dtype == torch.bfloat16
-    assert registry.score([ScorePair(model=FIXTURE_MODEL_ID, query="q", document="d")])[0].score is not None
+    engine = ScoringEngine(registry.settings, registry=registry)
+    assert engine.score_blocking([ScorePair(model=FIXTURE_MODEL_ID, query="q", document="d")])[0].score is not None
+    engine.close()
 
 
 def test_start_up_stops_on_an_unknown_preload(stored_fixture) -> None:

@@ -14,6 +14,7 @@ from rerank_server.catalog import store_name
 from rerank_server.engine import BatcherClosedError, DeadlineExceededError, QueueFullError, ScoringEngine
 from rerank_server.http_api import app as http_app
 from rerank_server.middleware import RequestGuard
+from rerank_server.observability import RequestTracking
 from rerank_server.schemas import PairScore, ScorePair
 from rerank_server.settings import get_settings
 
@@ -54,6 +55,9 @@ class Reranker:
         self.engine.close(timeout=settings.request_timeout_s)
 
 
+# BentoML nests middlewares in the order added, the first outermost: tracking wraps the guard, so that refused
+# requests get an id, a log line and a count too.
+Reranker.add_asgi_middleware(RequestTracking)
 Reranker.add_asgi_middleware(RequestGuard, api_keys=settings.api_keys, max_body_bytes=settings.max_body_bytes)
 # A Bento carries the models the server loads at start-up: the default model and RERANK_PRELOAD.
 Reranker.models.extend(bentoml.models.BentoModel(f"{store_name(model_id)}:latest") for model_id in settings.preload_ids)

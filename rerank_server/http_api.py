@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rerank_server.engine import BatcherClosedError, DeadlineExceededError, QueueFullError, ScoringEngine
+from rerank_server.observability import current_request
 from rerank_server.registry import ModelLoadError, ModelRegistry, UnknownModelError
 from rerank_server.schemas import (
     ErrorInfo,
@@ -161,8 +162,10 @@ async def _score_documents(
     if len(documents) > settings.max_documents:
         message = f"{len(documents)} documents exceed the limit of {settings.max_documents} per request"
         raise _invalid(message, "documents", tei=tei)
+    context = current_request()
     try:
         stored = registry.resolve(model)
+        context.model = stored.model_id
         scorer = await anyio.to_thread.run_sync(registry.get, stored.model_id)
     except UnknownModelError as exc:
         raise APIError(404, str(exc), "NotFoundError", "model", tei=tei) from exc
@@ -188,6 +191,7 @@ async def _score_documents(
         for i, pieces in enumerate(windows)
         for piece in pieces
     ]  # fmt: skip
+    context.pairs = len(pairs)
     scored = await _score_pairs(engine, pairs, tei=tei)
     failed = next((s.error for s in scored if s.error), None)
     if failed:
@@ -248,7 +252,7 @@ async def _rerank(request: RerankRequest, engine: ScoringEngine) -> RerankRespon
         for i in _ranked(scored.scores, request.top_n)
     ]
     usage = Usage(prompt_tokens=scored.tokens, total_tokens=scored.tokens)
-    return RerankResponse(model=scored.model_id, usage=usage, results=results)
+    return RerankResponse(id=current_request().request_id, model=scored.model_id, usage=usage, results=results)
 
 
 _RERANK_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -357,7 +361,7 @@ async def score(request: ScoreRequest, engine: Engine) -> ScoreResponse:
     )  # fmt: skip
     data = [ScoreData(index=i, score=s) for i, s in enumerate(scored.scores)]
     usage = Usage(prompt_tokens=scored.tokens, total_tokens=scored.tokens)
-    return ScoreResponse(model=scored.model_id, data=data, usage=usage)
+    return ScoreResponse(id=current_request().request_id, model=scored.model_id, data=data, usage=usage)
 
 
 # --- Models and status ----------------------------------------------------------------------------------------------

@@ -1,7 +1,6 @@
 """An ASGI middleware in front of every route, BentoML's included: API keys and the request body limit.
 
-Hand-written because BentoML has no server-side authentication, and because it must tell BentoML's in-process call
-from the HTTP routes to the batchable API (which carries no Authorization header) apart from a caller outside.
+Hand-written because BentoML has no server-side authentication.
 """
 
 from __future__ import annotations

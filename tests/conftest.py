@@ -45,10 +45,11 @@ def stored_fixture(fixture_model_dir: Path):
 def routes_client(engine, raise_server_exceptions: bool = True) -> Iterator[TestClient]:
     """A TestClient on the HTTP routes, served by `engine` instead of the BentoML service's."""
     from rerank_server.http_api import app, current_engine
+    from rerank_server.observability import RequestTracking
 
     app.dependency_overrides[current_engine] = lambda: engine
     try:
-        with TestClient(app, raise_server_exceptions=raise_server_exceptions) as client:
+        with TestClient(RequestTracking(app), raise_server_exceptions=raise_server_exceptions) as client:
             yield client
     finally:
         app.dependency_overrides.clear()

@@ -1,0 +1,99 @@
+"""The result cache: identical answers with and without it, never another model's or truncation's score, bounded."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY
+
+from rerank_server.cache import cache_key
+from rerank_server.model_store import import_from_folder
+from rerank_server.schemas import ScorePair, Truncation
+from tests.conftest import FIXTURE_MODEL_ID, routes_client, scoring_engine
+from tests.fixture_models import build_minilm_cross_encoder
+from tests.test_scorer import QUERY, mixed_documents
+
+OTHER_MODEL_ID = "test-org/other-weights"
+
+
+@pytest.fixture(scope="module")
+def other_model(stored_fixture, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A second model with the same tokenizer and different weights."""
+    folder = build_minilm_cross_encoder(Path(tmp_path_factory.mktemp("other")) / "model", seed=1)
+    import_from_folder(OTHER_MODEL_ID, folder)
+    return OTHER_MODEL_ID
+
+
+def counts() -> tuple[float, float, float]:
+    hits = REGISTRY.get_sample_value("rerank_cache_hits_total") or 0.0
+    misses = REGISTRY.get_sample_value("rerank_cache_misses_total") or 0.0
+    scored = REGISTRY.get_sample_value("rerank_pairs_total", {"model": FIXTURE_MODEL_ID}) or 0.0
+    return hits, misses, scored
+
+
+def test_cached_and_uncached_answers_are_identical_and_hits_cost_no_model_time(stored_fixture) -> None:
+    documents = mixed_documents(12, seed=3)
+    pairs = [ScorePair(model=FIXTURE_MODEL_ID, query=QUERY, document=d) for d in documents]
+    with scoring_engine(cache_size=100) as cached, scoring_engine() as uncached:
+        before = counts()
+        first = asyncio.run(cached.score(pairs))
+        again = asyncio.run(cached.score(pairs))
+        plain = asyncio.run(uncached.score(pairs))
+        after = counts()
+    assert first == again == plain
+    # 12 misses, then 12 hits; the model scored the 12 pairs for the cached engine once and for the other once.
+    assert (after[0] - before[0], after[1] - before[1], after[2] - before[2]) == (12, 12, 24)
+
+
+def test_a_request_mixing_hits_and_misses_keeps_its_order(stored_fixture) -> None:
+    pairs = [ScorePair(model=FIXTURE_MODEL_ID, query=QUERY, document=d) for d in mixed_documents(6, seed=4)]
+    with scoring_engine(cache_size=100) as engine:
+        asyncio.run(engine.score(pairs[::2]))
+        mixed = asyncio.run(engine.score(pairs))
+    with scoring_engine() as engine:
+        plain = asyncio.run(engine.score(pairs))
+    # Equal up to float noise: the misses were scored in a smaller batch than the all-miss request's, padded less.
+    assert [r.tokens for r in mixed] == [r.tokens for r in plain]
+    assert [r.logit for r in mixed] == pytest.approx([r.logit for r in plain], abs=1e-5)
+
+
+def test_the_cache_never_answers_for_another_model_or_truncation(stored_fixture, other_model) -> None:
+    document = " ".join(mixed_documents(1, seed=5))
+    base = ScorePair(model=FIXTURE_MODEL_ID, query=QUERY, document=document)
+    variants = [
+        base,
+        base.model_copy(update={"model": other_model}),
+        base.model_copy(update={"max_length": 16}),
+        base.model_copy(update={"max_length": 16, "truncation_side": "left"}),
+        base.model_copy(update={"max_document_tokens": 4}),
+    ]
+    with scoring_engine() as engine:
+        expected = [asyncio.run(engine.score([variant]))[0] for variant in variants]
+    assert len({result.logit for result in expected}) == len(variants), "each variant must score differently"
+    with scoring_engine(cache_size=100) as engine:
+        for _ in range(2):  # the second round is answered from the cache
+            assert [asyncio.run(engine.score([variant]))[0] for variant in variants] == expected
+        assert len(engine.cache) == len(variants)
+
+
+def test_the_cache_is_bounded_least_recently_used_out(stored_fixture) -> None:
+    with scoring_engine(cache_size=3) as engine:
+        for i in range(5):
+            asyncio.run(engine.score([ScorePair(model=FIXTURE_MODEL_ID, query="q", document=f"document {i}")]))
+        assert len(engine.cache) == 3
+        assert engine.cache.get(cache_key(FIXTURE_MODEL_ID, Truncation(), "q", "document 0")) is None
+        assert engine.cache.get(cache_key(FIXTURE_MODEL_ID, Truncation(), "q", "document 4")) is not None
+
+
+def test_keys_do_not_run_together() -> None:
+    assert cache_key("m", Truncation(), "ab", "c") != cache_key("m", Truncation(), "a", "bc")
+
+
+def test_the_http_answer_is_the_same_from_the_cache(stored_fixture) -> None:
+    body = {"query": QUERY, "documents": mixed_documents(5, seed=6), "return_documents": True}
+    with scoring_engine(cache_size=100) as engine, routes_client(engine) as client:
+        first, second = (client.post("/v1/rerank", json=body).json() for _ in range(2))
+    assert first.pop("id") != second.pop("id")
+    assert first == second

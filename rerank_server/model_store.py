@@ -9,10 +9,11 @@ import hashlib
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import bentoml
 
@@ -255,10 +256,56 @@ def _hub_endpoint() -> str:
     return constants.ENDPOINT
 
 
+def import_from_modelscope(model_id: str, *, force: bool = False) -> ImportResult:
+    """Download `model_id` from ModelScope (for networks that reach neither the Hub nor a mirror) and store it.
+
+    A complete copy already in ModelScope's cache (MODELSCOPE_CACHE) is used without network; MODELSCOPE_ENDPOINT
+    selects another ModelScope site.
+    """
+    try:
+        from modelscope.hub.snapshot_download import snapshot_download
+    except ImportError as exc:
+        raise ModelImportError("--source modelscope needs the modelscope package: pip install modelscope") from exc
+
+    model_id = canonical_id(model_id)
+    if not is_valid_model_id(model_id) or "/" not in model_id:
+        raise ModelImportError(f"{model_id!r} is not a ModelScope model id of the form org/name")
+    try:
+        path = Path(snapshot_download(model_id, local_files_only=True))
+        inspect_folder(path, model_id)
+    except Exception:  # noqa: BLE001 - not (completely) in the cache: download it
+        path = _download_from_modelscope(snapshot_download, model_id)
+    return store_folder(
+        model_id, path, source="modelscope", revision=path.name, fingerprint=folder_fingerprint(path), force=force
+    )
+
+
+def _download_from_modelscope(snapshot_download: Callable[..., str], model_id: str) -> Path:
+    patterns = ["*.json", "*.txt", "*.model", "*.safetensors"]
+    try:
+        path = Path(snapshot_download(model_id, allow_patterns=patterns))
+        if not any(path.glob("*.safetensors")):  # an older repository with PyTorch weights only
+            path = Path(snapshot_download(model_id, allow_patterns=[*patterns[:3], "pytorch_model*.bin"]))
+    except Exception as exc:  # noqa: BLE001 - any network or repository failure ends in the same advice
+        raise ModelImportError(
+            f"cannot download {model_id} from ModelScope ({type(exc).__name__}: {str(exc)[:200]}); "
+            "use --from-dir DIR with a downloaded copy, or --source hub with HF_ENDPOINT set to a reachable mirror"
+        ) from exc
+    return path
+
+
+Source = Literal["hub", "modelscope"]
+
+
 def import_model(
-    model_id: str, *, from_dir: Path | None = None, models_dir: Path = Path("models"), force: bool = False
+    model_id: str,
+    *,
+    from_dir: Path | None = None,
+    models_dir: Path = Path("models"),
+    source: Source = "hub",
+    force: bool = False,
 ) -> ImportResult:
-    """Import one reranker, local first: `from_dir`, else `models_dir/<short name>`, else the Hub."""
+    """Import one reranker, local first: `from_dir`, else `models_dir/<short name>`, else the Hub or ModelScope."""
     model_id = canonical_id(model_id)
     if from_dir is not None:
         return import_from_folder(model_id, from_dir, force=force)
@@ -266,4 +313,6 @@ def import_model(
     if local.is_dir():
         logger.info("Using the local copy in %s", local)
         return import_from_folder(model_id, local, force=force)
+    if source == "modelscope":
+        return import_from_modelscope(model_id, force=force)
     return import_from_hub(model_id, force=force)

@@ -43,3 +43,20 @@ def test_compose_reserves_a_gpu_restarts_and_checks_readiness() -> None:
     assert service["env_file"] == [".env"]
     assert "/readyz" in " ".join(service["healthcheck"]["test"])
     assert service["ports"] == ["8000:8000"]
+
+
+def test_the_grafana_dashboard_uses_only_metrics_the_server_exports() -> None:
+    import json
+    import re
+
+    from rerank_server.metrics import get_metrics
+
+    dashboard = json.loads((REPO_ROOT / "deploy" / "grafana" / "rerank-dashboard.json").read_text())
+    exported = {metric._name for metric in vars(get_metrics()).values()}
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    used = {re.sub(r"_(bucket|sum|count)$", "", name) for expr in exprs for name in re.findall(r"rerank_\w+", expr)}
+    # Counters are exported as `<name>_total`; prometheus_client keeps the bare name in `_name`.
+    assert {name.removesuffix("_total") for name in used} <= exported
+    titles = " ".join(panel["title"] for panel in dashboard["panels"]).lower()
+    for needed in ("throughput", "p50 / p99", "batch size", "queue wait", "cache hit rate", "models loaded"):
+        assert needed in titles

@@ -1,4 +1,4 @@
-"""An ASGI middleware in front of every route, BentoML's included: API keys and the request body limit.
+"""An ASGI middleware in front of every route, BentoML's included: API keys, the request body limit, JSON 404s.
 
 Hand-written because BentoML has no server-side authentication.
 """
@@ -35,6 +35,23 @@ async def _reject(send: Send, status: int, message: str, error_type: str, header
     await send({"type": "http.response.body", "body": body})
 
 
+def _json_not_found(scope: Scope, send: Send) -> Send:
+    """`send`, except that BentoML's plain-text 404 for an unknown path becomes a JSON error like every other."""
+    replacing = False
+
+    async def send_json(message: Message) -> None:
+        nonlocal replacing
+        if message["type"] == "http.response.start" and message["status"] == 404:
+            content_type = dict(message.get("headers", [])).get(b"content-type", b"")
+            replacing = content_type.startswith(b"text/plain")
+        if not replacing:
+            await send(message)
+        elif message["type"] == "http.response.body" and not message.get("more_body"):
+            await _reject(send, 404, f"No route {scope['path']}: see /docs for the API", "NotFoundError")
+
+    return send_json
+
+
 class RequestGuard:
     """Requires `Authorization: Bearer <key>` when keys are configured, and refuses bodies over `max_body_bytes`."""
 
@@ -47,6 +64,9 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        await self._guard(scope, receive, _json_not_found(scope, send))
+
+    async def _guard(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.api_keys and not _is_open(scope["method"], scope["path"]) and not self._authorized(scope):
             await _reject(
                 send, 401, "Missing or invalid API key: send `Authorization: Bearer <key>`", "AuthenticationError",

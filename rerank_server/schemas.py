@@ -8,9 +8,27 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Literal, NamedTuple
+from typing import Annotated, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+
+def _well_formed(text: str) -> str:
+    """Lone surrogates (legal as JSON escapes like "\\ud800", not as Unicode text) become U+FFFD.
+
+    Tokenizers refuse them and no response holding one can be encoded as UTF-8, so they must not get in.
+    """
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if "\ud800" <= char <= "\udfff" else char for char in text)
+    return text
+
+
+# Every text a client sends: queries, documents, TEI texts, vLLM's text_1 / text_2.
+Text = Annotated[str, AfterValidator(_well_formed)]
 
 # --- The batchable BentoML API: one item per (query, document) pair -------------------------------------------------
 
@@ -19,8 +37,8 @@ class ScorePair(BaseModel):
     """One (query, document) pair to score with one model; the unit BentoML's batcher counts and merges."""
 
     model: str = Field(description="Public model id, e.g. BAAI/bge-reranker-base.")
-    query: str
-    document: str
+    query: Text
+    document: Text
     max_length: int | None = Field(None, ge=4, description="Token cap for the pair, below the model's max_length.")
     truncation_side: Literal["right", "left"] = Field("right", description="Which end of the text truncation cuts.")
     max_document_tokens: int | None = Field(None, ge=1, description="Token cap for the document alone.")
@@ -59,7 +77,7 @@ class TextDocument(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    text: str
+    text: Text
 
 
 class RerankRequest(BaseModel):
@@ -68,8 +86,8 @@ class RerankRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = Field(None, description="Model id or alias; the server's default model when absent.")
-    query: str
-    documents: list[str | TextDocument] = Field(description="Texts (or `{text}` objects) to rank against the query.")
+    query: Text
+    documents: list[Text | TextDocument] = Field(description="Texts (or `{text}` objects) to rank against the query.")
     top_n: int | None = Field(None, ge=0, description="Return only the best n; absent, null or 0 returns all.")
     return_documents: bool = Field(True, description="Echo each document's text in the results.")
     truncate_prompt_tokens: int | None = Field(
@@ -90,8 +108,8 @@ class TEIRerankRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    query: str
-    texts: list[str]
+    query: Text
+    texts: list[Text]
     raw_scores: bool = Field(False, description="Return the logit instead of its sigmoid.")
     return_text: bool = False
     truncate: bool = Field(True, description="Cut long inputs to the model's limit; false rejects them with 413.")
@@ -118,8 +136,8 @@ class ScoreRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
-    text_1: str | list[str]
-    text_2: str | list[str]
+    text_1: Text | list[Text]
+    text_2: Text | list[Text]
     truncate_prompt_tokens: int | None = Field(None, ge=-1)
     use_activation: bool = True
 

@@ -30,6 +30,15 @@ def _well_formed(text: str) -> str:
 # Every text a client sends: queries, documents, TEI texts, vLLM's text_1 / text_2.
 Text = Annotated[str, AfterValidator(_well_formed)]
 
+
+def _room_for_special_tokens(tokens: int) -> int:
+    if 0 <= tokens < 4:  # [CLS] q [SEP] d [SEP] cannot be cut below 4 tokens
+        raise ValueError("must be -1 (the model's limit) or at least 4")
+    return tokens
+
+
+TruncatePromptTokens = Annotated[int, Field(ge=-1), AfterValidator(_room_for_special_tokens)]
+
 # --- The batchable BentoML API: one item per (query, document) pair -------------------------------------------------
 
 
@@ -90,8 +99,8 @@ class RerankRequest(BaseModel):
     documents: list[Text | TextDocument] = Field(description="Texts (or `{text}` objects) to rank against the query.")
     top_n: int | None = Field(None, ge=0, description="Return only the best n; absent, null or 0 returns all.")
     return_documents: bool = Field(True, description="Echo each document's text in the results.")
-    truncate_prompt_tokens: int | None = Field(
-        None, ge=-1, description="vLLM: cap each (query, document) pair at this many tokens; -1 is the model's limit."
+    truncate_prompt_tokens: TruncatePromptTokens | None = Field(
+        None, description="vLLM: cap each (query, document) pair at this many tokens; -1 is the model's limit."
     )
     max_tokens_per_doc: int | None = Field(None, ge=1, description="Cohere v2: cap each document at this many tokens.")
     use_activation: bool = Field(True, description="vLLM: false returns the raw logit instead of its sigmoid.")
@@ -138,7 +147,7 @@ class ScoreRequest(BaseModel):
     model: str | None = None
     text_1: Text | list[Text]
     text_2: Text | list[Text]
-    truncate_prompt_tokens: int | None = Field(None, ge=-1)
+    truncate_prompt_tokens: TruncatePromptTokens | None = None
     use_activation: bool = True
 
 

@@ -1,0 +1,192 @@
+"""Load test on loopback: many requests of mixed sizes from many concurrent clients, every answer checked.
+
+    python -m benchmarks.load_test                                    # 20,000 requests, 64 clients, own server
+    python -m benchmarks.load_test --requests 1000 --concurrency 32   # the size CI runs (tests/test_load.py)
+    python -m benchmarks.load_test --url http://127.0.0.1:8000 --model BAAI/bge-reranker-base  # a running server
+
+Requests are drawn from a pool of distinct payloads (1 to --max-docs documents of --words words) whose scores are
+computed beforehand with `sentence_transformers.CrossEncoder.predict`: every 200 answer must rank the documents by
+those scores and match them within --tolerance. Without --url the script starts `bentoml serve` on the MiniLM fixture
+model (result cache off, so every request reaches the model) and stops it afterwards. Exit status 1 when any request
+failed (5xx, connection error, wrong answer); --write records the table in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import httpx
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.rerank_bench import Server, free_port, machine, percentile, write  # noqa: E402
+from benchmarks.workload import WORDS, build_model  # noqa: E402
+
+MODEL_ID = "bench/minilm"
+
+
+@dataclass
+class Payload:
+    body: dict
+    scores: list[float]
+
+
+@dataclass
+class Outcome:
+    """What the run saw, counted by kind."""
+
+    latencies_ms: list[float] = field(default_factory=list)
+    statuses: dict[int, int] = field(default_factory=dict)
+    connection_errors: int = 0
+    wrong_answers: list[str] = field(default_factory=list)
+    pairs: int = 0
+    seconds: float = 0.0
+
+    @property
+    def server_errors(self) -> int:
+        return sum(count for status, count in self.statuses.items() if status >= 500)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.server_errors or self.connection_errors or self.wrong_answers)
+
+
+def make_payloads(
+    model_dir: Path, model_id: str, distinct: int, max_docs: int, words: tuple[int, int] = (2, 16), seed: int = 0
+) -> list[Payload]:
+    """`distinct` requests of mixed sizes with their reference scores (CrossEncoder.predict on the same weights)."""
+    from sentence_transformers import CrossEncoder
+
+    rng = random.Random(seed)
+    reference = CrossEncoder(str(model_dir), device="cpu")
+    payloads = []
+    for i in range(distinct):
+        query = " ".join(rng.choices(WORDS, k=rng.randint(3, 16))) + f" #{i}"
+        docs = [" ".join(rng.choices(WORDS, k=rng.randint(*words))) for _ in range(rng.randint(1, max_docs))]
+        scores = [float(s) for s in reference.predict([(query, d) for d in docs], batch_size=64)]
+        payloads.append(Payload({"model": model_id, "query": query, "documents": docs}, scores))
+    return payloads
+
+
+def check(payload: Payload, body: dict, tolerance: float) -> str | None:
+    """Why an answer is wrong, or None."""
+    results = body.get("results", [])
+    if sorted(r["index"] for r in results) != list(range(len(payload.scores))):
+        return "the results do not cover every document once"
+    for result in results:
+        if abs(result["relevance_score"] - payload.scores[result["index"]]) > tolerance:
+            return f"document {result['index']}: {result['relevance_score']} != {payload.scores[result['index']]}"
+    ranked = [r["relevance_score"] for r in results]
+    if ranked != sorted(ranked, reverse=True):
+        return "the results are not sorted by score"
+    return None
+
+
+async def run_load(
+    url: str, payloads: list[Payload], requests: int, concurrency: int, tolerance: float = 1e-4, seed: int = 1
+) -> Outcome:
+    """Send `requests` payloads drawn from `payloads` with `concurrency` clients; check every answer."""
+    rng = random.Random(seed)
+    plan = [rng.choice(payloads) for _ in range(requests)]
+    outcome = Outcome()
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+
+        async def worker() -> None:
+            while plan:
+                payload = plan.pop()
+                started = time.perf_counter()
+                try:
+                    response = await client.post("/v1/rerank", json=payload.body)
+                except httpx.TransportError:
+                    outcome.connection_errors += 1
+                    continue
+                outcome.latencies_ms.append((time.perf_counter() - started) * 1000)
+                outcome.statuses[response.status_code] = outcome.statuses.get(response.status_code, 0) + 1
+                if response.status_code == 200:
+                    outcome.pairs += len(payload.scores)
+                    problem = check(payload, response.json(), tolerance)
+                    if problem:
+                        outcome.wrong_answers.append(problem)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        outcome.seconds = time.perf_counter() - started
+    return outcome
+
+
+def table(requests: int, concurrency: int, outcome: Outcome) -> str:
+    latencies = outcome.latencies_ms or [0.0]
+    statuses = ", ".join(f"{status}: {count:,}" for status, count in sorted(outcome.statuses.items()))
+    head = (
+        "| requests | clients | answers by status | 5xx | connection errors | wrong answers | p50 ms | p99 ms "
+        "| requests/s | pairs/s |"
+    )
+    row = (
+        f"| {requests:,} | {concurrency} | {statuses} | {outcome.server_errors} | {outcome.connection_errors} "
+        f"| {len(outcome.wrong_answers)} | {percentile(latencies, 0.5):,.0f} | {percentile(latencies, 0.99):,.0f} "
+        f"| {requests / outcome.seconds:,.1f} | {outcome.pairs / outcome.seconds:,.0f} |"
+    )
+    return "\n".join([head, "|" + "---|" * 10, row])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--distinct", type=int, default=200, help="distinct payloads (each scored beforehand)")
+    parser.add_argument("--max-docs", type=int, default=8, help="most documents in one request")
+    parser.add_argument(
+        "--words", type=lambda s: tuple(int(n) for n in s.split("-")), default=(2, 16), help="document length range"
+    )
+    parser.add_argument("--tolerance", type=float, default=1e-4, help="largest |score - reference| accepted")
+    parser.add_argument("--url", help="a running server (default: start one on the MiniLM fixture)")
+    parser.add_argument("--model", default=MODEL_ID, help="the model id the running server serves (with --url)")
+    parser.add_argument("--model-dir", type=Path, help="its weights, for the reference scores (with --url)")
+    parser.add_argument("--model-cache", default=str(Path(tempfile.gettempdir()) / "rerank-bench-models"))
+    parser.add_argument("--write", action="store_true", help="record the table in docs/benchmarks.md")
+    args = parser.parse_args(argv)
+
+    model_dir = args.model_dir or build_model("minilm", Path(args.model_cache) / "minilm")
+    payloads = make_payloads(model_dir, args.model, args.distinct, args.max_docs, args.words)
+    if args.url:
+        outcome = asyncio.run(run_load(args.url, payloads, args.requests, args.concurrency, args.tolerance))
+    else:
+        home = Path(tempfile.mkdtemp(prefix="rerank-load-")) / "bentoml"
+        env = {"BENTOML_HOME": str(home), "RERANK_DEFAULT_MODEL": MODEL_ID, "RERANK_CACHE_SIZE": "0"}
+        subprocess.run([sys.executable, "import_models.py", MODEL_ID, "--from-dir", str(model_dir)],
+                       cwd=REPO, env={**os.environ, **env}, check=True, capture_output=True)  # fmt: skip
+        port = free_port()
+        command = [sys.executable, "-m", "bentoml", "serve", "service:Reranker", "--port", str(port)]
+        with Server(command, env, port, home.parent / "serve.log") as server:
+            outcome = asyncio.run(run_load(server.url, payloads, args.requests, args.concurrency, args.tolerance))
+    command_line = "python -m benchmarks.load_test " + " ".join(argv if argv is not None else sys.argv[1:])
+    markdown = (
+        f"### {machine()} — {date.today().isoformat()}\n\n`{command_line.strip()}`\n\n"
+        f"1–{args.max_docs} documents of {args.words[0]}–{args.words[1]} words per request, "
+        f"{args.distinct} distinct payloads, "
+        f"every answer checked against CrossEncoder.predict (±{args.tolerance:g}).\n\n"
+        f"{table(args.requests, args.concurrency, outcome)}"
+    )
+    print(markdown)
+    for problem in outcome.wrong_answers[:5]:
+        print("wrong answer:", problem)
+    if args.write:
+        write(markdown, "load-cuda" if torch.cuda.is_available() else "load-cpu")
+    return 1 if outcome.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from rerank_server.catalog import DEFAULT_MODEL_ID, KNOWN_MODELS
 from rerank_server.model_store import ModelImportError, StoredReranker, find_reranker, import_model, list_rerankers
+from rerank_server.onnx_backend import BACKENDS
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 
@@ -46,6 +47,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--source", choices=["hub", "modelscope"], default="hub", help="where to download from (default: hub)"
     )
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default="torch",
+        help="how the server runs the model: torch (GPU or CPU), or ONNX Runtime on the CPU: onnx (fp32) or onnx-int8 "
+        "(dynamically quantized, ~2-3x faster on CPUs, scores within ~0.01)",
+    )  # fmt: skip
     parser.add_argument("--list", action="store_true", help="print the stored rerankers and exit")
     parser.add_argument(
         "--verify", action="store_true", help="load the stored MODEL_IDs (default: all) and score one pair with each"
@@ -86,18 +92,18 @@ def verify(stored: StoredReranker) -> str:
     """Load a stored reranker the way the server does and score one pair; raises when it cannot."""
     import time
 
-    from rerank_server.scorer import CrossEncoderScorer, resolve_device, resolve_dtype
+    from rerank_server.registry import load_scorer
+    from rerank_server.scorer import resolve_device, resolve_dtype
 
     started = time.perf_counter()
     device = resolve_device("auto")
-    scorer = CrossEncoderScorer(
-        stored.path, max_length=stored.max_length, device=device, dtype=resolve_dtype("auto", device), token_budget=4096
-    )
+    scorer = load_scorer(stored, device=device, dtype=resolve_dtype("auto", device), token_budget=4096)
     scored = scorer.score(["what is a panda?"], ["The giant panda is a bear species endemic to China."])
     score = scored.scores[0]
     if not 0.0 <= score <= 1.0:
         raise ValueError(f"the model produced {score} for a test pair")
-    return f"score {score:.4f} on {device} in {time.perf_counter() - started:.1f} s"
+    where = "cpu (ONNX Runtime)" if stored.backend != "torch" else device
+    return f"score {score:.4f} on {where} in {time.perf_counter() - started:.1f} s"
 
 
 def verify_stored(names: list[str]) -> int:
@@ -141,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         try:
             result = import_model(
-                model_id, from_dir=args.from_dir, models_dir=args.models_dir, source=args.source, force=args.force
-            )
+                model_id, from_dir=args.from_dir, models_dir=args.models_dir, source=args.source, force=args.force,
+                backend=args.backend,
+            )  # fmt: skip
         except ModelImportError as exc:
             print(f"error: {exc}", file=sys.stderr)
             failures += 1

@@ -17,7 +17,9 @@ from typing import Any, Literal
 
 import bentoml
 
+from rerank_server import onnx_backend
 from rerank_server.catalog import canonical_id, is_valid_model_id, known_model, store_name
+from rerank_server.onnx_backend import Backend
 
 logger = logging.getLogger("bentoml")
 
@@ -56,6 +58,7 @@ class StoredReranker:
     created: datetime
     size_bytes: int
     fingerprint: str
+    backend: Backend = "torch"
 
     @property
     def owned_by(self) -> str:
@@ -143,6 +146,7 @@ def _to_stored(model: bentoml.Model) -> StoredReranker | None:
         created=model.info.creation_time,
         size_bytes=int(meta.get("size_bytes", 0)),
         fingerprint=str(meta.get("fingerprint", "")),
+        backend=meta.get("backend", "torch"),
     )
 
 
@@ -174,7 +178,14 @@ class ImportResult:
 
 
 def store_folder(
-    model_id: str, folder: Path, *, source: str, revision: str | None, fingerprint: str, force: bool = False
+    model_id: str,
+    folder: Path,
+    *,
+    source: str,
+    revision: str | None,
+    fingerprint: str,
+    force: bool = False,
+    backend: Backend = "torch",
 ) -> ImportResult:
     """Copy a checked model folder into the store, or do nothing when the same source is stored already.
 
@@ -184,6 +195,8 @@ def store_folder(
     if not is_valid_model_id(model_id):
         raise ModelImportError(f"{model_id!r} is not a model id of the form org/name")
     info = inspect_folder(folder, model_id)
+    if backend != "torch":
+        fingerprint = f"{fingerprint}+{backend}"  # the same source for another backend is a new version
     existing = find_reranker(model_id)
     if existing and existing.fingerprint == fingerprint and not force:
         return ImportResult(existing, skipped=True)
@@ -195,10 +208,14 @@ def store_folder(
         "max_length": info.max_length,
         "architecture": info.architecture,
         "num_labels": info.num_labels,
+        "backend": backend,
     }
     labels = {**APP_LABEL, "model-id": model_id}
     with bentoml.models.create(store_name(model_id), labels=labels, metadata=metadata) as model:
         shutil.copytree(folder, model.path, ignore=_IGNORED, dirs_exist_ok=True)
+        if backend != "torch":
+            logger.info("Exporting %s to ONNX (%s)", model_id, backend)
+            onnx_backend.export(Path(model.path), backend)
         # What was kept, not what the folder held (ONNX exports and other extras are left behind).
         model.info.metadata["size_bytes"] = sum(p.stat().st_size for p in Path(model.path).rglob("*") if p.is_file())
     stored = find_reranker(model_id)
@@ -207,15 +224,18 @@ def store_folder(
     return ImportResult(stored, skipped=False)
 
 
-def import_from_folder(model_id: str, folder: Path, *, force: bool = False) -> ImportResult:
+def import_from_folder(model_id: str, folder: Path, *, force: bool = False, backend: Backend = "torch") -> ImportResult:
     """Register a local model folder under `model_id` (no network)."""
     folder = folder.resolve()
     return store_folder(
-        model_id, folder, source=f"dir:{folder}", revision=None, fingerprint=folder_fingerprint(folder), force=force
-    )
+        model_id, folder, source=f"dir:{folder}", revision=None, fingerprint=folder_fingerprint(folder), force=force,
+        backend=backend,
+    )  # fmt: skip
 
 
-def import_from_hub(model_id: str, *, revision: str | None = None, force: bool = False) -> ImportResult:
+def import_from_hub(
+    model_id: str, *, revision: str | None = None, force: bool = False, backend: Backend = "torch"
+) -> ImportResult:
     """Download `model_id` from the Hugging Face Hub (or the mirror in HF_ENDPOINT) and store it.
 
     huggingface_hub reads HF_ENDPOINT and HF_TOKEN itself and shows a progress bar per file.
@@ -246,8 +266,9 @@ def import_from_hub(model_id: str, *, revision: str | None = None, force: bool =
     # The snapshot folder of huggingface_hub's cache is named after the commit it holds.
     resolved = path.name
     return store_folder(
-        model_id, path, source=f"hub:{_hub_endpoint()}", revision=resolved, fingerprint=f"hub@{resolved}", force=force
-    )
+        model_id, path, source=f"hub:{_hub_endpoint()}", revision=resolved, fingerprint=f"hub@{resolved}", force=force,
+        backend=backend,
+    )  # fmt: skip
 
 
 def _hub_endpoint() -> str:
@@ -256,7 +277,7 @@ def _hub_endpoint() -> str:
     return constants.ENDPOINT
 
 
-def import_from_modelscope(model_id: str, *, force: bool = False) -> ImportResult:
+def import_from_modelscope(model_id: str, *, force: bool = False, backend: Backend = "torch") -> ImportResult:
     """Download `model_id` from ModelScope (for networks that reach neither the Hub nor a mirror) and store it.
 
     A complete copy already in ModelScope's cache (MODELSCOPE_CACHE) is used without network; MODELSCOPE_ENDPOINT
@@ -276,8 +297,9 @@ def import_from_modelscope(model_id: str, *, force: bool = False) -> ImportResul
     except Exception:  # noqa: BLE001 - not (completely) in the cache: download it
         path = _download_from_modelscope(snapshot_download, model_id)
     return store_folder(
-        model_id, path, source="modelscope", revision=path.name, fingerprint=folder_fingerprint(path), force=force
-    )
+        model_id, path, source="modelscope", revision=path.name, fingerprint=folder_fingerprint(path), force=force,
+        backend=backend,
+    )  # fmt: skip
 
 
 def _download_from_modelscope(snapshot_download: Callable[..., str], model_id: str) -> Path:
@@ -304,15 +326,16 @@ def import_model(
     models_dir: Path = Path("models"),
     source: Source = "hub",
     force: bool = False,
+    backend: Backend = "torch",
 ) -> ImportResult:
     """Import one reranker, local first: `from_dir`, else `models_dir/<short name>`, else the Hub or ModelScope."""
     model_id = canonical_id(model_id)
     if from_dir is not None:
-        return import_from_folder(model_id, from_dir, force=force)
+        return import_from_folder(model_id, from_dir, force=force, backend=backend)
     local = models_dir / model_id.split("/")[-1]
     if local.is_dir():
         logger.info("Using the local copy in %s", local)
-        return import_from_folder(model_id, local, force=force)
+        return import_from_folder(model_id, local, force=force, backend=backend)
     if source == "modelscope":
-        return import_from_modelscope(model_id, force=force)
-    return import_from_hub(model_id, force=force)
+        return import_from_modelscope(model_id, force=force, backend=backend)
+    return import_from_hub(model_id, force=force, backend=backend)

@@ -16,6 +16,7 @@ import torch
 from rerank_server.catalog import canonical_id
 from rerank_server.metrics import RerankMetrics
 from rerank_server.model_store import StoredReranker, find_reranker, list_rerankers
+from rerank_server.onnx_backend import OnnxScorer
 from rerank_server.scorer import CrossEncoderScorer, resolve_device, resolve_dtype
 from rerank_server.settings import Settings
 
@@ -183,10 +184,14 @@ class ModelRegistry:
             gc.collect()
 
     def _load_scorer(self, stored: StoredReranker) -> CrossEncoderScorer:
-        return CrossEncoderScorer(
-            stored.path,
-            max_length=stored.max_length,
-            device=self.device,
-            dtype=self.dtype,
-            token_budget=self.settings.token_budget,
-        )
+        return load_scorer(stored, device=self.device, dtype=self.dtype, token_budget=self.settings.token_budget)
+
+
+def load_scorer(stored: StoredReranker, *, device: str, dtype: torch.dtype, token_budget: int) -> CrossEncoderScorer:
+    """A stored reranker loaded for scoring, on the backend it was imported for."""
+    if stored.backend != "torch":
+        # Imported for ONNX Runtime: a CPU backend whatever RERANK_DEVICE says.
+        return OnnxScorer(stored.path, max_length=stored.max_length, backend=stored.backend, token_budget=token_budget)
+    return CrossEncoderScorer(
+        stored.path, max_length=stored.max_length, device=device, dtype=dtype, token_budget=token_budget
+    )

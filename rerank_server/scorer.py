@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from sentence_transformers import CrossEncoder
 
 from rerank_server.schemas import Truncation
 
@@ -103,6 +102,10 @@ class CrossEncoderScorer:
         self.dtype = dtype
         self.max_length = max_length
         self.token_budget = token_budget
+        # Imported here, not at the top: it pulls in scikit-learn and scipy (seconds), which BentoML's supervisor
+        # process, importing service.py only to read its configuration, does not need.
+        from sentence_transformers import CrossEncoder
+
         encoder = CrossEncoder(
             str(path), device=device, max_length=max_length, local_files_only=True, model_kwargs={"dtype": dtype}
         )
@@ -112,6 +115,9 @@ class CrossEncoderScorer:
             raise ValueError(f"{path} did not load as a transformers model")
         self.model = model.eval()
         self.parameters = sum(p.numel() for p in self.model.parameters())
+        self._init_locks()
+
+    def _init_locks(self) -> None:
         # Hugging Face fast tokenizers are not safe to share between threads, and one forward at a time keeps the
         # accelerator's memory use predictable. Separate locks let one request tokenize while another computes.
         self._tokenizer_lock = threading.Lock()
@@ -155,9 +161,7 @@ class CrossEncoderScorer:
                 features = self.tokenizer.pad(
                     {name: [ids[i] for i in batch] for name, ids in encoded.features.items()}, return_tensors="pt"
                 )
-                on_device = {name: self._to_device(tensor) for name, tensor in features.items()}
-                # Half-precision logits are upcast before the sigmoid, as sentence-transformers does.
-                outputs.append(self.model(**on_device).logits[:, 0].float())
+                outputs.append(self._forward({name: self._to_device(tensor) for name, tensor in features.items()}))
                 order.extend(batch)
             flat = torch.cat(outputs).cpu()
         logits = torch.empty(len(order), dtype=torch.float32)
@@ -171,6 +175,10 @@ class CrossEncoderScorer:
         encoded = self.encode(queries, documents, truncation)
         logits = self.logits(encoded)
         return PairScores(logits.tolist(), torch.sigmoid(logits).tolist(), encoded.lengths)
+
+    def _forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        # Half-precision logits are upcast before the sigmoid, as sentence-transformers does.
+        return self.model(**features).logits[:, 0].float()
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.device.startswith("cuda"):

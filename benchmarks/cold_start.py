@@ -1,0 +1,64 @@
+"""Cold start: seconds from `bentoml serve` until `/readyz` answers and until the first rerank is answered.
+
+    python -m benchmarks.cold_start                       # bge-reranker-base shape (278M parameters), 3 starts
+    python -m benchmarks.cold_start --models minilm,bge-base-shape --starts 3 --write
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.rerank_bench import Server, free_port, machine, write  # noqa: E402
+from benchmarks.workload import build_model  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", type=lambda s: s.split(","), default=["bge-base-shape"])
+    parser.add_argument("--starts", type=int, default=3)
+    parser.add_argument("--model-cache", default=str(Path(tempfile.gettempdir()) / "rerank-bench-models"))
+    parser.add_argument("--write", action="store_true", help="record the table in docs/benchmarks.md")
+    args = parser.parse_args(argv)
+    lines = ["| model | weights | ready (/readyz) s, median | first answer s, median | all starts, ready s |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for name in args.models:
+        model_dir = build_model(name, Path(args.model_cache) / name)
+        home = Path(tempfile.mkdtemp(prefix="rerank-cold-")) / "bentoml"
+        env = {"BENTOML_HOME": str(home), "RERANK_DEFAULT_MODEL": f"bench/{name}"}
+        subprocess.run([sys.executable, "import_models.py", f"bench/{name}", "--from-dir", str(model_dir)],
+                       cwd=REPO, env={**os.environ, **env}, check=True, capture_output=True)  # fmt: skip
+        ready, answered = [], []
+        for start in range(args.starts):
+            port = free_port()
+            command = [sys.executable, "-m", "bentoml", "serve", "service:Reranker", "--port", str(port)]
+            with Server(command, env, port, home.parent / f"serve-{start}.log") as server:
+                ready.append(server.ready_s)
+                httpx.post(f"{server.url}/v1/rerank", json={"query": "q", "documents": ["d"]}, timeout=120)
+                answered.append(time.perf_counter() - server.started)
+        size = sum(p.stat().st_size for p in model_dir.glob("*.safetensors")) / 1e9
+        lines.append(
+            f"| {name} | {size:.2f} GB | {statistics.median(ready):.1f} | {statistics.median(answered):.1f} "
+            f"| {', '.join(f'{s:.1f}' for s in ready)} |"
+        )
+    command_line = "python -m benchmarks.cold_start " + " ".join(argv if argv is not None else sys.argv[1:])
+    markdown = f"### {machine()} — {date.today().isoformat()}\n\n`{command_line.strip()}`\n\n" + "\n".join(lines)
+    print(markdown)
+    if args.write:
+        write(markdown, "cold-start")
+
+
+if __name__ == "__main__":
+    main()

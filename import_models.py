@@ -49,8 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--backend", choices=BACKENDS, default="torch",
-        help="how the server runs the model: torch (GPU or CPU), or ONNX Runtime on the CPU: onnx (fp32) or onnx-int8 "
-        "(dynamically quantized, ~2-3x faster on CPUs, scores within ~0.01)",
+        help="how the server runs the model: torch (GPU or CPU), or ONNX Runtime on the CPU: onnx (fp32, same "
+        "scores) or onnx-int8 (int8 weights: ~2x faster for bge-reranker-base on a CPU, scores approximate; check "
+        "with --verify and on your own data)",
     )  # fmt: skip
     parser.add_argument("--list", action="store_true", help="print the stored rerankers and exit")
     parser.add_argument(

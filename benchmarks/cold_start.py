@@ -1,7 +1,7 @@
 """Cold start: seconds from `bentoml serve` until `/readyz` answers and until the first rerank is answered.
 
-    python -m benchmarks.cold_start                       # bge-reranker-base shape (278M parameters), 3 starts
-    python -m benchmarks.cold_start --models minilm,bge-base-shape --starts 3 --write
+python -m benchmarks.cold_start                       # bge-reranker-base shape (278M parameters), 3 starts
+python -m benchmarks.cold_start --models minilm,bge-base-shape --starts 3 --write
 """
 
 from __future__ import annotations

@@ -2,13 +2,16 @@
 
     python -m benchmarks.load_test                                    # 20,000 requests, 64 clients, own server
     python -m benchmarks.load_test --requests 1000 --concurrency 32   # the size CI runs (tests/test_load.py)
+    python -m benchmarks.load_test --requests 3000 --concurrency 32 --cache-sizes 0,100000     # the cache's effect
     python -m benchmarks.load_test --url http://127.0.0.1:8000 --model BAAI/bge-reranker-base  # a running server
 
 Requests are drawn from a pool of distinct payloads (1 to --max-docs documents of --words words) whose scores are
 computed beforehand with `sentence_transformers.CrossEncoder.predict`: every 200 answer must rank the documents by
 those scores and match them within --tolerance. Without --url the script starts `bentoml serve` on the MiniLM fixture
-model (result cache off, so every request reaches the model) and stops it afterwards. Exit status 1 when any request
-failed (5xx, connection error, wrong answer); --write records the table in docs/benchmarks.md.
+model (result cache off unless --cache-sizes says otherwise, so every request reaches the model) and stops it
+afterwards. The payload pool is drawn from again and again: a repeated-query workload, on which the result cache's
+effect shows (`--cache-sizes 0,100000`). Exit status 1 when any request failed (5xx, connection error, wrong
+answer); --write records the table in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -127,19 +130,44 @@ async def run_load(
     return outcome
 
 
-def table(requests: int, concurrency: int, outcome: Outcome) -> str:
-    latencies = outcome.latencies_ms or [0.0]
-    statuses = ", ".join(f"{status}: {count:,}" for status, count in sorted(outcome.statuses.items()))
+def cache_counts(url: str) -> tuple[float, float]:
+    """(hits, misses) of the server's result cache, from /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts = {"rerank_cache_hits_total": 0.0, "rerank_cache_misses_total": 0.0}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=30).text):
+        for sample in family.samples:
+            if sample.name in counts:
+                counts[sample.name] += sample.value
+    return counts["rerank_cache_hits_total"], counts["rerank_cache_misses_total"]
+
+
+def measured_load(url: str, payloads: list[Payload], args: argparse.Namespace) -> tuple[Outcome, float | None]:
+    """The load's outcome and the cache hit rate during it (None when nothing was looked up)."""
+    hits_before, misses_before = cache_counts(url)
+    outcome = asyncio.run(run_load(url, payloads, args.requests, args.concurrency, args.tolerance))
+    hits, misses = cache_counts(url)
+    lookups = (hits - hits_before) + (misses - misses_before)
+    return outcome, (hits - hits_before) / lookups if lookups else None
+
+
+def table(requests: int, concurrency: int, runs: list[tuple[str, Outcome, float | None]]) -> str:
     head = (
-        "| requests | clients | answers by status | 5xx | connection errors | wrong answers | p50 ms | p99 ms "
-        "| requests/s | pairs/s |"
+        "| result cache | requests | clients | answers by status | 5xx | connection errors | wrong answers "
+        "| cache hit rate | p50 ms | p99 ms | requests/s | pairs/s |"
     )
-    row = (
-        f"| {requests:,} | {concurrency} | {statuses} | {outcome.server_errors} | {outcome.connection_errors} "
-        f"| {len(outcome.wrong_answers)} | {percentile(latencies, 0.5):,.0f} | {percentile(latencies, 0.99):,.0f} "
-        f"| {requests / outcome.seconds:,.1f} | {outcome.pairs / outcome.seconds:,.0f} |"
-    )
-    return "\n".join([head, "|" + "---|" * 10, row])
+    lines = [head, "|" + "---|" * 12]
+    for cache, outcome, hit_rate in runs:
+        latencies = outcome.latencies_ms or [0.0]
+        statuses = ", ".join(f"{status}: {count:,}" for status, count in sorted(outcome.statuses.items()))
+        lines.append(
+            f"| {cache} | {requests:,} | {concurrency} | {statuses} | {outcome.server_errors} "
+            f"| {outcome.connection_errors} | {len(outcome.wrong_answers)} "
+            f"| {'–' if hit_rate is None else f'{hit_rate:.0%}'} | {percentile(latencies, 0.5):,.0f} "
+            f"| {percentile(latencies, 0.99):,.0f} | {requests / outcome.seconds:,.1f} "
+            f"| {outcome.pairs / outcome.seconds:,.0f} |"
+        )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,36 +184,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=MODEL_ID, help="the model id the running server serves (with --url)")
     parser.add_argument("--model-dir", type=Path, help="its weights, for the reference scores (with --url)")
     parser.add_argument("--model-cache", default=str(Path(tempfile.gettempdir()) / "rerank-bench-models"))
+    parser.add_argument(
+        "--cache-sizes", type=lambda s: [int(n) for n in s.split(",")], default=[0],
+        help="RERANK_CACHE_SIZE of the started server, one run each (e.g. 0,100000: the cache's effect)",
+    )  # fmt: skip
     parser.add_argument("--write", action="store_true", help="record the table in docs/benchmarks.md")
     args = parser.parse_args(argv)
 
     model_dir = args.model_dir or build_model("minilm", Path(args.model_cache) / "minilm")
     payloads = make_payloads(model_dir, args.model, args.distinct, args.max_docs, args.words)
+    runs: list[tuple[str, Outcome, float | None]] = []
     if args.url:
-        outcome = asyncio.run(run_load(args.url, payloads, args.requests, args.concurrency, args.tolerance))
-    else:
+        runs.append(("(the server's)", *measured_load(args.url, payloads, args)))
+    for size in [] if args.url else args.cache_sizes:
         home = Path(tempfile.mkdtemp(prefix="rerank-load-")) / "bentoml"
-        env = {"BENTOML_HOME": str(home), "RERANK_DEFAULT_MODEL": MODEL_ID, "RERANK_CACHE_SIZE": "0"}
+        env = {"BENTOML_HOME": str(home), "RERANK_DEFAULT_MODEL": MODEL_ID, "RERANK_CACHE_SIZE": str(size)}
         subprocess.run([sys.executable, "import_models.py", MODEL_ID, "--from-dir", str(model_dir)],
                        cwd=REPO, env={**os.environ, **env}, check=True, capture_output=True)  # fmt: skip
         port = free_port()
         command = [sys.executable, "-m", "bentoml", "serve", "service:Reranker", "--port", str(port)]
         with Server(command, env, port, home.parent / "serve.log") as server:
-            outcome = asyncio.run(run_load(server.url, payloads, args.requests, args.concurrency, args.tolerance))
+            runs.append((f"{size:,} entries" if size else "off", *measured_load(server.url, payloads, args)))
     command_line = "python -m benchmarks.load_test " + " ".join(argv if argv is not None else sys.argv[1:])
     markdown = (
         f"### {machine()} — {date.today().isoformat()}\n\n`{command_line.strip()}`\n\n"
         f"1–{args.max_docs} documents of {args.words[0]}–{args.words[1]} words per request, "
         f"{args.distinct} distinct payloads, "
         f"every answer checked against CrossEncoder.predict (±{args.tolerance:g}).\n\n"
-        f"{table(args.requests, args.concurrency, outcome)}"
+        f"{table(args.requests, args.concurrency, runs)}"
     )
     print(markdown)
-    for problem in outcome.wrong_answers[:5]:
-        print("wrong answer:", problem)
+    for _, outcome, _ in runs:
+        for problem in outcome.wrong_answers[:5]:
+            print("wrong answer:", problem)
     if args.write:
-        write(markdown, "load-cuda" if torch.cuda.is_available() else "load-cpu")
-    return 1 if outcome.failed else 0
+        key = "load-" + ("cuda" if torch.cuda.is_available() else "cpu") + ("-cache" if any(args.cache_sizes) else "")
+        write(markdown, key)
+    return 1 if any(outcome.failed for _, outcome, _ in runs) else 0
 
 
 if __name__ == "__main__":

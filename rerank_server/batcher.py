@@ -94,7 +94,10 @@ class ContinuousBatcher:
             self._metrics.queued_pairs.inc(pairs)
 
     def _take(self) -> list[_Job] | None:
-        """The next batch: the oldest job and the jobs queued after it for the same model, up to max_batch_pairs."""
+        """The next batch: the oldest job and the jobs queued after it for the same model, up to max_batch_pairs.
+
+        Jobs of one model share one scorer object: a model is never unloaded while jobs for it are queued.
+        """
         with self._ready:
             while not self._queue:
                 if self._closed:
@@ -104,7 +107,7 @@ class ContinuousBatcher:
             taken: list[_Job] = []
             pairs = 0
             for job in list(self._queue):
-                if job.model_id != head.model_id:
+                if job.scorer is not head.scorer:
                     continue
                 if taken and pairs + len(job.encoded) > self.max_batch_pairs:
                     break
@@ -118,10 +121,17 @@ class ContinuousBatcher:
 
     def _run(self) -> None:
         while (batch := self._take()) is not None:
-            if batch:
+            try:
                 self._score(batch)
+            except Exception:  # a dead model thread would hang every request after it: log, fail the batch, go on
+                logger.exception("The batcher failed outside a model call")
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(RuntimeError("internal batcher error"))
 
     def _score(self, jobs: list[_Job]) -> None:
+        if not jobs:
+            return
         started = time.monotonic()
         merged = EncodedPairs.concat([job.encoded for job in jobs])
         try:

@@ -150,3 +150,12 @@ def test_closing_finishes_queued_work_and_refuses_new_work(batcher) -> None:
     scorer.gate.set()
     closing.join(10)
     assert busy.result(0).tolist() == [100] and queued.result(0).tolist() == [1]
+
+
+def test_the_model_thread_survives_a_failure_outside_the_model(batcher, monkeypatch) -> None:
+    scorer = GatedScorer()
+    monkeypatch.setattr(batcher, "_observe", lambda *args: (_ for _ in ()).throw(ValueError("metrics broke")))
+    with pytest.raises(RuntimeError, match="internal batcher error"):
+        batcher.submit("m", scorer, pairs(1)).result(5)
+    monkeypatch.undo()
+    assert batcher.submit("m", scorer, pairs(2)).result(5).tolist() == [2]

@@ -98,7 +98,7 @@ def verify(stored: StoredReranker) -> str:
 
     started = time.perf_counter()
     device = resolve_device("auto")
-    scorer = load_scorer(stored, device=device, dtype=resolve_dtype("auto", device), token_budget=4096)
+    scorer = load_scorer(stored, device=device, dtype=resolve_dtype("auto", device))
     scored = scorer.score(["what is a panda?"], ["The giant panda is a bear species endemic to China."])
     score = scored.scores[0]
     if not 0.0 <= score <= 1.0:

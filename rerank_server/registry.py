@@ -17,7 +17,7 @@ from rerank_server.catalog import canonical_id
 from rerank_server.metrics import RerankMetrics
 from rerank_server.model_store import StoredReranker, find_reranker, list_rerankers
 from rerank_server.onnx_backend import OnnxScorer
-from rerank_server.scorer import CrossEncoderScorer, resolve_device, resolve_dtype
+from rerank_server.scorer import CrossEncoderScorer, default_token_budget, resolve_device, resolve_dtype
 from rerank_server.settings import Settings
 
 logger = logging.getLogger("bentoml")
@@ -187,11 +187,15 @@ class ModelRegistry:
         return load_scorer(stored, device=self.device, dtype=self.dtype, token_budget=self.settings.token_budget)
 
 
-def load_scorer(stored: StoredReranker, *, device: str, dtype: torch.dtype, token_budget: int) -> CrossEncoderScorer:
-    """A stored reranker loaded for scoring, on the backend it was imported for."""
+def load_scorer(
+    stored: StoredReranker, *, device: str, dtype: torch.dtype, token_budget: int | None = None
+) -> CrossEncoderScorer:
+    """A stored reranker loaded for scoring, on the backend it was imported for (token budget: the device's default)."""
     if stored.backend != "torch":
         # Imported for ONNX Runtime: a CPU backend whatever RERANK_DEVICE says.
-        return OnnxScorer(stored.path, max_length=stored.max_length, backend=stored.backend, token_budget=token_budget)
+        budget = token_budget or default_token_budget("cpu")
+        return OnnxScorer(stored.path, max_length=stored.max_length, backend=stored.backend, token_budget=budget)
     return CrossEncoderScorer(
-        stored.path, max_length=stored.max_length, device=device, dtype=dtype, token_budget=token_budget
-    )
+        stored.path, max_length=stored.max_length, device=device, dtype=dtype,
+        token_budget=token_budget or default_token_budget(device),
+    )  # fmt: skip

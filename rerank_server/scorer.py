@@ -42,6 +42,15 @@ def resolve_dtype(choice: str, device: str) -> torch.dtype:
     return torch.float16 if device.startswith("cuda") else torch.float32
 
 
+def default_token_budget(device: str) -> int:
+    """Padded tokens per forward pass when RERANK_TOKEN_BUDGET is unset.
+
+    A GPU wants large passes to fill its cores; on a CPU, passes of ~2k tokens measured 25-30 % faster than 16k (cache
+    locality), see benchmarks/token_budget.py.
+    """
+    return 16_384 if device.startswith("cuda") else 2_048
+
+
 @dataclass(frozen=True)
 class PairScores:
     """Raw logits, sigmoid scores and token counts, in the order the pairs were given."""

@@ -135,3 +135,14 @@ def test_start_up_stops_on_an_unknown_preload(stored_fixture) -> None:
     registry = ModelRegistry(Settings(default_model=FIXTURE_MODEL_ID))
     with pytest.raises(UnknownModelError, match="my-org/not-imported"):
         registry.preload([FIXTURE_MODEL_ID, "my-org/not-imported"])
+
+
+def test_the_token_budget_defaults_by_device_and_can_be_set(stored_fixture) -> None:
+    from rerank_server.scorer import default_token_budget
+
+    assert (default_token_budget("cuda"), default_token_budget("cuda:1"), default_token_budget("cpu")) == (
+        16_384, 16_384, 2_048,
+    )  # fmt: skip
+    assert ModelRegistry(Settings(default_model=FIXTURE_MODEL_ID)).get(FIXTURE_MODEL_ID).token_budget == 2_048
+    chosen = ModelRegistry(Settings(default_model=FIXTURE_MODEL_ID, token_budget=4096))
+    assert chosen.get(FIXTURE_MODEL_ID).token_budget == 4096

@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.rerank_bench import machine, write  # noqa: E402
 from benchmarks.workload import QUERY, build_model, documents  # noqa: E402
 from rerank_server.onnx_backend import Backend, OnnxScorer, export  # noqa: E402
-from rerank_server.scorer import CrossEncoderScorer  # noqa: E402
+from rerank_server.scorer import CrossEncoderScorer, default_token_budget  # noqa: E402
 
 BACKENDS: tuple[Backend, ...] = ("torch", "onnx", "onnx-int8")
 
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", type=lambda s: s.split(","), default=["minilm", "bge-base-shape"])
     parser.add_argument("--requests", type=int, default=3, help="100-document requests per backend")
     parser.add_argument("--docs", type=int, default=100)
-    parser.add_argument("--token-budget", type=int, default=16_384)
+    parser.add_argument("--token-budget", type=int, default=default_token_budget("cpu"), help="the server's default")
     parser.add_argument("--model-cache", default=str(Path(tempfile.gettempdir()) / "rerank-bench-models"))
     parser.add_argument("--write", action="store_true", help="record the table in docs/benchmarks.md")
     args = parser.parse_args(argv)

@@ -316,7 +316,12 @@ def _resolve_for_tei(engine: ScoringEngine, model: str | None):
     "/rerank",
     response_model=RerankResponse | list[TEIRank],
     response_model_exclude_none=True,
-    responses={**_RERANK_RESPONSES, 413: {"model": TEIError}, 422: {"model": TEIError}},
+    # A TEI body gets TEI's error shape, any other body vLLM's: both are documented for the codes they share.
+    responses={
+        **{code: {"model": ErrorResponse | TEIError} for code in _RERANK_RESPONSES},
+        413: {"model": ErrorResponse | TEIError},
+        422: {"model": TEIError},
+    },
 )
 async def rerank(
     engine: Engine,

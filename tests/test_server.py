@@ -25,7 +25,9 @@ def test_rerank_matches_the_reference_cross_encoder(server, reference_encoder) -
     for result in body["results"]:
         assert result["relevance_score"] == pytest.approx(float(reference[result["index"]]), abs=1e-5)
         assert result["document"]["text"] == documents[result["index"]]
-    assert [r["index"] for r in body["results"]] == sorted(range(len(documents)), key=lambda i: -reference[i])
+    # Best first; documents whose reference scores differ by float noise only (1e-6, batch padding) may swap places.
+    ranked = [float(reference[r["index"]]) for r in body["results"]]
+    assert all(earlier >= later - 1e-5 for earlier, later in zip(ranked, ranked[1:]))
 
 
 def test_top_n_and_models_and_status(server) -> None:

@@ -7,9 +7,7 @@ python -m benchmarks.cold_start --models minilm,bge-base-shape --starts 3 --writ
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,7 +19,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.rerank_bench import Server, free_port, machine, write  # noqa: E402
+from benchmarks.rerank_bench import import_into_store, machine, serve_ours, write  # noqa: E402
 from benchmarks.workload import build_model  # noqa: E402
 
 
@@ -38,13 +36,10 @@ def main(argv: list[str] | None = None) -> None:
         model_dir = build_model(name, Path(args.model_cache) / name)
         home = Path(tempfile.mkdtemp(prefix="rerank-cold-")) / "bentoml"
         env = {"BENTOML_HOME": str(home), "RERANK_DEFAULT_MODEL": f"bench/{name}"}
-        subprocess.run([sys.executable, "import_models.py", f"bench/{name}", "--from-dir", str(model_dir)],
-                       cwd=REPO, env={**os.environ, **env}, check=True, capture_output=True)  # fmt: skip
+        import_into_store(f"bench/{name}", model_dir, env)
         ready, answered = [], []
         for start in range(args.starts):
-            port = free_port()
-            command = [sys.executable, "-m", "bentoml", "serve", "service:Reranker", "--port", str(port)]
-            with Server(command, env, port, home.parent / f"serve-{start}.log") as server:
+            with serve_ours(env, home.parent / f"serve-{start}.log") as server:
                 ready.append(server.ready_s)
                 httpx.post(f"{server.url}/v1/rerank", json={"query": "q", "documents": ["d"]}, timeout=120)
                 answered.append(time.perf_counter() - server.started)

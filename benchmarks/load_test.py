@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +32,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.rerank_bench import Server, free_port, machine, percentile, write  # noqa: E402
+from benchmarks.rerank_bench import import_into_store, machine, percentile, serve_ours, write  # noqa: E402
 from benchmarks.workload import WORDS, build_model  # noqa: E402
 
 MODEL_ID = "bench/minilm"
@@ -199,11 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     for size in [] if args.url else args.cache_sizes:
         home = Path(tempfile.mkdtemp(prefix="rerank-load-")) / "bentoml"
         env = {"BENTOML_HOME": str(home), "RERANK_DEFAULT_MODEL": MODEL_ID, "RERANK_CACHE_SIZE": str(size)}
-        subprocess.run([sys.executable, "import_models.py", MODEL_ID, "--from-dir", str(model_dir)],
-                       cwd=REPO, env={**os.environ, **env}, check=True, capture_output=True)  # fmt: skip
-        port = free_port()
-        command = [sys.executable, "-m", "bentoml", "serve", "service:Reranker", "--port", str(port)]
-        with Server(command, env, port, home.parent / "serve.log") as server:
+        import_into_store(MODEL_ID, model_dir, env)
+        with serve_ours(env, home.parent / "serve.log") as server:
             runs.append((f"{size:,} entries" if size else "off", *measured_load(server.url, payloads, args)))
     command_line = "python -m benchmarks.load_test " + " ".join(argv if argv is not None else sys.argv[1:])
     markdown = (

@@ -93,6 +93,18 @@ class Server:
         self.log.close()
 
 
+def import_into_store(model_id: str, model_dir: Path, env: dict[str, str]) -> None:
+    """Import `model_dir` as `model_id` into the model store of `env`'s BENTOML_HOME, as a user would."""
+    subprocess.run([sys.executable, "import_models.py", model_id, "--from-dir", str(model_dir)],
+                   cwd=REPO, env={**os.environ, **env}, check=True, capture_output=True)  # fmt: skip
+
+
+def serve_ours(env: dict[str, str], log: Path) -> Server:
+    """`bentoml serve service:Reranker` on a free loopback port with `env`, ready when returned."""
+    port = free_port()
+    return Server([sys.executable, "-m", "bentoml", "serve", "service:Reranker", "--port", str(port)], env, port, log)
+
+
 async def measure_http(url: str, payloads: list[dict], clients: int, tokens_per_request: int) -> tuple[float, float]:
     """(pairs/s, tokens/s) with `clients` concurrent clients sending every payload once; any failure stops the run."""
     queue = list(payloads)
@@ -211,15 +223,11 @@ def run(args: argparse.Namespace) -> list[Row]:
             # longer than the default one-minute request timeout.
             "RERANK_REQUEST_TIMEOUT_S": str(args.request_timeout_s),
         }
-        subprocess.run([sys.executable, "import_models.py", f"bench/{name}", "--from-dir", str(model_dir)],
-                       cwd=REPO, env={**os.environ, **env}, check=True, capture_output=True)  # fmt: skip
+        import_into_store(f"bench/{name}", model_dir, env)
         with contextlib.ExitStack() as stack:
             # Both servers stay up (idle while the other is measured).
-            ours_port, baseline_port = free_port(), free_port()
-            ours = stack.enter_context(Server(
-                [sys.executable, "-m", "bentoml", "serve", "service:Reranker", "--port", str(ours_port)],
-                env, ours_port, work / f"ours-{name}.log",
-            ))  # fmt: skip
+            ours = stack.enter_context(serve_ours(env, work / f"ours-{name}.log"))
+            baseline_port = free_port()
             baseline = stack.enter_context(Server(
                 [sys.executable, "-m", "uvicorn", "benchmarks.baseline_server:app", "--port", str(baseline_port)],
                 {"BASELINE_MODEL_DIR": str(model_dir), "BASELINE_DEVICE": device}, baseline_port,

@@ -82,7 +82,7 @@ class OnnxScorer(CrossEncoderScorer):
         self._init_locks()
 
     def _forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        inputs = {name: features[name].numpy().astype(np.int64) for name in self.input_names}
+        inputs = {name: features[name].numpy().astype(np.int64, copy=False) for name in self.input_names}
         (logits,) = self.session.run(["logits"], inputs)
         return torch.from_numpy(logits[:, 0]).float()
 

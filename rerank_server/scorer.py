@@ -151,7 +151,7 @@ class CrossEncoderScorer:
                 )
             finally:
                 self.tokenizer.truncation_side = "right"
-        features = {name: list(encoded[name]) for name in encoded}
+        features = {name: encoded[name] for name in encoded}
         return EncodedPairs(features, [len(ids) for ids in features["input_ids"]])
 
     @torch.inference_mode()

@@ -16,9 +16,16 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+# Settings the user may have exported (HF_HUB_OFFLINE on an air-gapped host, an API key, a default model, a mirror)
+# must not change what the tests see: every test that needs one sets it itself.
+_USER_SETTINGS = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "SENTENCE_TRANSFORMERS_", "MODELSCOPE_", "RERANK_", "BENTOML_")
+for _name in [name for name in os.environ if name.startswith(_USER_SETTINGS)]:
+    del os.environ[_name]
 # BentoML reads BENTOML_HOME once, at import: point it at a scratch store before anything imports bentoml.
 _SCRATCH = Path(tempfile.mkdtemp(prefix="rerank-tests-"))
 os.environ["BENTOML_HOME"] = str(_SCRATCH / "bentoml")
+os.environ["HF_HOME"] = str(_SCRATCH / "hf-home")  # never the user's Hub cache
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from tests.fixture_models import build_minilm_cross_encoder  # noqa: E402

@@ -1,16 +1,18 @@
 """Put rerankers into the BentoML model store, local copies first, else the Hugging Face Hub or ModelScope.
 
     python import_models.py                       # on a terminal: a menu; otherwise BAAI/bge-reranker-base
-    python import_models.py --all                 # the three BGE rerankers
-    python import_models.py BAAI/bge-reranker-v2-m3 cross-encoder/ms-marco-MiniLM-L-6-v2
+    python import_models.py --all                 # the three BGE cross-encoders
+    python import_models.py BAAI/bge-reranker-v2-m3 Qwen/Qwen3-Reranker-0.6B
     python import_models.py BAAI/bge-reranker-base --source modelscope
     python import_models.py my-org/my-reranker --from-dir ./my-reranker
+    python import_models.py my-org/my-qwen3-finetune --from-dir ./ft --recipe qwen3
     python import_models.py --list
     python import_models.py --verify              # load every stored reranker and score one pair
 
 A model is taken from --from-dir, else from models/<name>/ when that folder exists, else downloaded from the Hub
 (HF_ENDPOINT selects a mirror, e.g. https://hf-mirror.com; HF_TOKEN is used for gated models) or, with
---source modelscope, from ModelScope (MODELSCOPE_ENDPOINT selects another site).
+--source modelscope, from ModelScope (MODELSCOPE_ENDPOINT selects another site). Each import loads the stored copy
+and scores one pair before it is committed (--no-check skips that), so a broken model never reaches the store.
 """
 
 from __future__ import annotations
@@ -18,12 +20,21 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from rerank_server.catalog import DEFAULT_MODEL_ID, KNOWN_MODELS
-from rerank_server.model_store import ModelImportError, StoredReranker, find_reranker, import_model, list_rerankers
-from rerank_server.onnx_backend import BACKENDS
+from rerank_server.backends import BACKENDS
+from rerank_server.catalog import BGE_MODELS, DEFAULT_MODEL_ID, KNOWN_MODELS
+from rerank_server.model_store import (
+    ImportOptions,
+    ModelImportError,
+    check_runs,
+    find_reranker,
+    import_model,
+    list_rerankers,
+)
+from rerank_server.recipes import RECIPES
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 
@@ -34,12 +45,12 @@ def _size(num_bytes: int) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Import cross-encoder rerankers into the BentoML model store.",
+        description="Import rerankers (cross-encoders and LLM rerankers) into the BentoML model store.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Known models: " + ", ".join(m.model_id for m in KNOWN_MODELS),
     )
     parser.add_argument("models", nargs="*", metavar="MODEL_ID", help=f"Hub ids (org/name); default {DEFAULT_MODEL_ID}")
-    parser.add_argument("--all", action="store_true", help="import the three BGE rerankers")
+    parser.add_argument("--all", action="store_true", help="import the three BGE cross-encoders")
     parser.add_argument("--from-dir", type=Path, metavar="DIR", help="register a local model folder (one MODEL_ID)")
     parser.add_argument("--models-dir", type=Path, default=MODELS_DIR, help="where local copies are looked for")
     parser.add_argument("--force", action="store_true", help="import again even if the same source is stored")
@@ -49,10 +60,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--backend", choices=BACKENDS, default="torch",
-        help="how the server runs the model: torch (GPU or CPU), or ONNX Runtime on the CPU: onnx (fp32, same "
-        "scores) or onnx-int8 (int8 weights: ~2x faster for bge-reranker-base on a CPU, scores approximate; check "
-        "with --verify and on your own data)",
+        help="how the server runs the model: torch (GPU or CPU; every kind of reranker), or ONNX Runtime on the CPU "
+        "for cross-encoders: onnx (fp32, same scores) or onnx-int8 (int8 weights: faster, scores approximate)",
     )  # fmt: skip
+    parser.add_argument(
+        "--recipe", choices=list(RECIPES),
+        help="how pairs are scored, for a model whose id, folder or the catalogue does not tell: cross-encoder "
+        "(a *ForSequenceClassification), qwen3 (Qwen3-Reranker and fine-tunes), bge-gemma (bge-reranker-v2-gemma)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-check", action="store_true", help="store without loading the model and scoring a test pair first"
+    )
     parser.add_argument("--list", action="store_true", help="print the stored rerankers and exit")
     parser.add_argument(
         "--verify", action="store_true", help="load the stored MODEL_IDs (default: all) and score one pair with each"
@@ -68,43 +86,30 @@ def print_stored() -> None:
     if not stored:
         print("No rerankers in the store yet: run `python import_models.py`.")
         return
-    print(f"{'MODEL':40} {'TAG':50} {'MAX_LEN':>7} {'SIZE':>8}  SOURCE")
+    print(f"{'MODEL':40} {'TAG':50} {'RECIPE':13} {'BACKEND':9} {'MAX_LEN':>7} {'SIZE':>8}  SOURCE")
     for s in stored:
-        print(f"{s.model_id:40} {s.tag:50} {s.max_length:>7} {_size(s.size_bytes):>8}  {s.source}")
+        print(
+            f"{s.model_id:40} {s.tag:50} {s.recipe:13} {s.backend:9} {s.max_length:>7} {_size(s.size_bytes):>8}  "
+            f"{s.source}"
+        )
 
 
 def choose_from_menu(ask: Callable[[str], str] = input) -> list[str]:
-    """The menu of the original design: the three BGE rerankers with size and use, or all of them."""
+    """The menu of the original design: the known rerankers with size and use, or all BGE cross-encoders."""
     print("Which reranker should be imported?")
     for number, model in enumerate(KNOWN_MODELS, start=1):
         default = "  (default)" if model.model_id == DEFAULT_MODEL_ID else ""
-        print(f"  {number}) {model.model_id:26} {model.size:>8}  {model.good_for}{default}")
-    print(f"  {len(KNOWN_MODELS) + 1}) all of them")
+        stored = "  [stored]" if find_reranker(model.model_id) else ""
+        print(f"  {number}) {model.model_id:28} {model.size:>8}  {model.good_for}{default}{stored}")
+    all_bge = len(KNOWN_MODELS) + 1
+    print(f"  {all_bge}) the {len(BGE_MODELS)} BGE cross-encoders")
     while True:
-        answer = ask(f"Choose 1-{len(KNOWN_MODELS) + 1} [1]: ").strip() or "1"
+        answer = ask(f"Choose 1-{all_bge} [1]: ").strip() or "1"
         if answer.isdigit() and 1 <= int(answer) <= len(KNOWN_MODELS):
             return [KNOWN_MODELS[int(answer) - 1].model_id]
-        if answer == str(len(KNOWN_MODELS) + 1):
-            return [model.model_id for model in KNOWN_MODELS]
-        print(f"Please answer a number from 1 to {len(KNOWN_MODELS) + 1}.")
-
-
-def verify(stored: StoredReranker) -> str:
-    """Load a stored reranker the way the server does and score one pair; raises when it cannot."""
-    import time
-
-    from rerank_server.registry import load_scorer
-    from rerank_server.scorer import resolve_device, resolve_dtype
-
-    started = time.perf_counter()
-    device = resolve_device("auto")
-    scorer = load_scorer(stored, device=device, dtype=resolve_dtype("auto", device))
-    scored = scorer.score(["what is a panda?"], ["The giant panda is a bear species endemic to China."])
-    score = scored.scores[0]
-    if not 0.0 <= score <= 1.0:
-        raise ValueError(f"the model produced {score} for a test pair")
-    where = "cpu (ONNX Runtime)" if stored.backend != "torch" else device
-    return f"score {score:.4f} on {where} in {time.perf_counter() - started:.1f} s"
+        if answer == str(all_bge):
+            return [model.model_id for model in BGE_MODELS]
+        print(f"Please answer a number from 1 to {all_bge}.")
 
 
 def verify_stored(names: list[str]) -> int:
@@ -116,13 +121,24 @@ def verify_stored(names: list[str]) -> int:
             failures += 1
             continue
         try:
-            print(f"{reranker.model_id}: OK, {verify(reranker)}")
-        except Exception as exc:  # noqa: BLE001 - every kind of broken model is reported the same way
-            print(f"{reranker.model_id}: FAILED, {type(exc).__name__}: {str(exc)[:300]}", file=sys.stderr)
+            where = "cpu (ONNX Runtime)" if reranker.backend != "torch" else "the default device"
+            print(f"{reranker.model_id}: OK, score {check_runs(reranker):.4f} on {where}")
+        except ModelImportError as exc:
+            print(f"{reranker.model_id}: FAILED, {exc}", file=sys.stderr)
             failures += 1
     if not stored:
         print("No rerankers in the store yet: run `python import_models.py`.")
     return 1 if failures else 0
+
+
+def _quiet_libraries() -> None:
+    # Loading and exporting models makes transformers and torch print notes that are not the user's concern; what
+    # went wrong is reported in one line of our own.
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,33 +147,37 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         print_stored()
         return 0
+    _quiet_libraries()
     if args.verify:
         return verify_stored(args.models)
+    menu = False
     if args.all:
-        wanted = [m.model_id for m in KNOWN_MODELS]
+        wanted = [m.model_id for m in BGE_MODELS]
     elif args.models:
         wanted = args.models
     else:
         # The menu only when someone can answer it; scripts and containers get the default.
-        wanted = choose_from_menu() if sys.stdin.isatty() and sys.stdout.isatty() else [DEFAULT_MODEL_ID]
+        menu = sys.stdin.isatty() and sys.stdout.isatty()
+        wanted = choose_from_menu() if menu else [DEFAULT_MODEL_ID]
+    options = ImportOptions(force=args.force, backend=args.backend, recipe=args.recipe, check=not args.no_check)
     failures = 0
     for model_id in wanted:
-        stored = find_reranker(model_id) if args.if_missing else None
+        # A model chosen from the menu that the store holds (from a folder, say) is not downloaded again.
+        stored = find_reranker(model_id) if (args.if_missing or menu) and not args.force else None
         if stored:
             print(f"{stored.model_id}: in the store as {stored.tag}")
             continue
         try:
             result = import_model(
-                model_id, from_dir=args.from_dir, models_dir=args.models_dir, source=args.source, force=args.force,
-                backend=args.backend,
-            )  # fmt: skip
+                model_id, options, from_dir=args.from_dir, models_dir=args.models_dir, source=args.source
+            )
         except ModelImportError as exc:
             print(f"error: {exc}", file=sys.stderr)
             failures += 1
             continue
         s = result.stored
         verb = "already stored (same source; --force to re-import)" if result.skipped else "imported"
-        print(f"{s.model_id}: {verb} as {s.tag}, {_size(s.size_bytes)}, {s.path}")
+        print(f"{s.model_id}: {verb} as {s.tag}, {_size(s.size_bytes)}, {s.recipe} recipe, {s.backend}, {s.path}")
     return 1 if failures else 0
 
 

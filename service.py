@@ -1,4 +1,4 @@
-"""The rerank server: a BentoML service with an adaptive-batching scoring API and vLLM-compatible HTTP routes.
+"""The rerank server: a BentoML service whose API and vLLM / Jina / Cohere / TEI routes share one continuous batcher.
 
 Serve it with `bentoml serve` (port 8000) or `make serve`; build a Bento with `bentoml build`.
 """
@@ -6,20 +6,27 @@ Serve it with `bentoml serve` (port 8000) or `make serve`; build a Bento with `b
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 
 import bentoml
-from bentoml.exceptions import ServiceUnavailable
+from bentoml.exceptions import BentoMLException
 
-from rerank_server.catalog import store_name
-from rerank_server.engine import BatcherClosedError, DeadlineExceededError, QueueFullError, ScoringEngine
+from rerank_server.errors import BatcherClosedError, DeadlineExceededError, QueueFullError
 from rerank_server.http_api import app as http_app
 from rerank_server.middleware import RequestGuard
+from rerank_server.model_store import find_reranker
 from rerank_server.observability import RequestTracking
 from rerank_server.schemas import PairScore, ScorePair
 from rerank_server.settings import get_settings
 
 logger = logging.getLogger("bentoml")
 settings = get_settings()
+
+_REFUSALS = {
+    QueueFullError: HTTPStatus.TOO_MANY_REQUESTS,
+    DeadlineExceededError: HTTPStatus.GATEWAY_TIMEOUT,
+    BatcherClosedError: HTTPStatus.SERVICE_UNAVAILABLE,
+}
 
 
 @bentoml.asgi_app(http_app, path="/")
@@ -30,24 +37,26 @@ settings = get_settings()
     traffic={"timeout": 300},
 )
 class Reranker:
-    """Scores (query, document) pairs with BGE / sentence-transformers cross-encoders from the model store."""
+    """Scores (query, document) pairs with BGE cross-encoders and LLM rerankers from the BentoML model store."""
 
     def __init__(self) -> None:
-        # One engine per worker: its model thread serves the HTTP routes and the batchable API alike.
-        self.engine = ScoringEngine(settings)
-        self.engine.registry.preload(settings.preload_ids)
+        from rerank_server.engine import ScoringEngine
 
-    @bentoml.api(batchable=True, max_batch_size=settings.max_batch_pairs, max_latency_ms=settings.max_latency_ms)
-    def score_pairs(self, pairs: list[ScorePair]) -> list[PairScore]:
-        """Score (query, document) pairs; concurrent calls are merged into one model batch.
+        # One engine per worker: its model thread serves the HTTP routes and the API alike.
+        self.engine = ScoringEngine(settings)
+        self.engine.registry.preload(settings.default_model, settings.preload_names)
+
+    @bentoml.api
+    async def score_pairs(self, pairs: list[ScorePair]) -> list[PairScore]:
+        """Score (query, document) pairs, each naming its model; they join the same batches as the HTTP routes'.
 
         Each result holds the relevance `score` (sigmoid of the logit), the raw `logit` and the `tokens` the model saw,
-        or an `error` when that pair's model cannot be used.
+        or an `error` when that pair's model cannot be used. A full queue answers 429 (retry after a second).
         """
         try:
-            return self.engine.score_blocking(pairs)
-        except (QueueFullError, DeadlineExceededError, BatcherClosedError) as exc:
-            raise ServiceUnavailable(str(exc)) from exc
+            return await self.engine.score_pairs(pairs)
+        except tuple(_REFUSALS) as exc:
+            raise BentoMLException(str(exc), error_code=_REFUSALS[type(exc)]) from exc
 
     @bentoml.on_shutdown
     def drain(self) -> None:
@@ -59,5 +68,7 @@ class Reranker:
 # requests get an id, a log line and a count too.
 Reranker.add_asgi_middleware(RequestTracking)
 Reranker.add_asgi_middleware(RequestGuard, api_keys=settings.api_keys, max_body_bytes=settings.max_body_bytes)
-# A Bento carries the models the server loads at start-up: the default model and RERANK_PRELOAD.
-Reranker.models.extend(bentoml.models.BentoModel(f"{store_name(model_id)}:latest") for model_id in settings.preload_ids)
+# A Bento carries the exact stored versions the server loads at start-up: the default model and RERANK_PRELOAD.
+for _name in dict.fromkeys([settings.default_model, *settings.preload_names]):
+    if (_stored := find_reranker(_name)) is not None:
+        Reranker.models.append(bentoml.models.BentoModel(_stored.tag))

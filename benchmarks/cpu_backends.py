@@ -27,9 +27,10 @@ from scipy.stats import spearmanr
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from rerank_server.onnx_backend import Backend, OnnxScorer, export  # noqa: E402
+
 from benchmarks.rerank_bench import machine, write  # noqa: E402
 from benchmarks.workload import QUERY, build_model, documents  # noqa: E402
-from rerank_server.onnx_backend import Backend, OnnxScorer, export  # noqa: E402
 from rerank_server.scorer import CrossEncoderScorer, default_token_budget  # noqa: E402
 
 BACKENDS: tuple[Backend, ...] = ("torch", "onnx", "onnx-int8")

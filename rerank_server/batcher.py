@@ -4,7 +4,9 @@ Hand-written because this queue is the product's core and BentoML's dispatcher d
 docs/benchmarks.md): its learned wait keeps a lone request waiting for partners after a burst, it reaches the batcher
 from a mounted app only through an in-process HTTP round trip, and it has no queue bound, per-request deadline or
 retry of a failed batch. Here, as in text-embeddings-inference, a request never waits while the model is idle, the
-queue is bounded (refusals are immediate), and a batch that fails is split so that only the failing request fails.
+queue is bounded (refusals are immediate), a request is queued in pieces of at most `max_batch_pairs` pairs (so that
+one giving up stops what it has not started, and a large request does not hold the model for all of its pairs), and
+a batch that fails is split so that only the failing request fails.
 """
 
 from __future__ import annotations
@@ -12,32 +14,44 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import traceback
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import torch
 
+from rerank_server.errors import BatcherClosedError, QueueFullError
 from rerank_server.metrics import RerankMetrics
-from rerank_server.scorer import CrossEncoderScorer, EncodedPairs
+from rerank_server.recipes import EncodedPairs
+from rerank_server.scorer import Scorer
 
 logger = logging.getLogger("bentoml")
 
-
-class QueueFullError(RuntimeError):
-    """The queue holds as many pairs as it may; the caller should retry shortly (429)."""
+__all__ = ["BatcherClosedError", "ContinuousBatcher", "QueueFullError"]
 
 
-class BatcherClosedError(RuntimeError):
-    """The server is shutting down and takes no new work (503)."""
+@dataclass(eq=False)
+class _Request:
+    """One submitted request: its future, where its logits go, and what of it is still queued or running."""
 
-
-@dataclass
-class _Job:
     model_id: str
-    scorer: CrossEncoderScorer
-    encoded: EncodedPairs
+    scorer: Scorer
+    logits: torch.Tensor
+    on_finished: Callable[[], None] | None
     future: Future[torch.Tensor] = field(default_factory=Future)
+    queued: list[_Piece] = field(default_factory=list)
+    running: int = 0
+    scored: int = 0
+    finished: bool = False
+
+
+@dataclass(eq=False)
+class _Piece:
+    request: _Request
+    start: int
+    encoded: EncodedPairs
     enqueued_at: float = field(default_factory=time.monotonic)
 
 
@@ -48,7 +62,7 @@ class ContinuousBatcher:
         self.max_batch_pairs = max_batch_pairs
         self.max_queue_pairs = max_queue_pairs
         self._metrics = metrics
-        self._queue: deque[_Job] = deque()
+        self._queue: deque[_Piece] = deque()
         self._queued_pairs = 0
         self._closed = False
         self._ready = threading.Condition()
@@ -59,13 +73,25 @@ class ContinuousBatcher:
     def queued_pairs(self) -> int:
         return self._queued_pairs
 
-    def submit(self, model_id: str, scorer: CrossEncoderScorer, encoded: EncodedPairs) -> Future[torch.Tensor]:
+    def submit(
+        self,
+        model_id: str,
+        scorer: Scorer,
+        encoded: EncodedPairs,
+        on_finished: Callable[[], None] | None = None,
+    ) -> Future[torch.Tensor]:
         """Queue the pairs; the future gets their logits. Raises QueueFullError at once when the queue is full.
 
         A request larger than the whole queue bound is still taken when nothing else waits, or it could never run.
-        Cancelling the future before its batch starts takes the pairs out of the queue.
+        Cancelling the future takes its pieces that have not started out of the queue (and out of the count) at once.
+        `on_finished` runs once the model thread is done with the request (scored, failed or cancelled): until then
+        the scorer must stay loaded.
         """
-        job = _Job(model_id, scorer, encoded)
+        request = _Request(model_id, scorer, torch.empty(len(encoded)), on_finished)
+        step = self.max_batch_pairs
+        request.queued = [
+            _Piece(request, start, _slice(encoded, start, start + step)) for start in range(0, len(encoded), step)
+        ]
         with self._ready:
             if self._closed:
                 raise BatcherClosedError("The server is shutting down")
@@ -76,10 +102,13 @@ class ContinuousBatcher:
                     f"{self._queued_pairs} pairs are queued and {len(encoded)} more would exceed the limit of "
                     f"{self.max_queue_pairs} (RERANK_MAX_QUEUE_PAIRS)"
                 )
-            self._queue.append(job)
+            self._queue.extend(request.queued)
             self._change_queued(len(encoded))
             self._ready.notify()
-        return job.future
+        request.future.add_done_callback(lambda _: self._forget(request))
+        if not len(encoded):
+            request.future.set_result(request.logits)
+        return request.future
 
     def close(self, timeout: float | None = None) -> None:
         """Stop taking work, finish what is queued, and stop the thread."""
@@ -93,77 +122,154 @@ class ContinuousBatcher:
         if self._metrics:
             self._metrics.queued_pairs.inc(pairs)
 
-    def _take(self) -> list[_Job] | None:
-        """The next batch: the oldest job and the jobs queued after it for the same model, up to max_batch_pairs.
+    def _forget(self, request: _Request) -> None:
+        """Take a finished request's pieces that have not started out of the queue; finish it if none is running."""
+        with self._ready:
+            for piece in request.queued:
+                self._queue.remove(piece)
+                self._change_queued(-len(piece.encoded))
+            request.queued.clear()
+            finished = self._finishing(request)
+        if finished:
+            self._finish(request)
 
-        Jobs of one model share one scorer object: a model is never unloaded while jobs for it are queued.
+    @staticmethod
+    def _finishing(request: _Request) -> bool:
+        """Whether the model thread is done with `request` now, the first time it is (call holding the lock)."""
+        if request.finished or request.queued or request.running or not request.future.done():
+            return False
+        request.finished = True
+        return True
+
+    @staticmethod
+    def _finish(request: _Request) -> None:
+        if request.on_finished is not None:
+            request.on_finished()
+
+    def _take(self) -> list[_Piece] | None:
+        """The next batch: the oldest piece and the pieces queued after it for the same model, up to max_batch_pairs.
+
+        Pieces of one model share one scorer object, which stays loaded while pieces for it are queued or running.
         """
         with self._ready:
             while not self._queue:
                 if self._closed:
                     return None
                 self._ready.wait()
-            head = self._queue[0]
-            taken: list[_Job] = []
+            head = self._queue[0].request.scorer
+            taken: list[_Piece] = []
             pairs = 0
-            for job in list(self._queue):
-                if job.scorer is not head.scorer:
+            for piece in list(self._queue):
+                if piece.request.scorer is not head:
                     continue
-                if taken and pairs + len(job.encoded) > self.max_batch_pairs:
+                if taken and pairs + len(piece.encoded) > self.max_batch_pairs:
                     break
-                self._queue.remove(job)
-                self._change_queued(-len(job.encoded))
-                # False when the caller gave up (deadline, disconnect) before the batch started: skip its pairs.
-                if job.future.set_running_or_notify_cancel():
-                    taken.append(job)
-                    pairs += len(job.encoded)
+                self._queue.remove(piece)
+                piece.request.queued.remove(piece)
+                piece.request.running += 1
+                self._change_queued(-len(piece.encoded))
+                taken.append(piece)
+                pairs += len(piece.encoded)
             return taken
 
     def _run(self) -> None:
         while (batch := self._take()) is not None:
             try:
                 self._score(batch)
-            except Exception:  # a dead model thread would hang every request after it: log, fail the batch, go on
+            except Exception as exc:  # a dead model thread would hang every request after it: log, fail, go on
                 logger.exception("The batcher failed outside a model call")
-                for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(RuntimeError("internal batcher error"))
+                for piece in batch:
+                    self._done(piece, error=RuntimeError(f"internal batcher error: {exc!r}"))
 
-    def _score(self, jobs: list[_Job]) -> None:
-        if not jobs:
+    def _score(self, pieces: list[_Piece]) -> None:
+        if not pieces:
             return
         started = time.monotonic()
-        merged = EncodedPairs.concat([job.encoded for job in jobs])
+        merged = EncodedPairs.concat([piece.encoded for piece in pieces])
+        failure: Exception | None = None
         try:
-            logits = jobs[0].scorer.logits(merged)
+            logits = pieces[0].request.scorer.logits(merged)
         except Exception as exc:  # any failure: retry the halves so that only the failing request fails
-            self._recover(jobs, exc)
+            failure = exc
+        if failure is not None:
+            # Outside the except block, and with the failed pass's frames cleared: the traceback would otherwise keep
+            # its activations (all of a GPU's memory after an out-of-memory error) alive through the retries, and the
+            # exception handed to the caller would keep them after the request ended.
+            self._recover(pieces, _without_frames(failure))
             return
-        self._observe(jobs, merged, started)
+        self._observe(pieces, merged, started)
         offset = 0
-        for job in jobs:
-            job.future.set_result(logits[offset : offset + len(job.encoded)])
-            offset += len(job.encoded)
+        for piece in pieces:
+            self._done(piece, logits=logits[offset : offset + len(piece.encoded)])
+            offset += len(piece.encoded)
 
-    def _recover(self, jobs: list[_Job], exc: Exception) -> None:
+    def _recover(self, pieces: list[_Piece], exc: Exception) -> None:
         if isinstance(exc, torch.OutOfMemoryError):
             torch.cuda.empty_cache()
-        if len(jobs) == 1:
-            logger.error("Scoring %d pairs with %s failed: %r", len(jobs[0].encoded), jobs[0].model_id, exc)
-            jobs[0].future.set_exception(exc)
+        requests = list(dict.fromkeys(piece.request for piece in pieces))
+        if len(requests) == 1:
+            logger.error(
+                "Scoring %d pairs with %s failed: %r", sum(len(p.encoded) for p in pieces), requests[0].model_id, exc
+            )
+            for piece in pieces:
+                self._done(piece, error=exc)
             return
-        logger.warning("A batch of %d requests failed (%r); retrying them in halves", len(jobs), exc)
-        middle = len(jobs) // 2
-        self._score(jobs[:middle])
-        self._score(jobs[middle:])
+        logger.warning("A batch of %d requests failed (%r); retrying them in halves", len(requests), exc)
+        first = set(requests[: len(requests) // 2])
+        self._score([piece for piece in pieces if piece.request in first])
+        self._score([piece for piece in pieces if piece.request not in first])
 
-    def _observe(self, jobs: list[_Job], merged: EncodedPairs, started: float) -> None:
+    def _done(self, piece: _Piece, *, logits: torch.Tensor | None = None, error: Exception | None = None) -> None:
+        """Record one piece's outcome; complete its request's future when it is the last piece or an error."""
+        request = piece.request
+        outcome: tuple[str, object] | None = None
+        with self._ready:
+            request.running -= 1
+            if error is not None:
+                for queued in request.queued:  # the rest of a failed request is not worth scoring
+                    self._queue.remove(queued)
+                    self._change_queued(-len(queued.encoded))
+                request.queued.clear()
+                outcome = ("error", error)
+            elif logits is not None:
+                request.logits[piece.start : piece.start + len(logits)] = logits
+                request.scored += len(logits)
+                if request.scored == len(request.logits):
+                    outcome = ("result", request.logits)
+        if outcome is not None and not request.future.done():
+            try:
+                if outcome[0] == "error":
+                    request.future.set_exception(outcome[1])  # type: ignore[arg-type]
+                else:
+                    request.future.set_result(outcome[1])  # type: ignore[arg-type]
+            except Exception:  # noqa: BLE001 - cancelled by the caller at the same moment: nothing to deliver
+                pass
+        with self._ready:
+            finished = self._finishing(request)
+        if finished:
+            self._finish(request)
+
+    def _observe(self, pieces: list[_Piece], merged: EncodedPairs, started: float) -> None:
         if not self._metrics:
             return
-        model = jobs[0].model_id
+        model = pieces[0].request.model_id
         self._metrics.batch_size.labels(model).observe(len(merged))
         self._metrics.batch_duration.labels(model).observe(time.monotonic() - started)
         self._metrics.pairs.labels(model).inc(len(merged))
         self._metrics.tokens.labels(model).inc(sum(merged.lengths))
-        for job in jobs:
-            self._metrics.queue_wait.labels(model).observe(started - job.enqueued_at)
+        for piece in pieces:
+            self._metrics.queue_wait.labels(model).observe(started - piece.enqueued_at)
+
+
+def _slice(encoded: EncodedPairs, start: int, stop: int) -> EncodedPairs:
+    if start == 0 and stop >= len(encoded):
+        return encoded
+    types = encoded.token_type_ids[start:stop] if encoded.token_type_ids is not None else None
+    return EncodedPairs(encoded.input_ids[start:stop], types)
+
+
+def _without_frames(exc: Exception) -> Exception:
+    """`exc` with the local variables of every frame it passed through released, and no traceback."""
+    traceback.clear_frames(exc.__traceback__)
+    exc.__context__ = exc.__cause__ = None
+    return exc.with_traceback(None)

@@ -7,16 +7,15 @@ import threading
 
 from cachetools import LRUCache
 
-from rerank_server.schemas import Truncation
 
-
-def cache_key(model_id: str, truncation: Truncation, query: str, document: str) -> bytes:
-    """A fixed-size key, so that an entry costs ~200 bytes however long its document.
+def cache_key(variant: str, query: str, document: str) -> bytes:
+    """A fixed-size key, so that an entry costs ~200 bytes however long its document. `variant` names everything
+    else the score depends on: the stored model version and how its pairs are tokenized.
 
     Each part is length-prefixed before hashing, so that no two different inputs can run together into one key.
     """
     digest = hashlib.blake2b(digest_size=20)
-    for part in (model_id, repr(tuple(truncation)), query, document):
+    for part in (variant, query, document):
         data = part.encode("utf-8", "surrogatepass")
         digest.update(len(data).to_bytes(8, "little"))
         digest.update(data)
@@ -24,7 +23,7 @@ def cache_key(model_id: str, truncation: Truncation, query: str, document: str) 
 
 
 class ScoreCache:
-    """Logit and token count per (model, truncation, query, document), least recently used out first."""
+    """Logit and token count per (model version, tokenization options, query, document); least recently used out."""
 
     def __init__(self, max_entries: int) -> None:
         self._entries: LRUCache[bytes, tuple[float, int]] = LRUCache(maxsize=max_entries)

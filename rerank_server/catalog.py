@@ -1,7 +1,8 @@
-"""The one place that knows the rerankers we ship defaults for, and how public model ids map to store names.
+"""The rerankers we ship defaults for, and how public model ids map to store names.
 
 Users only ever see Hugging Face style ids (``BAAI/bge-reranker-base``); the BentoML store cannot hold ``/`` or
-upper case in a name, so every conversion between the two goes through :func:`store_name`.
+upper case in a name, so every conversion between the two goes through :func:`store_name`. Which stored model a
+request's name means is decided in one place, `model_store.find_reranker`.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ DEFAULT_MODEL_ID = "BAAI/bge-reranker-base"
 
 @dataclass(frozen=True)
 class KnownModel:
-    """A reranker with known properties: what the import menu offers and what `--all` imports."""
+    """A reranker with known properties: what the import menu offers and how it is scored."""
 
     model_id: str
     max_length: int
     size: str
     good_for: str
+    recipe: str = "cross-encoder"
     aliases: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -31,9 +33,19 @@ KNOWN_MODELS: tuple[KnownModel, ...] = (
     KnownModel("BAAI/bge-reranker-base", 512, "~1.1 GB", "fast, balanced: production, low latency"),
     KnownModel("BAAI/bge-reranker-large", 512, "~2.2 GB", "highest accuracy (Chinese and English)"),
     KnownModel("BAAI/bge-reranker-v2-m3", 8192, "~2.3 GB", "multilingual, long documents"),
+    # max_length is FlagEmbedding's passage cap (its default); the prompt's ~35 tokens come on top.
+    KnownModel("BAAI/bge-reranker-v2-gemma", 512, "~10 GB", "LLM reranker (Gemma 2B), multilingual", "bge-gemma"),
+    KnownModel("Qwen/Qwen3-Reranker-0.6B", 8192, "~1.2 GB", "LLM reranker, instructions, 100+ languages", "qwen3"),
+    KnownModel("Qwen/Qwen3-Reranker-4B", 8192, "~8 GB", "LLM reranker, higher accuracy", "qwen3"),
+    KnownModel("Qwen/Qwen3-Reranker-8B", 8192, "~16 GB", "LLM reranker, best accuracy", "qwen3"),
 )
+# `--all` and the menu's "all of them": the BGE cross-encoders, which every deployment can run.
+BGE_MODELS = tuple(model for model in KNOWN_MODELS if model.recipe == "cross-encoder")
 
 _STORE_NAME_INVALID = re.compile(r"[^a-z0-9._-]+")
+# The Hub's own rules for a repository name part: letters, digits, '-', '_', '.'; no '--' or '..'; no '-' or '.'
+# at either end. They also make store_name() collision-free: '--' can only come from the '/'.
+_ID_PART = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?")
 
 
 def known_model(name: str) -> KnownModel | None:
@@ -52,14 +64,22 @@ def canonical_id(name: str) -> str:
     return model.model_id if model else name.strip()
 
 
+def model_id_problem(model_id: str) -> str | None:
+    """Why `model_id` cannot name a model (None when it can): the Hub's `org/name` form, no path tricks."""
+    parts = model_id.split("/")
+    if not 1 <= len(parts) <= 2 or not all(_ID_PART.fullmatch(part) for part in parts):
+        return (
+            "a model id is `org/name` (or `name`): letters, digits, '-', '_' and '.', not starting or ending in '-' "
+            "or '.'"
+        )
+    if "--" in model_id or ".." in model_id:
+        return "'--' and '..' are not allowed in a model id (as on the Hugging Face Hub)"
+    return None
+
+
 def is_valid_model_id(model_id: str) -> bool:
     """Whether `model_id` has the Hub form ``org/name`` (or a bare ``name``) with no path tricks in it."""
-    parts = model_id.split("/")
-    return (
-        1 <= len(parts) <= 2
-        and all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}", part) for part in parts)
-        and ".." not in model_id
-    )
+    return model_id_problem(model_id) is None
 
 
 def store_name(model_id: str) -> str:

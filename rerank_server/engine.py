@@ -1,7 +1,8 @@
-"""Scoring a request's pairs end to end: result cache, model, tokenization, the continuous batcher, the deadline.
+"""Scoring a request end to end: model name → stored model (once) → windows of long documents → result cache →
+tokens → the continuous batcher → deadline or cancellation → each document's best window.
 
-Used by the HTTP routes (async) and by BentoML's batchable API (from a worker thread); both reach the same batcher, so
-one model thread serves every caller of a worker process.
+Every route and BentoML's API come here, so one model thread serves every caller of a worker process. The blocking
+part (resolving, loading, tokenizing) runs on a thread pool of its own; the event loop only waits.
 """
 
 from __future__ import annotations
@@ -13,163 +14,232 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import anyio
 import torch
 
-from rerank_server.batcher import BatcherClosedError, ContinuousBatcher, QueueFullError
+from rerank_server.batcher import ContinuousBatcher
 from rerank_server.cache import ScoreCache, cache_key
+from rerank_server.errors import (
+    DeadlineExceededError,
+    InputTooLongError,
+    InvalidInputError,
+    ModelLoadError,
+    UnknownModelError,
+)
 from rerank_server.metrics import RerankMetrics, get_metrics
-from rerank_server.registry import ModelLoadError, ModelRegistry, UnknownModelError
-from rerank_server.schemas import PairScore, ScorePair, Truncation
+from rerank_server.model_store import StoredReranker
+from rerank_server.recipes import DEFAULT_OPTIONS, TextOptions
+from rerank_server.registry import ModelRegistry
+from rerank_server.schemas import PairScore, ScorePair
 from rerank_server.settings import Settings
 
-__all__ = ["BatcherClosedError", "DeadlineExceededError", "QueueFullError", "ScoringEngine"]
 
+@dataclass(frozen=True)
+class Scored:
+    """A request's result: each document's logit (its best window's, when chunked), in document order."""
 
-class DeadlineExceededError(TimeoutError):
-    """The request was not scored within RERANK_REQUEST_TIMEOUT_S (504); its queued pairs were dropped."""
+    model_id: str
+    logits: list[float]
+    document_tokens: list[int]  # what the model saw of each document (all its windows), templates included
+
+    @property
+    def tokens(self) -> int:
+        return sum(self.document_tokens)
+
+    @property
+    def scores(self) -> list[float]:
+        """Sigmoid of each logit: the relevance score in 0..1."""
+        return torch.sigmoid(torch.tensor(self.logits, dtype=torch.float32)).tolist()
 
 
 @dataclass
-class _Group:
-    """The pairs of one request that share a model and truncation settings: one batcher job."""
+class _Work:
+    """One request's pairs while they are scored: what the cache knew, and what the batcher computes."""
 
-    model_id: str
-    truncation: Truncation
-    positions: list[int] = field(default_factory=list)
+    stored: StoredReranker
+    owners: list[int]  # the document each pair (window) belongs to
+    logits: list[float | None]
+    tokens: list[int]
     keys: list[bytes] = field(default_factory=list)
-    lengths: list[int] = field(default_factory=list)
+    computed: list[int] = field(default_factory=list)  # pairs sent to the model, in the order of `future`'s logits
     future: concurrent.futures.Future[torch.Tensor] | None = None
 
-
-def _sigmoid(logit: float) -> float:
-    # Same value as torch.sigmoid on the float32 logit, without a tensor for one number.
-    return float(torch.sigmoid(torch.tensor(logit, dtype=torch.float32)))
+    def cancel(self) -> None:
+        if self.future is not None:
+            self.future.cancel()
 
 
 class ScoringEngine:
     """The registry of models, the batcher that feeds them, and the result cache of one worker process."""
 
     def __init__(
-        self, settings: Settings, registry: ModelRegistry | None = None, metrics: RerankMetrics | None = None
+        self,
+        settings: Settings,
+        registry: ModelRegistry | None = None,
+        metrics: RerankMetrics | None = None,
+        device: str | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics or get_metrics()
-        self.registry = registry or ModelRegistry(settings, metrics=self.metrics)
+        self.registry = registry or ModelRegistry(settings, metrics=self.metrics, device=device)
         self.batcher = ContinuousBatcher(
             max_batch_pairs=settings.max_batch_pairs, max_queue_pairs=settings.max_queue_pairs, metrics=self.metrics
         )
         self.cache = ScoreCache(settings.cache_size) if settings.cache_size else None
+        # Resolving, loading and tokenizing block: they get threads of their own, so a slow model load never takes
+        # the event loop's default pool from other work.
+        self._preparing = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="rerank-prepare")
 
-    async def score(self, pairs: Sequence[ScorePair]) -> list[PairScore]:
-        """Scores in the order of `pairs` (per-pair `error` when a model cannot be used).
+    async def score(
+        self,
+        model: str | None,
+        queries: Sequence[str],
+        documents: Sequence[str],
+        options: TextOptions = DEFAULT_OPTIONS,
+        *,
+        max_chunks: int | None = None,
+    ) -> Scored:
+        """Score each (queries[i], documents[i]) pair with `model` (the default model when None).
 
-        Raises QueueFullError (retry shortly), DeadlineExceededError, BatcherClosedError, or the model's own error.
+        With `max_chunks` > 1 a document too long for the model is split into up to that many windows and keeps its
+        best window's logit. Raises the errors of `rerank_server.errors` (and torch.OutOfMemoryError); cancelling the
+        call (a client that went away) takes its pairs that have not started out of the queue.
         """
         deadline = time.monotonic() + self.settings.request_timeout_s
-        results, groups = await anyio.to_thread.run_sync(self._start, pairs)
-        waiting = [asyncio.wrap_future(g.future) for g in groups if g.future is not None]
+        prepared = self._preparing.submit(self._start, model, queries, documents, options, max_chunks, deadline)
         try:
-            async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
-                await asyncio.gather(*waiting)
-        except TimeoutError:
-            self._expire(groups)
-            raise DeadlineExceededError(self._late_message()) from None
-        finally:
-            for future in waiting:
-                future.cancel()  # no-op once done; frees queued work when the caller went away
-        return self._finish(pairs, results, groups)
+            work = await asyncio.wrap_future(prepared)
+        except asyncio.CancelledError:
+            prepared.add_done_callback(lambda done: done.exception() is None and done.result().cancel())
+            raise
+        if work.future is not None:
+            try:
+                async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+                    await asyncio.wrap_future(work.future)  # cancelling this cancels the batcher's future too
+            except TimeoutError:
+                work.cancel()
+                self.metrics.rejected.labels("timeout").inc()
+                limit = self.settings.request_timeout_s
+                raise DeadlineExceededError(
+                    f"The request was not scored within {limit:g} s (RERANK_REQUEST_TIMEOUT_S)"
+                ) from None
+        return self._finish(work, len(documents))
 
-    def score_blocking(self, pairs: Sequence[ScorePair]) -> list[PairScore]:
-        """`score` for callers on a worker thread (BentoML's batchable API)."""
-        deadline = time.monotonic() + self.settings.request_timeout_s
-        results, groups = self._start(pairs)
-        pending = [g.future for g in groups if g.future is not None]
-        _, late = concurrent.futures.wait(pending, timeout=max(deadline - time.monotonic(), 0.0))
-        if late:
-            self._expire(groups)
-            raise DeadlineExceededError(self._late_message())
-        return self._finish(pairs, results, groups)
+    async def score_pairs(self, pairs: Sequence[ScorePair]) -> list[PairScore]:
+        """Scores in the order of `pairs`, which may name different models and options (BentoML's `/score_pairs`).
+
+        A pair whose model cannot be used, or whose options do not fit its model, gets an `error` instead of a score;
+        the queue's and the deadline's refusals fail the whole call.
+        """
+        groups: dict[tuple[str, TextOptions], list[int]] = {}
+        for position, pair in enumerate(pairs):
+            groups.setdefault((pair.model, pair.options()), []).append(position)
+        results: list[PairScore | None] = [None] * len(pairs)
+
+        async def one_group(model: str, options: TextOptions, positions: list[int]) -> None:
+            try:
+                scored = await self.score(
+                    model, [pairs[i].query for i in positions], [pairs[i].document for i in positions], options
+                )
+            except (UnknownModelError, ModelLoadError, InvalidInputError) as exc:
+                for i in positions:
+                    results[i] = PairScore(error=str(exc))
+                return
+            for i, logit, tokens in zip(positions, scored.logits, scored.document_tokens, strict=True):
+                results[i] = PairScore(score=_sigmoid(logit), logit=logit, tokens=tokens)
+
+        await asyncio.gather(*(one_group(model, options, positions) for (model, options), positions in groups.items()))
+        return [result for result in results if result is not None]
 
     def close(self, timeout: float | None = None) -> None:
         """Finish queued work and stop the model thread."""
         self.batcher.close(timeout)
+        self._preparing.shutdown(wait=False)
 
-    def _late_message(self) -> str:
-        return f"The request was not scored within {self.settings.request_timeout_s:g} s (RERANK_REQUEST_TIMEOUT_S)"
-
-    def _expire(self, groups: list[_Group]) -> None:
-        self.metrics.rejected.labels("timeout").inc()
-        self._cancel(groups)
-
-    @staticmethod
-    def _cancel(groups: list[_Group]) -> None:
-        for group in groups:
-            if group.future is not None:
-                group.future.cancel()
-
-    def _start(self, pairs: Sequence[ScorePair]) -> tuple[list[PairScore | None], list[_Group]]:
-        """Answer what the cache knows, load models, tokenize, and queue the rest (blocking: run on a thread)."""
-        results: list[PairScore | None] = [None] * len(pairs)
-        by_setting: dict[tuple[str, Truncation], _Group] = {}
-        for position, pair in enumerate(pairs):
-            truncation = pair.truncation()
-            group = by_setting.setdefault((pair.model, truncation), _Group(pair.model, truncation))
-            if self.cache is not None:
-                key = cache_key(pair.model, truncation, pair.query, pair.document)
-                cached = self.cache.get(key)
-                if cached is not None:
-                    logit, tokens = cached
-                    results[position] = PairScore(score=_sigmoid(logit), logit=logit, tokens=tokens)
-                    continue
-                group.keys.append(key)
-            group.positions.append(position)
-        if self.cache is not None:
-            hits = sum(result is not None for result in results)
-            self.metrics.cache_hits.inc(hits)
-            self.metrics.cache_misses.inc(len(pairs) - hits)
-        groups = [group for group in by_setting.values() if group.positions]
+    def _start(
+        self,
+        model: str | None,
+        queries: Sequence[str],
+        documents: Sequence[str],
+        options: TextOptions,
+        max_chunks: int | None,
+        deadline: float,
+    ) -> _Work:
+        """Resolve and pin the model, cut windows, answer what the cache knows, tokenize and queue the rest."""
+        stored = self.registry.resolve(model)
+        scorer = self.registry.acquire(stored, timeout=max(deadline - time.monotonic(), 0.0))
+        queued = False
         try:
-            for group in groups:
-                self._queue(group, pairs, results)
-        except BaseException:
-            self._cancel(groups)
-            raise
-        return results, groups
+            recipe = scorer.recipe
+            recipe.limit(options)  # a bad truncate_prompt_tokens is refused before any work
+            chunks = max_chunks if max_chunks is not None else self.settings.max_chunks_per_doc
+            if chunks and chunks > 1:
+                pieces = [recipe.windows(q, d, chunks, options) for q, d in zip(queries, documents, strict=True)]
+            else:
+                pieces = [[d] for d in documents]
+            owners = [i for i, windows in enumerate(pieces) for _ in windows]
+            pair_queries = [queries[i] for i in owners]
+            pair_documents = [window for windows in pieces for window in windows]
+            work = _Work(stored, owners, [None] * len(owners), [0] * len(owners))
+            self._look_up(work, recipe.uses_instruction, options, pair_queries, pair_documents)
+            if work.computed:
+                encoded = scorer.encode(
+                    [pair_queries[i] for i in work.computed], [pair_documents[i] for i in work.computed], options
+                )
+                for position, length in zip(work.computed, encoded.lengths, strict=True):
+                    work.tokens[position] = length
+                longest = max(encoded.lengths)
+                if not options.truncate and longest > recipe.max_length:
+                    raise InputTooLongError(
+                        f"`inputs` must have less than {recipe.max_length} tokens. Given: {longest}", "texts"
+                    )
+                work.future = self.batcher.submit(
+                    stored.model_id, scorer, encoded, on_finished=lambda: self.registry.release(stored.model_id)
+                )
+                queued = True
+            return work
+        finally:
+            if not queued:
+                self.registry.release(stored.model_id)
 
-    def _queue(self, group: _Group, pairs: Sequence[ScorePair], results: list[PairScore | None]) -> None:
-        try:
-            scorer = self.registry.acquire(group.model_id)
-        except (UnknownModelError, ModelLoadError) as exc:
-            for position in group.positions:
-                results[position] = PairScore(error=str(exc))
-            group.positions = []
+    def _look_up(
+        self, work: _Work, uses_instruction: bool, options: TextOptions, queries: list[str], documents: list[str]
+    ) -> None:
+        if self.cache is None:
+            work.computed = list(range(len(queries)))
             return
-        try:
-            encoded = scorer.encode(
-                [pairs[i].query for i in group.positions],
-                [pairs[i].document for i in group.positions],
-                group.truncation,
-            )
-            group.lengths = encoded.lengths
-            group.future = self.batcher.submit(group.model_id, scorer, encoded)
-        except BaseException:
-            self.registry.release(group.model_id)
-            raise
-        # The model stays protected from unloading until its batch is done (or the queued job is cancelled).
-        group.future.add_done_callback(lambda _, model_id=group.model_id: self.registry.release(model_id))
+        # The stored version's tag: a re-import (another version, another backend) never meets the old scores.
+        variant = (
+            f"{work.stored.tag}|{options.max_length}|{options.side}|{options.max_document_tokens}|{options.truncate}"
+        )
+        if uses_instruction:
+            variant += f"|{options.instruction!r}"
+        for position, (query, document) in enumerate(zip(queries, documents, strict=True)):
+            key = cache_key(variant, query, document)
+            cached = self.cache.get(key)
+            if cached is None:
+                work.computed.append(position)
+                work.keys.append(key)
+            else:
+                work.logits[position], work.tokens[position] = cached
+        self.metrics.cache_hits.inc(len(queries) - len(work.computed))
+        self.metrics.cache_misses.inc(len(work.computed))
 
-    def _finish(
-        self, pairs: Sequence[ScorePair], results: list[PairScore | None], groups: list[_Group]
-    ) -> list[PairScore]:
-        for group in groups:
-            if group.future is None:
-                continue
-            logits = group.future.result()
-            scores = torch.sigmoid(logits).tolist()
-            for j, (position, logit) in enumerate(zip(group.positions, logits.tolist(), strict=True)):
-                results[position] = PairScore(score=scores[j], logit=logit, tokens=group.lengths[j])
+    def _finish(self, work: _Work, documents: int) -> Scored:
+        if work.future is not None:
+            computed = work.future.result().tolist()
+            for j, (position, logit) in enumerate(zip(work.computed, computed, strict=True)):
+                work.logits[position] = logit
                 if self.cache is not None and math.isfinite(logit):
-                    self.cache.put(group.keys[j], logit, group.lengths[j])
-        assert all(result is not None for result in results)
-        return [result for result in results if result is not None]
+                    self.cache.put(work.keys[j], logit, work.tokens[position])
+        best: list[float] = [-math.inf] * documents
+        tokens = [0] * documents
+        for owner, logit, count in zip(work.owners, work.logits, work.tokens, strict=True):
+            assert logit is not None
+            best[owner] = max(best[owner], logit)
+            tokens[owner] += count
+        return Scored(work.stored.model_id, best, tokens)
+
+
+def _sigmoid(logit: float) -> float:
+    # Same value as torch.sigmoid on the float32 logit, without a tensor for one number.
+    return float(torch.sigmoid(torch.tensor(logit, dtype=torch.float32)))

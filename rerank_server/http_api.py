@@ -1,39 +1,41 @@
 """The HTTP face of the server: rerank in the vLLM / Jina / Cohere and TEI formats, vLLM's score, models, status.
 
-The routes know nothing of BentoML: they talk to a `ScoringEngine` (the service's in production, one of their own in
-unit tests), which scores pairs through the continuous batcher.
+The routes know nothing of BentoML or of models: they parse a format, call the `ScoringEngine` (the service's in
+production, one of their own in unit tests), and write the format's answer. What can fail is mapped to statuses in
+`http_errors.py`; a client that disconnects cancels its request's queued work.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import anyio
-import torch
 from fastapi import Body, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from rerank_server.engine import BatcherClosedError, DeadlineExceededError, QueueFullError, ScoringEngine
+from rerank_server.engine import Scored, ScoringEngine
+from rerank_server.http_errors import ErrorFormat, HTTPError, describe, from_failure, invalid, looks_like_tei
 from rerank_server.observability import current_request
-from rerank_server.registry import ModelLoadError, ModelRegistry, UnknownModelError
+from rerank_server.recipes import TextOptions
+from rerank_server.registry import ModelRegistry
 from rerank_server.schemas import (
-    ErrorInfo,
     ErrorResponse,
     ModelCard,
     ModelList,
-    PairScore,
     RerankDocument,
     RerankRequest,
     RerankResponse,
     RerankResult,
     ScoreData,
-    ScorePair,
     ScoreRequest,
     ScoreResponse,
     ServerStatus,
@@ -45,6 +47,9 @@ from rerank_server.schemas import (
 )
 
 logger = logging.getLogger("bentoml")
+T = TypeVar("T")
+# Status written to the access log for a request whose client left before the answer (nginx's convention).
+CLIENT_CLOSED_REQUEST = 499
 
 
 def current_engine() -> ScoringEngine:
@@ -57,199 +62,164 @@ def current_engine() -> ScoringEngine:
 Engine = Annotated[ScoringEngine, Depends(current_engine)]
 
 
-class APIError(Exception):
-    """An error answered in vLLM's shape, or in TEI's when `tei` is set."""
+def _docs_assets() -> Path:
+    # Swagger UI's files ship inside the fastapi-offline wheel: `/docs` works on hosts that reach no CDN.
+    import fastapi_offline
 
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        type_: str,
-        param: str | None = None,
-        *,
-        tei: bool = False,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.tei = status, message, type_, param, tei
-        self.headers = headers
+    return Path(fastapi_offline.__file__).parent / "static"
 
 
 app = FastAPI(
     title="Rerank API",
-    summary="vLLM / Jina / Cohere / TEI compatible reranking with cross-encoders, served by BentoML.",
-    # BentoML keeps its own Swagger UI at `/` for browsers; this one documents the rerank routes.
-    docs_url="/docs",
+    summary="vLLM / Jina / Cohere / TEI compatible reranking with cross-encoders and LLM rerankers, served by BentoML.",
+    docs_url=None,  # served below, from local assets
+    redoc_url=None,
+    # A body without any Content-Type is read as JSON (minimal clients); other types get a clear 400.
+    strict_content_type=False,
 )
+app.mount("/docs-assets", StaticFiles(directory=_docs_assets()), name="docs-assets")
 
 
-@app.exception_handler(APIError)
-async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-    if exc.tei:
-        body = TEIError(error=exc.message, error_type=exc.type).model_dump()
-    else:
-        body = ErrorResponse(error=ErrorInfo(message=exc.message, type=exc.type, param=exc.param, code=exc.status))
-        body = body.model_dump()
-    return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+@app.get("/docs", include_in_schema=False)
+async def docs() -> HTMLResponse:
+    """Swagger UI of the rerank routes, with every asset served by this server."""
+    return get_swagger_ui_html(
+        openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} - docs",
+        swagger_js_url="/docs-assets/swagger-ui-bundle.js", swagger_css_url="/docs-assets/swagger-ui.css",
+        swagger_favicon_url="/docs-assets/favicon.png",
+    )  # fmt: skip
+
+
+def _error_format(request: Request) -> ErrorFormat:
+    return getattr(request.state, "error_format", "vllm")
+
+
+@app.exception_handler(HTTPError)
+async def _http_error(request: Request, exc: HTTPError) -> JSONResponse:
+    return JSONResponse(exc.body(_error_format(request)), status_code=exc.status, headers=exc.headers)
 
 
 @app.exception_handler(Exception)
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     # Still a bug to fix (it is logged with its traceback), but the client gets JSON, not a bare text page.
     logger.exception("Unhandled error on %s %s", request.method, request.url.path)
-    return await _api_error(request, APIError(500, f"Internal error: {type(exc).__name__}", "InternalServerError"))
-
-
-def _invalid(message: str, param: str | None, *, tei: bool = False) -> APIError:
-    """A request that cannot be served as sent: vLLM answers 400, TEI 422 with its own error type."""
-    if tei:
-        return APIError(422, f"Input validation error: {message}", "Validation", param, tei=True)
-    return APIError(400, message, "BadRequestError", param)
-
-
-def _validation_error(errors: list[dict[str, Any]], *, tei: bool = False) -> APIError:
-    # FastAPI's own answer would be 422 with a list of details; clients of vLLM and TEI expect their error shapes.
-    first = errors[0] if errors else {}
-    param = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or None
-    message = str(first.get("msg", "invalid request"))
-    return _invalid(f"{param}: {message}" if param else message, param, tei=tei)
+    return await _http_error(
+        request, HTTPError(500, f"Internal error: {type(exc).__name__}", "InternalServerError", "Backend")
+    )
 
 
 @app.exception_handler(RequestValidationError)
 async def _request_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return await _api_error(request, _validation_error(list(exc.errors())))
+    # FastAPI's own answer would be 422 with a list of details; clients of vLLM and TEI expect their error shapes.
+    # A body that is not even JSON reaches no route: on `/rerank` its text tells which format it was meant to be.
+    if isinstance(exc.body, str | bytes) and looks_like_tei(request.url.path, exc.body):
+        request.state.error_format = "tei"
+    return await _http_error(request, describe(list(exc.errors()), _error_format(request)))
 
 
 @app.exception_handler(StarletteHTTPException)
-async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+async def _starlette_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     type_ = {404: "NotFoundError", 405: "MethodNotAllowedError"}.get(exc.status_code, "Error")
-    return await _api_error(request, APIError(exc.status_code, str(exc.detail), type_))
+    return await _http_error(request, HTTPError(exc.status_code, str(exc.detail), type_, type_))
 
 
 # --- Scoring shared by every format --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Scored:
-    """Per-document scores of one request, in document order, and what was spent on them."""
-
-    model_id: str
-    scores: list[float]
-    tokens: int
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready."""
 
 
-async def _score_documents(
+async def _disconnected(request: Request) -> None:
+    # The body has been read: the next message the server sends the app is the client's disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
+    """`work`, cancelled (and its queued pairs dropped) when the client disconnects first."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise ClientGone
+    return task.result()
+
+
+@app.exception_handler(ClientGone)
+async def _client_gone(request: Request, exc: ClientGone) -> Response:
+    logger.info("The client of %s left before the answer; its queued work was dropped", request.url.path)
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+
+def _check_count(count: int, field: str, registry: ModelRegistry, error_format: ErrorFormat = "vllm") -> None:
+    if not count:
+        raise invalid(f"`{field}` must not be empty", field, error_format)
+    limit = registry.settings.max_documents
+    if count > limit:
+        raise invalid(f"`{field}` has {count} items, over the limit of {limit} per request", field, error_format)
+
+
+async def _score(
+    request: Request,
     engine: ScoringEngine,
-    *,
     model: str | None,
     queries: list[str],
     documents: list[str],
-    raw: bool = False,
-    max_length: int | None = None,
-    truncation_side: str = "right",
-    max_document_tokens: int | None = None,
+    options: TextOptions,
+    *,
     max_chunks: int | None = None,
-    tei: bool = False,
+    error_format: ErrorFormat = "vllm",
 ) -> Scored:
-    """Resolve and load the model, score each (queries[i], documents[i]) pair, keep each document's best window.
-
-    With chunking, a document too long for the model is split into windows that each fit beside its query.
-    """
-    registry = engine.registry
-    settings = registry.settings
-    if not documents:
-        raise _invalid("documents must not be empty", "documents", tei=tei)
-    if len(documents) > settings.max_documents:
-        message = f"{len(documents)} documents exceed the limit of {settings.max_documents} per request"
-        raise _invalid(message, "documents", tei=tei)
+    """The engine's scores; its failures as the format's HTTP errors; cancelled when the client leaves."""
     context = current_request()
+    context.pairs = len(documents)
     try:
-        stored = registry.resolve(model)
-        context.model = stored.model_id
-        scorer = await anyio.to_thread.run_sync(registry.get, stored.model_id)
-    except UnknownModelError as exc:
-        raise APIError(404, str(exc), "NotFoundError", "model", tei=tei) from exc
-    except ModelLoadError as exc:
-        raise APIError(503, str(exc), "ServiceUnavailableError", "model", tei=tei) from exc
-    if max_length is not None and max_length > stored.max_length:
-        message = f"truncate_prompt_tokens ({max_length}) is larger than the model's max_length ({stored.max_length})"
-        raise _invalid(message, "truncate_prompt_tokens")
-
-    chunks = max_chunks if max_chunks is not None else settings.max_chunks_per_doc
-    if chunks and chunks > 1:
-        windows = await anyio.to_thread.run_sync(
-            lambda: [scorer.windows(q, d, chunks) for q, d in zip(queries, documents, strict=True)]
+        scored = await _unless_client_leaves(
+            request, engine.score(model, queries, documents, options, max_chunks=max_chunks)
         )
-    else:
-        windows = [[d] for d in documents]
-    owners = [i for i, pieces in enumerate(windows) for _ in pieces]
-    pairs = [
-        ScorePair(
-            model=stored.model_id, query=queries[i], document=piece, max_length=max_length,
-            truncation_side=truncation_side, max_document_tokens=max_document_tokens,
-        )
-        for i, pieces in enumerate(windows)
-        for piece in pieces
-    ]  # fmt: skip
-    context.pairs = len(pairs)
-    scored = await _score_pairs(engine, pairs, tei=tei)
-    failed = next((s.error for s in scored if s.error), None)
-    if failed:
-        raise APIError(503, failed, "ServiceUnavailableError", "model", tei=tei)
-    best: list[float | None] = [None] * len(documents)
-    for owner, result in zip(owners, scored, strict=True):
-        value = result.logit if raw else result.score
-        assert value is not None  # no error means a score
-        best[owner] = value if best[owner] is None else max(best[owner], value)
-    return Scored(stored.model_id, [b for b in best if b is not None], sum(s.tokens for s in scored))
-
-
-async def _score_pairs(engine: ScoringEngine, pairs: list[ScorePair], *, tei: bool) -> list[PairScore]:
-    """The engine's scores, its refusals turned into HTTP errors a client knows how to handle."""
-    retry = {"Retry-After": "1"}
-    try:
-        return await engine.score(pairs)
-    except QueueFullError as exc:
-        type_ = "Overloaded" if tei else "TooManyRequestsError"
-        raise APIError(429, f"Too many pairs are waiting, retry shortly: {exc}", type_, tei=tei, headers=retry) from exc
-    except DeadlineExceededError as exc:
-        raise APIError(504, str(exc), "Backend" if tei else "TimeoutError", tei=tei) from exc
-    except BatcherClosedError as exc:
-        type_ = "Unhealthy" if tei else "ServiceUnavailableError"
-        raise APIError(503, str(exc), type_, tei=tei, headers={**retry, "Connection": "close"}) from exc
-    except torch.OutOfMemoryError as exc:
-        message = "The accelerator ran out of memory on this request; retry, or send fewer or shorter documents"
-        raise APIError(503, message, "Backend" if tei else "ServiceUnavailableError", tei=tei, headers=retry) from exc
+    except ClientGone:
+        raise
+    except Exception as exc:
+        error = from_failure(exc, error_format)
+        if error is None:
+            raise
+        raise error from exc
+    context.model = scored.model_id
+    return scored
 
 
 def _ranked(scores: list[float], top_n: int | None) -> list[int]:
-    order = sorted(range(len(scores)), key=lambda i: scores[i], reverse=True)
+    order = sorted(range(len(scores)), key=scores.__getitem__, reverse=True)
     return order[:top_n] if top_n else order
 
 
 # --- Rerank: vLLM / Jina / Cohere ------------------------------------------------------------------------------------
 
 
-async def _rerank(request: RerankRequest, engine: ScoringEngine) -> RerankResponse:
+async def _rerank(http: Request, request: RerankRequest, engine: ScoringEngine) -> RerankResponse:
     texts = request.texts()
-    max_length = request.truncate_prompt_tokens
-    scored = await _score_documents(
-        engine,
-        model=request.model,
-        queries=[request.query] * len(texts),
-        documents=texts,
-        raw=not request.use_activation,
-        max_length=None if max_length in (None, -1) else max_length,
-        max_document_tokens=request.max_tokens_per_doc,
-        max_chunks=request.max_chunks_per_doc,
+    _check_count(len(texts), "documents", engine.registry)
+    options = TextOptions(
+        max_length=request.truncate_prompt_tokens, max_document_tokens=request.max_tokens_per_doc,
+        instruction=request.instruction,
+    )  # fmt: skip
+    scored = await _score(
+        http, engine, request.model, [request.query] * len(texts), texts, options, max_chunks=request.max_chunks_per_doc
     )
+    values = scored.scores if request.use_activation else scored.logits
     results = [
         RerankResult(
             index=i,
-            relevance_score=scored.scores[i],
+            relevance_score=values[i],
             document=RerankDocument(text=texts[i]) if request.return_documents else None,
         )
-        for i in _ranked(scored.scores, request.top_n)
+        for i in _ranked(values, request.top_n)
     ]
     usage = Usage(prompt_tokens=scored.tokens, total_tokens=scored.tokens)
     return RerankResponse(id=current_request().request_id, model=scored.model_id, usage=usage, results=results)
@@ -267,49 +237,36 @@ _RERANK_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 @app.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True, responses=_RERANK_RESPONSES)
-async def rerank_v1(request: RerankRequest, engine: Engine) -> RerankResponse:
+async def rerank_v1(http: Request, request: RerankRequest, engine: Engine) -> RerankResponse:
     """Rank `documents` by relevance to `query`, best first (vLLM, Jina and Cohere v1 request and answer).
 
-    `relevance_score` is the sigmoid of the cross-encoder's logit, as `sentence_transformers.CrossEncoder.predict`
-    returns it (the raw logit with `use_activation: false`). `usage` counts the tokens the model saw, after each pair
-    was truncated to the model's max_length.
+    `relevance_score` is the sigmoid of the model's logit, as `sentence_transformers.CrossEncoder.predict` returns it
+    (the raw logit with `use_activation: false`); for LLM rerankers it is their published probability of "yes".
+    `usage` counts the tokens the model saw, after truncation, prompt templates included.
     """
-    return await _rerank(request, engine)
+    return await _rerank(http, request, engine)
 
 
 @app.post("/v2/rerank", response_model=RerankResponse, response_model_exclude_none=True, responses=_RERANK_RESPONSES)
-async def rerank_v2(request: RerankRequest, engine: Engine) -> RerankResponse:
+async def rerank_v2(http: Request, request: RerankRequest, engine: Engine) -> RerankResponse:
     """Cohere v2 rerank (and vLLM's `/v2/rerank`): the same request and answer as `/v1/rerank`."""
-    return await _rerank(request, engine)
+    return await _rerank(http, request, engine)
 
 
-async def _rerank_tei(request: TEIRerankRequest, engine: ScoringEngine) -> list[TEIRank]:
-    side = request.truncation_direction.lower()
-    if not request.truncate:
-        stored = _resolve_for_tei(engine, request.model)
-        scorer = await anyio.to_thread.run_sync(engine.registry.get, stored.model_id)
-        lengths = await anyio.to_thread.run_sync(scorer.pair_lengths, request.query, request.texts)
-        if max(lengths, default=0) > stored.max_length:
-            raise APIError(
-                413, f"Input validation error: `inputs` must have less than {stored.max_length} tokens. "
-                f"Given: {max(lengths)}", "Validation", tei=True,
-            )  # fmt: skip
-    scored = await _score_documents(
-        engine, model=request.model, queries=[request.query] * len(request.texts), documents=request.texts,
-        raw=request.raw_scores,
-        truncation_side=side, tei=True,
+async def _rerank_tei(http: Request, request: TEIRerankRequest, engine: ScoringEngine) -> list[TEIRank]:
+    _check_count(len(request.texts), "texts", engine.registry, "tei")
+    options = TextOptions(
+        side="left" if request.truncation_direction.lower() == "left" else "right", instruction=request.instruction,
+        truncate=request.truncate,
     )  # fmt: skip
+    scored = await _score(
+        http, engine, request.model, [request.query] * len(request.texts), request.texts, options, error_format="tei"
+    )
+    values = scored.logits if request.raw_scores else scored.scores
     return [
-        TEIRank(index=i, score=scored.scores[i], text=request.texts[i] if request.return_text else None)
-        for i in _ranked(scored.scores, None)
+        TEIRank(index=i, score=values[i], text=request.texts[i] if request.return_text else None)
+        for i in _ranked(values, None)
     ]
-
-
-def _resolve_for_tei(engine: ScoringEngine, model: str | None):
-    try:
-        return engine.registry.resolve(model)
-    except UnknownModelError as exc:
-        raise APIError(404, str(exc), "NotFoundError", tei=True) from exc
 
 
 @app.post(
@@ -319,30 +276,30 @@ def _resolve_for_tei(engine: ScoringEngine, model: str | None):
     # A TEI body gets TEI's error shape, any other body vLLM's: both are documented for the codes they share.
     responses={
         **{code: {"model": ErrorResponse | TEIError} for code in _RERANK_RESPONSES},
-        413: {"model": ErrorResponse | TEIError},
         422: {"model": TEIError},
     },
 )
 async def rerank(
+    http: Request,
     engine: Engine,
     body: Annotated[
-        dict[str, Any],
-        Body(description="A Jina / Cohere / vLLM rerank body, or TEI's `{query, texts, raw_scores, ...}`."),
-    ],
+        Any, Body(description="A Jina / Cohere / vLLM rerank body, or TEI's `{query, texts, raw_scores, ...}`.")
+    ] = None,
 ) -> RerankResponse | list[TEIRank]:
     """Rerank in either format: a body with `texts` is a text-embeddings-inference request and gets TEI's answer (a
     bare list of `{index, score, text?}` sorted by score); a body with `documents` is handled as `/v1/rerank`."""
-    if "texts" in body:
+    if isinstance(body, dict) and "texts" in body:
+        http.state.error_format = "tei"
         try:
             tei_request = TEIRerankRequest.model_validate(body)
         except ValidationError as exc:
-            raise _validation_error(list(exc.errors()), tei=True) from exc
-        return await _rerank_tei(tei_request, engine)
+            raise describe(exc.errors(), "tei") from exc
+        return await _rerank_tei(http, tei_request, engine)
     try:
         request = RerankRequest.model_validate(body)
     except ValidationError as exc:
-        raise _validation_error(list(exc.errors())) from exc
-    return await _rerank(request, engine)
+        raise describe(exc.errors()) from exc
+    return await _rerank(http, request, engine)
 
 
 # --- vLLM score -----------------------------------------------------------------------------------------------------
@@ -350,21 +307,21 @@ async def rerank(
 
 @app.post("/score", response_model=ScoreResponse, responses=_RERANK_RESPONSES)
 @app.post("/v1/score", response_model=ScoreResponse, responses=_RERANK_RESPONSES, include_in_schema=False)
-async def score(request: ScoreRequest, engine: Engine) -> ScoreResponse:
+async def score(http: Request, request: ScoreRequest, engine: Engine) -> ScoreResponse:
     """vLLM's score API: `text_1` against each `text_2` (or pairwise for two lists), scores in input order."""
     firsts = [request.text_1] if isinstance(request.text_1, str) else request.text_1
     seconds = [request.text_2] if isinstance(request.text_2, str) else request.text_2
+    _check_count(len(firsts), "text_1", engine.registry)
+    _check_count(len(seconds), "text_2", engine.registry)
     if len(firsts) == 1:
         firsts = firsts * len(seconds)
     if len(firsts) != len(seconds):
-        message = f"text_1 has {len(firsts)} items and text_2 {len(seconds)}: give one text_1 or as many as text_2"
-        raise _invalid(message, "text_1")
-    max_length = request.truncate_prompt_tokens
-    scored = await _score_documents(
-        engine, model=request.model, queries=firsts, documents=seconds, raw=not request.use_activation,
-        max_length=None if max_length in (None, -1) else max_length,
-    )  # fmt: skip
-    data = [ScoreData(index=i, score=s) for i, s in enumerate(scored.scores)]
+        message = f"`text_1` has {len(firsts)} items and `text_2` {len(seconds)}: give one text_1 or as many as text_2"
+        raise invalid(message, "text_1")
+    options = TextOptions(max_length=request.truncate_prompt_tokens, instruction=request.instruction)
+    scored = await _score(http, engine, request.model, firsts, seconds, options)
+    values = scored.scores if request.use_activation else scored.logits
+    data = [ScoreData(index=i, score=s) for i, s in enumerate(values)]
     usage = Usage(prompt_tokens=scored.tokens, total_tokens=scored.tokens)
     return ScoreResponse(id=current_request().request_id, model=scored.model_id, data=data, usage=usage)
 
@@ -383,6 +340,8 @@ def _model_cards(registry: ModelRegistry) -> list[ModelCard]:
             loaded=stored.model_id in loaded,
             default=stored.model_id == registry.default_model_id,
             tag=stored.tag,
+            recipe=stored.recipe,
+            backend=stored.backend,
         )
         for stored in registry.refresh()
     ]

@@ -1,20 +1,29 @@
-"""An ASGI middleware in front of every route, BentoML's included: API keys, the request body limit, JSON 404s.
+"""An ASGI middleware in front of every route, BentoML's included: API keys, the request body limit, JSON errors.
 
-Hand-written because BentoML has no server-side authentication.
+Hand-written because BentoML has no server-side authentication, and because the body limit must count the bytes that
+actually arrive: a request may declare one length and send another (or declare both a length and chunked framing,
+which h11 reads as chunked), so the guard reads each body itself, up to the limit, before any route sees it.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
+import re
 from collections.abc import Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from rerank_server.http_errors import ErrorFormat, HTTPError, looks_like_tei
+
 # Probes and metrics stay open for orchestrators; documentation and the status page hold no secrets.
 OPEN_PATHS = frozenset({"/readyz", "/livez", "/healthz", "/metrics"})
 OPEN_GET_PATHS = frozenset({"/", "/docs", "/docs.json", "/openapi.json", "/schema.json"})
-OPEN_GET_PREFIXES = ("/static_content/", "/assets/")
+OPEN_GET_PREFIXES = ("/static_content/", "/assets/", "/docs-assets/")
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# How much of a refused body is read to tell a TEI request from a vLLM one (a refusal answers in the client's format).
+_SNIFF_BYTES = 65536
+# A `\uXXXX` JSON escape of a UTF-16 surrogate (D800-DFFF).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
 def _is_open(method: str, path: str) -> bool:
@@ -23,31 +32,60 @@ def _is_open(method: str, path: str) -> bool:
     return method in ("GET", "HEAD") and (path in OPEN_GET_PATHS or path.startswith(OPEN_GET_PREFIXES))
 
 
-async def _reject(send: Send, status: int, message: str, error_type: str, headers: Sequence[tuple[bytes, bytes]] = ()):
-    body = json.dumps({"error": {"message": message, "type": error_type, "param": None, "code": status}}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers],
-        }
-    )
+async def _reject(send: Send, error: HTTPError, error_format: ErrorFormat = "vllm") -> None:
+    import json
+
+    body = json.dumps(error.body(error_format)).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(name.lower().encode(), value.encode()) for name, value in (error.headers or {}).items()]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
+def _lone_surrogates_replaced(body: bytes) -> bytes:
+    """JSON whose unpaired surrogate escapes (`"\\ud800"`: legal JSON, not Unicode) read as U+FFFD.
+
+    BentoML parses `/score_pairs` bodies itself and refuses them; the rerank routes replace them (schemas.py).
+    """
+    escapes = [m for m in _SURROGATE_ESCAPE.finditer(body) if _unescaped(body, m.start())]
+    out, last, i = bytearray(), 0, 0
+    while i < len(escapes):
+        escape, following = escapes[i], escapes[i + 1] if i + 1 < len(escapes) else None
+        is_high = escape.group()[3:4].lower() in b"89ab"
+        if is_high and following and following.start() == escape.end() and following.group()[3:4].lower() in b"cdef":
+            i += 2  # a high and a low surrogate: one proper character
+            continue
+        out += body[last : escape.start()] + b"\\ufffd"
+        last, i = escape.end(), i + 1
+    return bytes(out + body[last:])
+
+
+def _unescaped(body: bytes, start: int) -> bool:
+    """Whether the backslash at `start` begins an escape (an even number of backslashes stands before it)."""
+    before = start
+    while before > 0 and body[before - 1] == 0x5C:
+        before -= 1
+    return (start - before) % 2 == 0
+
+
 def _json_not_found(scope: Scope, send: Send) -> Send:
-    """`send`, except that BentoML's plain-text 404 for an unknown path becomes a JSON error like every other."""
+    """`send`, except that BentoML's plain-text 404 for an unknown path becomes a JSON error like every other, and
+    BentoML's 429 (from `/score_pairs`) tells when to retry, as the rerank routes' does."""
     replacing = False
 
     async def send_json(message: Message) -> None:
         nonlocal replacing
-        if message["type"] == "http.response.start" and message["status"] == 404:
-            content_type = dict(message.get("headers", [])).get(b"content-type", b"")
-            replacing = content_type.startswith(b"text/plain")
+        if message["type"] == "http.response.start":
+            headers = message.get("headers", [])
+            if message["status"] == 404:
+                replacing = dict(headers).get(b"content-type", b"").startswith(b"text/plain")
+            if message["status"] == 429 and b"retry-after" not in dict(headers):
+                message = {**message, "headers": [*headers, (b"retry-after", b"1")]}
         if not replacing:
             await send(message)
         elif message["type"] == "http.response.body" and not message.get("more_body"):
-            await _reject(send, 404, f"No route {scope['path']}: see /docs for the API", "NotFoundError")
+            message = f"No route {scope['path']}: see /docs for the API"
+            await _reject(send, HTTPError(404, message, "NotFoundError", "NotFound"))
 
     return send_json
 
@@ -67,43 +105,67 @@ class RequestGuard:
         await self._guard(scope, receive, _json_not_found(scope, send))
 
     async def _guard(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.api_keys and not _is_open(scope["method"], scope["path"]) and not self._authorized(scope):
-            await _reject(
-                send, 401, "Missing or invalid API key: send `Authorization: Bearer <key>`", "AuthenticationError",
-                [(b"www-authenticate", b'Bearer realm="rerank"')],
+        headers = dict(scope["headers"])
+        path, method = scope["path"], scope["method"]
+        if b"content-length" in headers and b"transfer-encoding" in headers:
+            # Two framings for one body: proxies and servers may each read a different body (request smuggling).
+            message = "The request declares both Content-Length and Transfer-Encoding; send one of them"
+            await _reject(send, HTTPError(400, message, "BadRequestError", "Validation"), "vllm")
+            return
+        if self.api_keys and not _is_open(method, path) and not self._authorized(headers):
+            start, _ = await self._read(receive, _SNIFF_BYTES)
+            error = HTTPError(
+                401, "Missing or invalid API key: send `Authorization: Bearer <key>`", "AuthenticationError",
+                "Unauthorized", headers={"WWW-Authenticate": 'Bearer realm="rerank"'},
             )  # fmt: skip
+            await _reject(send, error, "tei" if looks_like_tei(path, start) else "vllm")
             return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            await _reject(send, 413, f"Request body larger than {self.max_body_bytes} bytes", "PayloadTooLargeError")
+        if method not in _BODY_METHODS:
+            await self.app(scope, receive, send)
             return
-        if declared is None and scope["method"] in ("POST", "PUT", "PATCH"):
-            # A chunked body has no declared size: read it up to the limit, then hand it on.
-            messages: list[Message] = []
-            size = 0
-            while True:
-                message = await receive()
-                messages.append(message)
-                size += len(message.get("body", b""))
-                if size > self.max_body_bytes:
-                    await _reject(
-                        send, 413, f"Request body larger than {self.max_body_bytes} bytes", "PayloadTooLargeError"
-                    )
-                    return
-                if message["type"] != "http.request" or not message.get("more_body"):
-                    break
-            replay = iter(messages)
-
-            async def replayed() -> Message:
-                return next(replay, None) or await receive()
-
-            await self.app(scope, replayed, send)
+        declared = headers.get(b"content-length", b"")
+        too_large = declared.isdigit() and int(declared) > self.max_body_bytes
+        body, more = (b"", True) if too_large else await self._read(receive, self.max_body_bytes)
+        if too_large or more:
+            start = body[:_SNIFF_BYTES] if body else (await self._read(receive, _SNIFF_BYTES))[0]
+            error = HTTPError(
+                413, f"Request body larger than {self.max_body_bytes} bytes (RERANK_MAX_BODY_BYTES)",
+                "PayloadTooLargeError", "Validation", headers={"Connection": "close"},
+            )  # fmt: skip
+            await _reject(send, error, "tei" if looks_like_tei(path, start) else "vllm")
             return
-        await self.app(scope, receive, send)
+        if path == "/score_pairs" and b"\\u" in body:
+            body = _lone_surrogates_replaced(body)
+        replayed = False
 
-    def _authorized(self, scope: Scope) -> bool:
-        header = dict(scope["headers"]).get(b"authorization", b"")
-        scheme, _, token = header.partition(b" ")
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: the client's disconnect
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _read(receive: Receive, limit: int) -> tuple[bytes, bool]:
+        """Up to `limit` bytes of the body, counted as they arrive; whether more was sent beyond them."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return b"".join(chunks), False
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            chunks.append(chunk)
+            if size > limit:
+                return b"".join(chunks)[:limit], True
+            if not message.get("more_body"):
+                return b"".join(chunks), False
+
+    def _authorized(self, headers: dict[bytes, bytes]) -> bool:
+        scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
         if scheme.lower() != b"bearer" or not token:
             return False
         # Compare against every key so the time taken does not tell which key (or how much of one) matched.

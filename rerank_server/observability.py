@@ -27,6 +27,15 @@ TRACKED_ROUTES = frozenset(
 UNTRACKED_PATHS = frozenset({"/readyz", "/livez", "/healthz", "/metrics"})
 # An incoming id is reused only when it is short and plain, so it cannot forge log lines or bloat labels.
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+# Characters that would let a client-controlled string (a path, a model name) start a new log line or hide text:
+# C0/C1 controls, DEL, and Unicode's line and paragraph separators.
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(text: str, limit: int = 512) -> str:
+    """`text` safe for one log line: control characters escaped (`\\n`, `\\x1b`), at most `limit` characters."""
+    escaped = _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    return escaped if len(escaped) <= limit else escaped[:limit] + "..."
 
 
 @dataclass
@@ -93,5 +102,6 @@ class RequestTracking:
             # Only what identifies the request: never headers, so API keys stay out of the log.
             logger.info(
                 "request_id=%s %s %s status=%d model=%s pairs=%d %.1fms",
-                context.request_id, scope["method"], path, status, context.model or "-", context.pairs, elapsed * 1e3,
+                context.request_id, printable(scope["method"], 16), printable(path), status,
+                printable(context.model or "-", 200), context.pairs, elapsed * 1e3,
             )  # fmt: skip

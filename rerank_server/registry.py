@@ -1,5 +1,9 @@
-"""Which rerankers are loaded: resolves request model names, loads on first use (once), keeps within a budget of
-loaded models (least recently used first out, never one in use)."""
+"""Which rerankers are loaded: loads on first use (once), keeps within a budget of loaded models (least recently used
+first out, never one in use or loading), and remembers a model that failed to load until it is imported again.
+
+Every name is resolved once, by `resolve` (through `model_store.find_reranker`), before anything is keyed by it:
+everything here is keyed by the stored model's canonical id.
+"""
 
 from __future__ import annotations
 
@@ -7,195 +11,243 @@ import gc
 import logging
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
 
-from rerank_server.catalog import canonical_id
+from rerank_server.backends.torch_backend import resolve_device, resolve_dtype
+from rerank_server.errors import ModelLoadError, UnknownModelError
 from rerank_server.metrics import RerankMetrics
 from rerank_server.model_store import StoredReranker, find_reranker, list_rerankers
-from rerank_server.onnx_backend import OnnxScorer
-from rerank_server.scorer import CrossEncoderScorer, default_token_budget, resolve_device, resolve_dtype
+from rerank_server.scorer import Scorer, load_scorer
 from rerank_server.settings import Settings
 
 logger = logging.getLogger("bentoml")
 
-
-class UnknownModelError(LookupError):
-    """A request named a model that is not in the store."""
-
-    def __init__(self, name: str, available: Sequence[str]) -> None:
-        self.name = name
-        self.available = list(available)
-        listing = ", ".join(self.available) or "none (import one with import_models.py)"
-        super().__init__(f"The model `{name}` does not exist. Available models: {listing}")
+# A name the store does not hold makes the registry read the store again, at most this often: an import made while
+# the server runs is seen within a second, and a flood of bogus names costs one store scan a second, not one each.
+STORE_RESCAN_S = 1.0
 
 
-class ModelLoadError(RuntimeError):
-    """A stored model could not be loaded (corrupt or incompatible files)."""
-
-
-ScorerFactory = Callable[[StoredReranker], CrossEncoderScorer]
+ScorerFactory = Callable[[StoredReranker], Scorer]
 
 
 class ModelRegistry:
-    """The models this worker serves. Thread-safe: each model loads under its own lock, bookkeeping under one guard."""
+    """The models this worker serves. Thread-safe: all bookkeeping under one condition, loading outside it."""
 
     def __init__(
-        self, settings: Settings, factory: ScorerFactory | None = None, metrics: RerankMetrics | None = None
+        self,
+        settings: Settings,
+        factory: ScorerFactory | None = None,
+        metrics: RerankMetrics | None = None,
+        device: str | None = None,
     ) -> None:
         self.settings = settings
         self._metrics = metrics
-        self.device = resolve_device(settings.device)
-        self.dtype = resolve_dtype(settings.dtype, self.device)
+        self.device = device or resolve_device(settings.device)
         self._factory = factory or self._load_scorer
-        self._loaded: dict[str, CrossEncoderScorer] = {}
+        self._loaded: dict[str, Scorer] = {}
+        self._loading: dict[str, int] = {}  # model id → the bytes its weights are expected to take
         self._last_used: dict[str, float] = {}
-        self._in_use: defaultdict[str, int] = defaultdict(int)
-        self._load_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
-        self._guard = threading.Lock()
-        self._stored: list[StoredReranker] = []
-        self.refresh()
+        self._in_use: dict[str, int] = {}
+        self._failed: dict[str, tuple[str, str]] = {}  # model id → (stored tag that failed, why)
+        self._changed = threading.Condition()
+        self._stored: list[StoredReranker] = list_rerankers()
+        self._scanned_at = time.monotonic()
+        default = find_reranker(settings.default_model, self._stored)
+        self._default_id = default.model_id if default else ""
+
+    # --- names -------------------------------------------------------------------------------------------------------
 
     def refresh(self) -> list[StoredReranker]:
         """Re-read the store, so that models imported while the server runs become servable."""
         self._stored = list_rerankers()
+        self._scanned_at = time.monotonic()
         return self._stored
 
     @property
     def default_model_id(self) -> str:
-        return self.settings.default_model_id
-
-    def loaded_ids(self) -> list[str]:
-        with self._guard:
-            return list(self._loaded)
+        """The default model's canonical id (the setting as typed until the store has been asked)."""
+        return self._default_id or self.settings.default_model.strip()
 
     def resolve(self, name: str | None) -> StoredReranker:
-        """The stored reranker a request's `model` field names (the default when empty)."""
-        wanted = name if name and name.strip() else self.default_model_id
-        found = find_reranker(wanted, self._stored) or find_reranker(wanted, self.refresh())
+        """The stored reranker a request's `model` names (the default when empty). Blocking: reads the store."""
+        wanted = name.strip() if name and name.strip() else self.settings.default_model
+        found = find_reranker(wanted, self._stored)
+        if found is None and time.monotonic() - self._scanned_at >= STORE_RESCAN_S:
+            found = find_reranker(wanted, self.refresh())
         if found is None:
-            raise UnknownModelError(canonical_id(wanted), [s.model_id for s in self._stored])
+            raise UnknownModelError(wanted, [s.model_id for s in self._stored])
+        if not name or not name.strip():
+            self._default_id = found.model_id
         return found
 
-    def get(self, model_id: str) -> CrossEncoderScorer:
-        """The loaded scorer for `model_id`, loading it first if needed; concurrent callers load it once."""
-        with self._guard:
-            scorer = self._loaded.get(model_id)
-            if scorer is not None:
-                self._last_used[model_id] = time.monotonic()
-                return scorer
-        stored = self.resolve(model_id)
-        with self._load_locks[stored.model_id]:
-            with self._guard:
-                scorer = self._loaded.get(stored.model_id)
-            if scorer is None:
-                scorer = self._load(stored)
-        return scorer
+    # --- loading and pinning -----------------------------------------------------------------------------------------
 
-    def acquire(self, model_id: str) -> CrossEncoderScorer:
-        """The scorer for `model_id` (loading it if needed), protected from unloading until `release(model_id)`."""
-        with self._guard:
-            self._in_use[model_id] += 1
+    def loaded_ids(self) -> list[str]:
+        with self._changed:
+            return list(self._loaded)
+
+    def get(self, name: str | None, timeout: float | None = None) -> Scorer:
+        """The loaded scorer for `name`, loading it first if needed (not pinned: for tools and tests)."""
+        with self.using(self.resolve(name), timeout) as scorer:
+            return scorer
+
+    def acquire(self, stored: StoredReranker, timeout: float | None = None) -> Scorer:
+        """The scorer of `stored` (loaded if needed), protected from unloading until `release(stored.model_id)`.
+
+        Waits up to `timeout` seconds for room under the loaded-model budget while other models are busy.
+        """
+        model_id = stored.model_id
+        with self._changed:
+            self._in_use[model_id] = self._in_use.get(model_id, 0) + 1
         try:
-            return self.get(model_id)
+            return self._scorer(stored, timeout)
         except BaseException:
             self.release(model_id)
             raise
 
     def release(self, model_id: str) -> None:
-        """End one `acquire`; a model over the budget may be unloaded now."""
-        with self._guard:
-            self._in_use[model_id] -= 1
-        self._enforce_budget(keep=None)
+        """End one `acquire`: the model may be unloaded to make room once nothing uses it."""
+        with self._changed:
+            remaining = self._in_use.get(model_id, 0) - 1
+            if remaining > 0:
+                self._in_use[model_id] = remaining
+            else:
+                self._in_use.pop(model_id, None)
+                self._changed.notify_all()
 
     @contextmanager
-    def using(self, model_id: str) -> Iterator[CrossEncoderScorer]:
+    def using(self, stored: StoredReranker, timeout: float | None = None) -> Iterator[Scorer]:
         """`acquire` for the duration of a block."""
-        scorer = self.acquire(model_id)
+        scorer = self.acquire(stored, timeout)
         try:
             yield scorer
         finally:
-            self.release(model_id)
+            self.release(stored.model_id)
 
-    def preload(self, names: Sequence[str]) -> None:
-        """Load each named model now; an unknown or broken one stops start-up with a clear message."""
-        for name in names:
-            self.get(name)
+    def preload(self, default: str, others: Sequence[str] = ()) -> list[str]:
+        """Load the default model (its failure is raised) and each of `others` (a failure is logged, and that model
+        answers 503 until it is imported again). The names of the models that failed."""
+        self.get(default or None)
+        failed = []
+        for name in others:
+            try:
+                self.get(name)
+            except (UnknownModelError, ModelLoadError) as exc:
+                logger.error("RERANK_PRELOAD: %s; serving without it", exc)
+                failed.append(name)
+        return failed
 
-    def _load(self, stored: StoredReranker) -> CrossEncoderScorer:
-        self._enforce_budget(keep=stored.model_id, incoming=stored)
+    def _scorer(self, stored: StoredReranker, timeout: float | None) -> Scorer:
+        model_id = stored.model_id
+        deadline = None if timeout is None else time.monotonic() + timeout
+        evicted: list[Scorer] = []
+        with self._changed:
+            while True:
+                scorer = self._loaded.get(model_id)
+                if scorer is not None:
+                    self._last_used[model_id] = time.monotonic()
+                    return scorer
+                failure = self._failed.get(model_id)
+                if failure and failure[0] == stored.tag:
+                    raise ModelLoadError(failure[1])
+                if model_id not in self._loading:
+                    room, evicted = self._make_room(stored)
+                    if room:
+                        self._loading[model_id] = self._expected_bytes(stored)
+                        break
+                    if not self._in_use.keys() - {model_id} and not self._loading:
+                        raise ModelLoadError(self._no_room(stored))
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise ModelLoadError(
+                        f"The model `{model_id}` cannot be loaded now: the loaded-model budget is full of models "
+                        "in use; retry shortly"
+                    )
+                self._changed.wait(left)
+        self._unload(evicted)
+        return self._load(stored)
+
+    def _load(self, stored: StoredReranker) -> Scorer:
+        model_id = stored.model_id
         started = time.perf_counter()
         try:
             scorer = self._factory(stored)
         except Exception as exc:
-            logger.exception("Loading %s from %s failed", stored.model_id, stored.path)
-            raise ModelLoadError(f"The model `{stored.model_id}` could not be loaded: {exc}") from exc
-        with self._guard:
-            self._loaded[stored.model_id] = scorer
-            self._last_used[stored.model_id] = time.monotonic()
+            logger.exception("Loading %s from %s failed", model_id, stored.path)
+            message = f"The model `{model_id}` could not be loaded: {exc}"
+            with self._changed:
+                self._loading.pop(model_id, None)
+                self._failed[model_id] = (stored.tag, message)
+                self._changed.notify_all()
+            raise ModelLoadError(message) from exc
+        with self._changed:
+            self._loading.pop(model_id, None)
+            self._failed.pop(model_id, None)
+            self._loaded[model_id] = scorer
+            self._last_used[model_id] = time.monotonic()
+            self._changed.notify_all()
+        elapsed = time.perf_counter() - started
         if self._metrics:
-            self._metrics.model_load.labels(stored.model_id).observe(time.perf_counter() - started)
+            self._metrics.model_load.labels(model_id).observe(elapsed)
             self._metrics.models_loaded.inc()
         logger.info(
-            "Loaded %s (%s) on %s as %s in %.1f s (%d CPU threads)",
-            stored.model_id, stored.tag, self.device, str(self.dtype).removeprefix("torch."),
-            time.perf_counter() - started, torch.get_num_threads(),
+            "Loaded %s (%s, %s recipe, %s backend) on %s in %.1f s (%d CPU threads)",
+            model_id, stored.tag, stored.recipe, stored.backend, scorer.device, elapsed, torch.get_num_threads(),
         )  # fmt: skip
         return scorer
 
-    def _weight_bytes(self, scorer: CrossEncoderScorer) -> int:
-        return scorer.parameters * scorer.dtype.itemsize
+    # --- the budget --------------------------------------------------------------------------------------------------
 
-    def _over_budget(self, incoming: StoredReranker | None) -> bool:
-        count = len(self._loaded) + (1 if incoming else 0)
+    def _expected_bytes(self, stored: StoredReranker) -> int:
+        return stored.memory_bytes(resolve_dtype(self.settings.dtype, self.device, stored.checkpoint_dtype).itemsize)
+
+    def _fits(self, incoming: StoredReranker) -> bool:
+        count = len(self._loaded) + len(self._loading) + 1
         if self.settings.max_loaded_models and count > self.settings.max_loaded_models:
-            return True
+            return False
         if self.settings.max_model_memory_mb:
-            # A stored model's size is its float32 weights; loaded in half precision it takes half of that.
-            incoming_bytes = incoming.size_bytes * self.dtype.itemsize // 4 if incoming else 0
-            used = sum(self._weight_bytes(s) for s in self._loaded.values()) + incoming_bytes
-            return used > self.settings.max_model_memory_mb * 2**20
-        return False
+            used = sum(s.weight_bytes for s in self._loaded.values()) + sum(self._loading.values())
+            return used + self._expected_bytes(incoming) <= self.settings.max_model_memory_mb * 2**20
+        return True
 
-    def _enforce_budget(self, keep: str | None, incoming: StoredReranker | None = None) -> None:
-        """Unload least recently used models until within budget; never the default, `keep`, or one a batch uses."""
-        evicted: list[CrossEncoderScorer] = []
-        with self._guard:
-            while self._over_budget(incoming):
-                idle = [
-                    model_id
-                    for model_id in self._loaded
-                    if model_id not in (keep, self.default_model_id) and self._in_use[model_id] == 0
-                ]
-                if not idle:
-                    break  # everything else is busy: go over budget for now, retry when a batch finishes
-                victim = min(idle, key=lambda m: self._last_used.get(m, 0.0))
-                evicted.append(self._loaded.pop(victim))
-                self._last_used.pop(victim, None)
-                logger.info("Unloaded %s (least recently used; loaded-model budget)", victim)
+    def _make_room(self, incoming: StoredReranker) -> tuple[bool, list[Scorer]]:
+        """Unload idle models, least recently used first, until `incoming` fits (call holding the condition).
+
+        The default model is never unloaded, and it loads even when it alone exceeds the budget.
+        """
+        evicted: list[Scorer] = []
+        while not self._fits(incoming) and incoming.model_id != self.default_model_id:
+            idle = [m for m in self._loaded if m != self.default_model_id and not self._in_use.get(m)]
+            if not idle:
+                return False, evicted
+            victim = min(idle, key=lambda m: self._last_used.get(m, 0.0))
+            evicted.append(self._loaded.pop(victim))
+            self._last_used.pop(victim, None)
+            logger.info("Unloading %s (least recently used; loaded-model budget)", victim)
+        return True, evicted
+
+    def _no_room(self, stored: StoredReranker) -> str:
+        return (
+            f"The model `{stored.model_id}` does not fit beside the default model within RERANK_MAX_LOADED_MODELS="
+            f"{self.settings.max_loaded_models} / RERANK_MAX_MODEL_MEMORY_MB={self.settings.max_model_memory_mb}"
+        )
+
+    def _unload(self, evicted: list[Scorer]) -> None:
+        """Free unloaded models' memory: drop the weights, collect, and only then return the cache to the device."""
+        if not evicted:
+            return
         for scorer in evicted:
             scorer.release()
             if self._metrics:
                 self._metrics.models_loaded.dec()
-        if evicted:
-            gc.collect()
+        evicted.clear()
+        gc.collect()
+        torch.cuda.empty_cache()  # a no-op without CUDA
 
-    def _load_scorer(self, stored: StoredReranker) -> CrossEncoderScorer:
-        return load_scorer(stored, device=self.device, dtype=self.dtype, token_budget=self.settings.token_budget)
-
-
-def load_scorer(
-    stored: StoredReranker, *, device: str, dtype: torch.dtype, token_budget: int | None = None
-) -> CrossEncoderScorer:
-    """A stored reranker loaded for scoring, on the backend it was imported for (token budget: the device's default)."""
-    if stored.backend != "torch":
-        # Imported for ONNX Runtime: a CPU backend whatever RERANK_DEVICE says.
-        budget = token_budget or default_token_budget("cpu")
-        return OnnxScorer(stored.path, max_length=stored.max_length, backend=stored.backend, token_budget=budget)
-    return CrossEncoderScorer(
-        stored.path, max_length=stored.max_length, device=device, dtype=dtype,
-        token_budget=token_budget or default_token_budget(device),
-    )  # fmt: skip
+    def _load_scorer(self, stored: StoredReranker) -> Scorer:
+        return load_scorer(
+            stored, device=self.device, dtype=self.settings.dtype, token_budget=self.settings.token_budget
+        )

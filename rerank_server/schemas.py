@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Literal, NamedTuple
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from rerank_server.recipes import TextOptions
 
 
 def _well_formed(text: str) -> str:
@@ -31,37 +33,41 @@ def _well_formed(text: str) -> str:
 Text = Annotated[str, AfterValidator(_well_formed)]
 
 
-def _room_for_special_tokens(tokens: int) -> int:
-    if 0 <= tokens < 4:  # [CLS] q [SEP] d [SEP] cannot be cut below 4 tokens
-        raise ValueError("must be -1 (the model's limit) or at least 4")
+def _positive_or_model_limit(tokens: int) -> int:
+    if tokens == 0:
+        raise ValueError("must be -1 (the model's limit) or a positive number of tokens")
     return tokens
 
 
-TruncatePromptTokens = Annotated[int, Field(ge=-1), AfterValidator(_room_for_special_tokens)]
+# How small a positive cap may be depends on the model's template: its recipe refuses what leaves no room.
+TruncatePromptTokens = Annotated[int, Field(ge=-1), AfterValidator(_positive_or_model_limit)]
 
 # --- The batchable BentoML API: one item per (query, document) pair -------------------------------------------------
 
 
-class ScorePair(BaseModel):
-    """One (query, document) pair to score with one model; the unit BentoML's batcher counts and merges."""
+Instruction = Annotated[
+    Text | None,
+    Field(
+        description="LLM rerankers (Qwen3-Reranker, bge-reranker-v2-gemma): replaces the model's default instruction "
+        "(its prompt). Ignored by cross-encoders, which have none.",
+        max_length=4096,
+    ),
+]
 
-    model: str = Field(description="Public model id, e.g. BAAI/bge-reranker-base.")
+
+class ScorePair(BaseModel):
+    """One (query, document) pair to score with one model: the item of BentoML's `/score_pairs` API."""
+
+    model: str = Field(description="Model id or alias, e.g. BAAI/bge-reranker-base.")
     query: Text
     document: Text
-    max_length: int | None = Field(None, ge=4, description="Token cap for the pair, below the model's max_length.")
+    max_length: int | None = Field(None, ge=1, description="Token cap for the pair, below the model's max_length.")
     truncation_side: Literal["right", "left"] = Field("right", description="Which end of the text truncation cuts.")
     max_document_tokens: int | None = Field(None, ge=1, description="Token cap for the document alone.")
+    instruction: Instruction = None
 
-    def truncation(self) -> Truncation:
-        return Truncation(self.max_length, self.truncation_side, self.max_document_tokens)
-
-
-class Truncation(NamedTuple):
-    """How a pair is cut down to size; pairs with equal truncation are tokenized together."""
-
-    max_length: int | None = None
-    side: Literal["right", "left"] = "right"
-    max_document_tokens: int | None = None
+    def options(self) -> TextOptions:
+        return TextOptions(self.max_length, self.truncation_side, self.max_document_tokens, self.instruction)
 
 
 class PairScore(BaseModel):
@@ -107,6 +113,7 @@ class RerankRequest(BaseModel):
     max_chunks_per_doc: int | None = Field(
         None, ge=1, description="Split a long document into up to this many windows and keep the best window's score."
     )
+    instruction: Instruction = None
 
     def texts(self) -> list[str]:
         return [doc if isinstance(doc, str) else doc.text for doc in self.documents]
@@ -124,6 +131,7 @@ class TEIRerankRequest(BaseModel):
     truncate: bool = Field(True, description="Cut long inputs to the model's limit; false rejects them with 413.")
     truncation_direction: Literal["Right", "Left", "right", "left"] = "Right"
     model: str | None = None
+    instruction: Instruction = None
 
 
 class TEIRank(BaseModel):
@@ -149,6 +157,7 @@ class ScoreRequest(BaseModel):
     text_2: Text | list[Text]
     truncate_prompt_tokens: TruncatePromptTokens | None = None
     use_activation: bool = True
+    instruction: Instruction = None
 
 
 class ScoreData(BaseModel):

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from rerank_server.catalog import DEFAULT_MODEL_ID, canonical_id
+from rerank_server.catalog import DEFAULT_MODEL_ID
 
 DeviceChoice = Literal["auto", "cpu", "cuda", "mps"]
 DtypeChoice = Literal["auto", "float32", "float16", "bfloat16"]
@@ -39,12 +39,6 @@ class Settings(BaseSettings):
         "the CPU, where smaller passes measured faster (docs/benchmarks.md).",
     )
     cache_size: int = Field(0, ge=0, description="Pair scores kept in the in-memory LRU result cache (0: off).")
-    max_latency_ms: int = Field(
-        60_000,
-        ge=10,
-        description="For BentoML's batchable API (`/score_pairs`) only: queueing plus scoring time its dispatcher "
-        "accepts; work it predicts to exceed it is refused with 503.",
-    )
 
     max_loaded_models: int = Field(0, ge=0, description="Most models loaded at once (0: no limit); LRU unloads.")
     max_model_memory_mb: int = Field(0, ge=0, description="Most MiB of loaded weights (0: no limit); LRU unloads.")
@@ -58,17 +52,9 @@ class Settings(BaseSettings):
         return [key.strip() for key in self.api_key.split(",") if key.strip()]
 
     @property
-    def default_model_id(self) -> str:
-        return canonical_id(self.default_model)
-
-    @property
-    def preload_ids(self) -> list[str]:
-        """The default model first, then the preload list, without repeats."""
-        ids = [self.default_model_id]
-        for name in self.preload.split(","):
-            if name.strip() and canonical_id(name) not in ids:
-                ids.append(canonical_id(name))
-        return ids
+    def preload_names(self) -> list[str]:
+        """RERANK_PRELOAD's names as written (the store resolves them, as it does a request's `model`)."""
+        return [name.strip() for name in self.preload.split(",") if name.strip()]
 
 
 @lru_cache(maxsize=1)

@@ -18,7 +18,15 @@ from fastapi.testclient import TestClient
 
 # Settings the user may have exported (HF_HUB_OFFLINE on an air-gapped host, an API key, a default model, a mirror)
 # must not change what the tests see: every test that needs one sets it itself.
-_USER_SETTINGS = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "SENTENCE_TRANSFORMERS_", "MODELSCOPE_", "RERANK_", "BENTOML_")
+_USER_SETTINGS = (
+    "HF_",
+    "HUGGINGFACE_",
+    "TRANSFORMERS_",
+    "SENTENCE_TRANSFORMERS_",
+    "MODELSCOPE_",
+    "RERANK_",
+    "BENTOML_",
+)
 for _name in [name for name in os.environ if name.startswith(_USER_SETTINGS)]:
     del os.environ[_name]
 # BentoML reads BENTOML_HOME once, at import: point it at a scratch store before anything imports bentoml.

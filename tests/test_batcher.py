@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rerank_server.batcher import BatcherClosedError, ContinuousBatcher, QueueFullError
-from rerank_server.scorer import EncodedPairs
+from rerank_server.recipes import EncodedPairs
 
 POISON = -1
 
@@ -26,7 +26,7 @@ class GatedScorer:
         self.error = error
 
     def logits(self, encoded: EncodedPairs) -> torch.Tensor:
-        ids = [tokens[0] for tokens in encoded.features["input_ids"]]
+        ids = [tokens[0] for tokens in encoded.input_ids]
         self.calls.append(ids)
         self.started.set()
         assert self.gate.wait(10)
@@ -36,7 +36,7 @@ class GatedScorer:
 
 
 def pairs(*first_tokens: int) -> EncodedPairs:
-    return EncodedPairs({"input_ids": [[token, 7] for token in first_tokens]}, [2] * len(first_tokens))
+    return EncodedPairs([[token, 7] for token in first_tokens])
 
 
 @pytest.fixture()

@@ -10,7 +10,7 @@ from prometheus_client import REGISTRY
 
 from rerank_server.cache import cache_key
 from rerank_server.model_store import import_from_folder
-from rerank_server.schemas import ScorePair, Truncation
+from rerank_server.schemas import ScorePair
 from tests.conftest import FIXTURE_MODEL_ID, routes_client, scoring_engine
 from tests.fixture_models import build_minilm_cross_encoder
 from tests.test_scorer import QUERY, mixed_documents
@@ -38,9 +38,9 @@ def test_cached_and_uncached_answers_are_identical_and_hits_cost_no_model_time(s
     pairs = [ScorePair(model=FIXTURE_MODEL_ID, query=QUERY, document=d) for d in documents]
     with scoring_engine(cache_size=100) as cached, scoring_engine() as uncached:
         before = counts()
-        first = asyncio.run(cached.score(pairs))
-        again = asyncio.run(cached.score(pairs))
-        plain = asyncio.run(uncached.score(pairs))
+        first = asyncio.run(cached.score_pairs(pairs))
+        again = asyncio.run(cached.score_pairs(pairs))
+        plain = asyncio.run(uncached.score_pairs(pairs))
         after = counts()
     assert first == again == plain
     # 12 misses, then 12 hits; the model scored the 12 pairs for the cached engine once and for the other once.
@@ -50,10 +50,10 @@ def test_cached_and_uncached_answers_are_identical_and_hits_cost_no_model_time(s
 def test_a_request_mixing_hits_and_misses_keeps_its_order(stored_fixture) -> None:
     pairs = [ScorePair(model=FIXTURE_MODEL_ID, query=QUERY, document=d) for d in mixed_documents(6, seed=4)]
     with scoring_engine(cache_size=100) as engine:
-        asyncio.run(engine.score(pairs[::2]))
-        mixed = asyncio.run(engine.score(pairs))
+        asyncio.run(engine.score_pairs(pairs[::2]))
+        mixed = asyncio.run(engine.score_pairs(pairs))
     with scoring_engine() as engine:
-        plain = asyncio.run(engine.score(pairs))
+        plain = asyncio.run(engine.score_pairs(pairs))
     # Equal up to float noise: the misses were scored in a smaller batch than the all-miss request's, padded less.
     assert [r.tokens for r in mixed] == [r.tokens for r in plain]
     assert [r.logit for r in mixed] == pytest.approx([r.logit for r in plain], abs=1e-5)
@@ -70,25 +70,28 @@ def test_the_cache_never_answers_for_another_model_or_truncation(stored_fixture,
         base.model_copy(update={"max_document_tokens": 4}),
     ]
     with scoring_engine() as engine:
-        expected = [asyncio.run(engine.score([variant]))[0] for variant in variants]
+        expected = [asyncio.run(engine.score_pairs([variant]))[0] for variant in variants]
     assert len({result.logit for result in expected}) == len(variants), "each variant must score differently"
     with scoring_engine(cache_size=100) as engine:
         for _ in range(2):  # the second round is answered from the cache
-            assert [asyncio.run(engine.score([variant]))[0] for variant in variants] == expected
+            assert [asyncio.run(engine.score_pairs([variant]))[0] for variant in variants] == expected
         assert len(engine.cache) == len(variants)
 
 
 def test_the_cache_is_bounded_least_recently_used_out(stored_fixture) -> None:
     with scoring_engine(cache_size=3) as engine:
         for i in range(5):
-            asyncio.run(engine.score([ScorePair(model=FIXTURE_MODEL_ID, query="q", document=f"document {i}")]))
+            asyncio.run(engine.score_pairs([ScorePair(model=FIXTURE_MODEL_ID, query="q", document=f"document {i}")]))
         assert len(engine.cache) == 3
-        assert engine.cache.get(cache_key(FIXTURE_MODEL_ID, Truncation(), "q", "document 0")) is None
-        assert engine.cache.get(cache_key(FIXTURE_MODEL_ID, Truncation(), "q", "document 4")) is not None
+        before = counts()
+        asyncio.run(engine.score_pairs([ScorePair(model=FIXTURE_MODEL_ID, query="q", document="document 4")]))
+        asyncio.run(engine.score_pairs([ScorePair(model=FIXTURE_MODEL_ID, query="q", document="document 0")]))
+        after = counts()
+        assert (after[0] - before[0], after[1] - before[1]) == (1, 1), "document 4 is kept, document 0 was dropped"
 
 
 def test_keys_do_not_run_together() -> None:
-    assert cache_key("m", Truncation(), "ab", "c") != cache_key("m", Truncation(), "a", "bc")
+    assert cache_key("m", "ab", "c") != cache_key("m", "a", "bc")
 
 
 def test_the_http_answer_is_the_same_from_the_cache(stored_fixture) -> None:

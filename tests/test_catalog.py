@@ -1,11 +1,30 @@
-from rerank_server.catalog import KNOWN_MODELS, canonical_id, is_valid_model_id, known_model, store_name
+import itertools
+
+from rerank_server.catalog import (
+    BGE_MODELS,
+    KNOWN_MODELS,
+    canonical_id,
+    is_valid_model_id,
+    known_model,
+    model_id_problem,
+    store_name,
+)
 
 
 def test_short_names_and_ids_name_the_same_model() -> None:
     assert canonical_id("bge-reranker-base") == "BAAI/bge-reranker-base"
     assert canonical_id("BAAI/BGE-Reranker-Large") == "BAAI/bge-reranker-large"
+    assert canonical_id("qwen3-reranker-0.6b") == "Qwen/Qwen3-Reranker-0.6B"
     assert known_model("bge-reranker-v2-m3").max_length == 8192
-    assert [m.max_length for m in KNOWN_MODELS] == [512, 512, 8192]
+    assert [m.max_length for m in BGE_MODELS] == [512, 512, 8192]
+
+
+def test_the_catalogue_names_each_models_recipe() -> None:
+    recipes = {m.model_id: m.recipe for m in KNOWN_MODELS}
+    assert {recipes[m.model_id] for m in BGE_MODELS} == {"cross-encoder"}
+    assert recipes["BAAI/bge-reranker-v2-gemma"] == "bge-gemma"
+    assert {recipes[f"Qwen/Qwen3-Reranker-{size}"] for size in ("0.6B", "4B", "8B")} == {"qwen3"}
+    assert known_model("Qwen3-Reranker-8B").max_length == 8192
 
 
 def test_unknown_ids_are_kept_as_given() -> None:
@@ -24,3 +43,13 @@ def test_model_ids_reject_paths_and_urls() -> None:
     assert is_valid_model_id("local-model")
     for bad in ("../../etc/passwd", "a/b/c", "https://evil.example/x", "/abs", "org/..", "", "org/"):
         assert not is_valid_model_id(bad), bad
+
+
+def test_two_valid_ids_never_share_a_store_name_unless_they_differ_only_in_case() -> None:
+    # The Hub's rules ('--' and '..' nowhere, no '-' or '.' at either end) leave '--' in a store name to the '/'.
+    for bad in ("my-org--other", "org/a--b", "org/name.", "org/-name", "org./name", "org/na..me"):
+        assert model_id_problem(bad), bad
+    ids = ["my-org/other", "my-org-other", "my/org-other", "my.org/other", "My-Org/Other", "a/b", "a-b", "a_b/c"]
+    for first, second in itertools.combinations(ids, 2):
+        if first.lower() != second.lower():
+            assert store_name(first) != store_name(second), (first, second)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from rerank_server.recipes import TextOptions
 from tests.conftest import FIXTURE_MODEL_ID
 
 QUERY = "What is the capital of the United States?"
@@ -180,7 +181,7 @@ def test_chunking_scores_each_window_and_keeps_the_best(client, engine, referenc
     # One window of filler ("rain" is one token), then the relevant passage: truncation alone never shows it.
     room = 512 - len(reference_encoder.tokenizer(QUERY, add_special_tokens=False)["input_ids"]) - 3
     BURIED = " ".join(["rain"] * room) + " " + DOCS[1]
-    windows = scorer.windows(QUERY, BURIED, 5)
+    windows = scorer.recipe.windows(QUERY, BURIED, 5, TextOptions())
     assert windows == [" ".join(["rain"] * room), DOCS[1]]
     best = float(max(reference_encoder.predict([(QUERY, w) for w in windows])))
     whole = float(reference_encoder.predict([(QUERY, BURIED)])[0])
@@ -189,7 +190,7 @@ def test_chunking_scores_each_window_and_keeps_the_best(client, engine, referenc
     assert _by_index(chunked.json()["results"])[0] == pytest.approx(best, abs=1e-5)
     plain = client.post("/v1/rerank", json={"query": QUERY, "documents": [BURIED, DOCS[0]]}).json()
     assert _by_index(plain["results"])[0] == pytest.approx(whole, abs=1e-5)
-    assert scorer.windows(QUERY, DOCS[0], 5) == [DOCS[0]]
+    assert scorer.recipe.windows(QUERY, DOCS[0], 5, TextOptions()) == [DOCS[0]]
 
 
 # --- Limits and errors ------------------------------------------------------------------------------------------------

@@ -61,7 +61,12 @@ CASES = [
     Case("model path traversal", _json({**OK, "model": "../../etc/passwd"}), 404, error="does not exist"),
     Case("model absolute path", _json({**OK, "model": "/etc/passwd"}), 404, error="does not exist"),
     Case("model URL", _json({**OK, "model": "http://127.0.0.1:9/evil"}), 404, error="does not exist"),
-    Case("model store tag", _json({**OK, "model": "test-org--mini-reranker:latest"}), 404, error="does not exist"),
+    Case(
+        "model tag of no stored version",
+        _json({**OK, "model": "test-org--mini-reranker:0f0f0f0f0f0f0f0f"}),
+        404,
+        error="does not exist",
+    ),  # fmt: skip
     Case("a 50 MB body", b'{"query": "' + b"x" * (50 * 2**20) + b'"}', 413, error="larger than"),
     Case("no Authorization", _json(OK), 401, headers={"Content-Type": "application/json"}),
     Case("wrong key", _json(OK), 401, headers={**AUTH, "Authorization": "Bearer wrong"}),

@@ -14,6 +14,7 @@ import pytest
 
 import import_models
 from rerank_server.model_store import (
+    ImportOptions,
     ModelImportError,
     find_reranker,
     import_from_folder,
@@ -48,7 +49,7 @@ def test_reimport_of_the_same_folder_is_a_no_op_unless_forced(fixture_model_dir:
     first = import_from_folder("test-org/reimport", folder)
     again = import_from_folder("test-org/reimport", folder)
     assert not first.skipped and again.skipped and again.stored.tag == first.stored.tag
-    forced = import_from_folder("test-org/reimport", folder, force=True)
+    forced = import_from_folder("test-org/reimport", folder, ImportOptions(force=True))
     assert not forced.skipped and forced.stored.tag != first.stored.tag
     versions = [m for m in bentoml.models.list() if m.tag.name == "test-org--reimport"]
     assert len(versions) == 2
@@ -73,7 +74,7 @@ def test_catalogue_models_get_their_known_max_length(fixture_model_dir: Path, tm
     ("mutate", "message"),
     [
         (lambda d: (d / "config.json").unlink(), "no config.json"),
-        (lambda d: _edit_config(d, architectures=["BertModel"]), "is not a cross-encoder"),
+        (lambda d: _edit_config(d, architectures=["BertModel"]), "is not a reranker: its architecture is BertModel"),
         (lambda d: _edit_config(d, id2label={"0": "a", "1": "b", "2": "c"}), "3 output labels"),
         (lambda d: (d / "model.safetensors").unlink(), "no model weights"),
     ],

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from rerank_server.model_store import find_reranker, import_from_folder
-from rerank_server.onnx_backend import OnnxScorer, onnx_file
+from rerank_server.backends.onnx_backend import OnnxBackend, onnx_file
+from rerank_server.model_store import ImportOptions, find_reranker, import_from_folder
 from rerank_server.registry import ModelRegistry
 from rerank_server.settings import Settings
 from tests.conftest import REPO_ROOT, routes_client, scoring_engine
@@ -22,7 +22,7 @@ from tests.test_scorer import QUERY, mixed_documents
 def onnx_models(stored_fixture, fixture_model_dir: Path) -> dict[str, str]:
     ids = {"onnx": "test-org/mini-onnx", "onnx-int8": "test-org/mini-onnx-int8"}
     for backend, model_id in ids.items():
-        import_from_folder(model_id, fixture_model_dir, backend=backend)
+        import_from_folder(model_id, fixture_model_dir, ImportOptions(backend=backend))
     return ids
 
 
@@ -43,7 +43,7 @@ def test_the_store_records_the_backend_and_keeps_only_the_served_export(onnx_mod
 def test_onnx_fp32_scores_equal_torch(onnx_models, reference_encoder, documents) -> None:
     registry = ModelRegistry(Settings(default_model=onnx_models["onnx"]))
     scorer = registry.get(onnx_models["onnx"])
-    assert isinstance(scorer, OnnxScorer)
+    assert isinstance(scorer.backend, OnnxBackend)
     scored = scorer.score([QUERY] * len(documents), documents)
     reference = reference_encoder.predict([(QUERY, d) for d in documents])
     np.testing.assert_allclose(scored.scores, reference, atol=1e-5)

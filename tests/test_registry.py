@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import shutil
 import threading
@@ -28,8 +29,8 @@ def extra_models(fixture_model_dir) -> tuple[str, ...]:
 
 def test_least_recently_used_model_is_unloaded_and_its_memory_released(stored_fixture, extra_models) -> None:
     registry = ModelRegistry(Settings(default_model=FIXTURE_MODEL_ID, max_loaded_models=3))
-    registry.preload([FIXTURE_MODEL_ID])
-    a = weakref.ref(registry.get(EXTRA[0]).model)
+    registry.preload(FIXTURE_MODEL_ID)
+    a = weakref.ref(registry.get(EXTRA[0]).backend.model)
     registry.get(EXTRA[1])
     registry.get(EXTRA[0])  # EXTRA[1] is now the least recently used
     registry.get(EXTRA[2])
@@ -42,16 +43,19 @@ def test_least_recently_used_model_is_unloaded_and_its_memory_released(stored_fi
 
 def test_a_model_in_use_is_never_unloaded(stored_fixture, extra_models) -> None:
     registry = ModelRegistry(Settings(default_model=FIXTURE_MODEL_ID, max_loaded_models=2))
-    registry.preload([FIXTURE_MODEL_ID])
-    with registry.using(EXTRA[0]):
-        registry.get(EXTRA[1])  # over budget, but EXTRA[0] is busy: both stay for now
-        assert set(registry.loaded_ids()) == {FIXTURE_MODEL_ID, EXTRA[0], EXTRA[1]}
-    # when the batch using EXTRA[0] ends, the budget is restored
-    assert len(registry.loaded_ids()) == 2 and FIXTURE_MODEL_ID in registry.loaded_ids()
+    registry.preload(FIXTURE_MODEL_ID)
+    with registry.using(registry.resolve(EXTRA[0])):
+        # No room while EXTRA[0] is busy: a request for a third model waits (here: up to 0.2 s), then 503.
+        with pytest.raises(ModelLoadError, match="budget is full of models in use"):
+            registry.get(EXTRA[1], timeout=0.2)
+        assert set(registry.loaded_ids()) == {FIXTURE_MODEL_ID, EXTRA[0]}
+    # once the batch using EXTRA[0] ends, it makes room
+    registry.get(EXTRA[1])
+    assert set(registry.loaded_ids()) == {FIXTURE_MODEL_ID, EXTRA[1]}
 
 
 def test_memory_budget(stored_fixture, extra_models) -> None:
-    one_model_mib = ModelRegistry(Settings(default_model=FIXTURE_MODEL_ID)).get(FIXTURE_MODEL_ID).parameters * 4 / 2**20
+    one_model_mib = ModelRegistry(Settings(default_model=FIXTURE_MODEL_ID)).get(FIXTURE_MODEL_ID).weight_bytes / 2**20
     registry = ModelRegistry(Settings(default_model=FIXTURE_MODEL_ID, max_model_memory_mb=int(one_model_mib * 2.5)))
     for model_id in (FIXTURE_MODEL_ID, *EXTRA):
         registry.get(model_id)
@@ -85,10 +89,10 @@ def test_a_broken_model_fails_alone(stored_fixture, fixture_model_dir, tmp_path)
     with pytest.raises(ModelLoadError, match="test-org/broken-weights"):
         registry.get("test-org/broken-weights")
     engine = ScoringEngine(registry.settings, registry=registry)
-    mixed = engine.score_blocking(
+    mixed = asyncio.run(engine.score_pairs(
         [ScorePair(model="test-org/broken-weights", query="q", document="d"),
          ScorePair(model=FIXTURE_MODEL_ID, query="q", document="d")]
-    )  # fmt: skip
+    ))  # fmt: skip
     assert mixed[0].error and "could not be loaded" in mixed[0].error and mixed[0].score is None
     assert mixed[1].error is None and mixed[1].score is not None
     with routes_client(engine) as client:
@@ -112,8 +116,8 @@ def test_settings_from_the_environment(monkeypatch) -> None:
     monkeypatch.setenv("RERANK_DTYPE", "bfloat16")
     monkeypatch.setenv("RERANK_API_KEY", "one, two")
     settings = Settings()
-    assert settings.default_model_id == "BAAI/bge-reranker-large"
-    assert settings.preload_ids == ["BAAI/bge-reranker-large", "BAAI/bge-reranker-v2-m3", "my-org/x"]
+    assert settings.default_model == "bge-reranker-large"  # names are resolved by the store, as a request's are
+    assert settings.preload_names == ["bge-reranker-v2-m3", "BAAI/bge-reranker-large", "my-org/x"]
     assert settings.dtype == "bfloat16" and settings.api_keys == ["one", "two"]
     monkeypatch.setenv("RERANK_DTYPE", "float8")
     with pytest.raises(ValueError):
@@ -125,16 +129,19 @@ def test_the_dtype_setting_reaches_the_model(stored_fixture) -> None:
 
     registry = ModelRegistry(Settings(default_model=FIXTURE_MODEL_ID, device="cpu", dtype="bfloat16"))
     scorer = registry.get(FIXTURE_MODEL_ID)
-    assert next(scorer.model.parameters()).dtype == torch.bfloat16
+    assert next(scorer.backend.model.parameters()).dtype == torch.bfloat16
     engine = ScoringEngine(registry.settings, registry=registry)
-    assert engine.score_blocking([ScorePair(model=FIXTURE_MODEL_ID, query="q", document="d")])[0].score is not None
+    pair = ScorePair(model=FIXTURE_MODEL_ID, query="q", document="d")
+    assert asyncio.run(engine.score_pairs([pair]))[0].score is not None
     engine.close()
 
 
-def test_start_up_stops_on_an_unknown_preload(stored_fixture) -> None:
+def test_an_unknown_default_stops_start_up_and_an_unknown_preload_is_skipped(stored_fixture) -> None:
     registry = ModelRegistry(Settings(default_model=FIXTURE_MODEL_ID))
+    assert registry.preload(FIXTURE_MODEL_ID, ["my-org/not-imported"]) == ["my-org/not-imported"]
+    assert registry.loaded_ids() == [FIXTURE_MODEL_ID]
     with pytest.raises(UnknownModelError, match="my-org/not-imported"):
-        registry.preload([FIXTURE_MODEL_ID, "my-org/not-imported"])
+        ModelRegistry(Settings(default_model="my-org/not-imported")).preload("")
 
 
 def test_the_token_budget_defaults_by_device_and_can_be_set(stored_fixture) -> None:

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from rerank_server.scorer import CrossEncoderScorer, pack_by_tokens, resolve_device, resolve_dtype
+from rerank_server.backends.torch_backend import resolve_device, resolve_dtype
+from rerank_server.scorer import Scorer, load_folder, pack_by_tokens
 
 QUERY = "what is machine learning?"
 WORDS = "machine learning models learn patterns from data while python programs run on computers".split()
@@ -21,8 +22,8 @@ def mixed_documents(count: int, seed: int = 1) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def scorer(fixture_model_dir) -> CrossEncoderScorer:
-    return CrossEncoderScorer(fixture_model_dir, max_length=512, device="cpu", dtype=torch.float32, token_budget=2048)
+def scorer(fixture_model_dir) -> Scorer:
+    return load_folder(fixture_model_dir, max_length=512, device="cpu", dtype="float32", token_budget=2048)
 
 
 def test_scores_equal_the_reference_cross_encoder(scorer, reference_encoder) -> None:
@@ -61,8 +62,8 @@ def test_packing_keeps_every_pair_once_and_respects_the_budget(budget: int) -> N
 
 
 def test_half_precision_runs_on_cpu_and_stays_close(fixture_model_dir, scorer) -> None:
-    half = CrossEncoderScorer(fixture_model_dir, max_length=512, device="cpu", dtype=torch.bfloat16, token_budget=2048)
-    assert next(half.model.parameters()).dtype == torch.bfloat16
+    half = load_folder(fixture_model_dir, max_length=512, device="cpu", dtype="bfloat16", token_budget=2048)
+    assert next(half.backend.model.parameters()).dtype == torch.bfloat16
     documents = mixed_documents(12, seed=3)
     full = scorer.score([QUERY] * 12, documents).scores
     reduced = half.score([QUERY] * 12, documents).scores

@@ -1,0 +1,69 @@
+"""Backends: token ids in, one logit per pair out. They know nothing of text, prompts or HTTP.
+
+A model is imported for one backend (`import_models.py --backend`): `torch` (CUDA, CPU, MPS; classification heads
+and causal-LM rerankers), or a CPU runtime that the model is converted for at import time: `onnx` / `onnx-int8`
+(ONNX Runtime). CPU runtimes take cross-encoders (one-logit `*ForSequenceClassification`) only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+import torch
+
+from rerank_server.backends import onnx_backend
+from rerank_server.recipes.base import LastTokenHead
+
+BackendName = Literal["torch", "onnx", "onnx-int8"]
+BACKENDS: tuple[BackendName, ...] = ("torch", "onnx", "onnx-int8")
+# Files a converted model keeps besides its runtime's own: the tokenizer and the config that describe it.
+CONVERTED_KEEPS = ("*.json", "*.txt", "*.model", "*.jinja")
+
+
+class Backend(Protocol):
+    """A loaded model on one device."""
+
+    device: str
+    weight_bytes: int
+
+    def logits(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None
+    ) -> torch.Tensor:
+        """One float32 logit per row (possibly still on the device: the caller copies once per batch)."""
+
+    def release(self) -> None:
+        """Drop the weights."""
+
+
+def is_cpu_runtime(backend: str) -> bool:
+    return backend != "torch"
+
+
+def convert(model_dir: Path, backend: str) -> None:
+    """Convert a stored model folder for `backend` at import time (nothing to do for torch)."""
+    if backend in ("onnx", "onnx-int8"):
+        onnx_backend.export(model_dir, backend)
+
+
+def load_backend(
+    backend: str,
+    path: Path,
+    *,
+    causal: bool,
+    head: LastTokenHead | None,
+    pad_id: int,
+    device: str,
+    dtype: torch.dtype,
+    threads: int,
+) -> Backend:
+    """The stored model at `path` loaded for `backend` (a CPU runtime ignores `device` and `dtype`)."""
+    if backend in ("onnx", "onnx-int8"):
+        return onnx_backend.OnnxBackend(path, backend=backend, threads=threads)
+    from rerank_server.backends.torch_backend import LastTokenLogit, SequenceClassifier
+
+    if causal:
+        assert head is not None
+        return LastTokenLogit(path, device=device, dtype=dtype, head=head)
+    return SequenceClassifier(path, device=device, dtype=dtype, pad_id=pad_id)

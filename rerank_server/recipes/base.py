@@ -1,0 +1,150 @@
+"""What every recipe shares: the options a request sets, tokenized pairs, and the interface a reranker family fills in.
+
+A recipe is one reranker family's published way of scoring: how a (query, document) pair becomes token ids (template,
+truncation, windows for long documents) and which output of the model is the pair's logit. It never runs the model;
+a backend (`rerank_server.backends`) turns its token ids into logits.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from rerank_server.errors import InvalidInputError
+from rerank_server.recipes.long_text import LongText
+
+Side = Literal["right", "left"]
+
+
+class RecipeError(InvalidInputError):
+    """The request's options cannot be applied to this model (a 400 naming `param`)."""
+
+
+@dataclass(frozen=True)
+class TextOptions:
+    """How a request wants its pairs turned into tokens; pairs with equal options are tokenized together.
+
+    Part of the result cache key: a score depends on them.
+    """
+
+    max_length: int | None = None  # vLLM's truncate_prompt_tokens: most tokens of a whole prompt, template included
+    side: Side = "right"  # TEI's truncation_direction: which end of a text truncation cuts
+    max_document_tokens: int | None = None  # Cohere's max_tokens_per_doc
+    instruction: str | None = None  # replaces the recipe's default instruction, where it has one
+    truncate: bool = True  # TEI's `truncate: false`: nothing is cut, and a pair over the limit is refused
+
+
+DEFAULT_OPTIONS = TextOptions()
+
+
+@dataclass(frozen=True)
+class EncodedPairs:
+    """Tokenized pairs, unpadded, in request order: what the model thread needs, prepared on another thread.
+
+    Token ids depend on the model and the options, so encodings made under different options can share one forward.
+    """
+
+    input_ids: list[list[int]]
+    token_type_ids: list[list[int]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids in self.input_ids]
+
+    @classmethod
+    def concat(cls, parts: Sequence[EncodedPairs]) -> EncodedPairs:
+        if len(parts) == 1:
+            return parts[0]
+        types = None
+        if all(part.token_type_ids is not None for part in parts):
+            types = [ids for part in parts for ids in part.token_type_ids or ()]
+        return cls([ids for part in parts for ids in part.input_ids], types)
+
+
+@dataclass(frozen=True)
+class LastTokenHead:
+    """For a causal LM: the logit of `positive_id` at the last position, minus that of `negative_id` when given."""
+
+    positive_id: int
+    negative_id: int | None = None
+
+
+class Recipe(ABC):
+    """One reranker family. Thread-safe: tokenizer calls are serialized (a Hugging Face tokenizer is mutable)."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    padding_side: ClassVar[Side] = "right"
+    uses_instruction: ClassVar[bool] = False
+
+    def __init__(self, tokenizer: Any, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length  # most tokens of one pair, template included
+        self.long_text = LongText(tokenizer)
+        self._lock = threading.Lock()
+
+    @property
+    def pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else 0
+
+    def limit(self, options: TextOptions) -> int:
+        """Most tokens of one pair under `options` (truncate_prompt_tokens below the model's own limit)."""
+        if options.max_length is None or options.max_length < 0:
+            return self.max_length
+        if options.max_length > self.max_length:
+            raise RecipeError(
+                f"truncate_prompt_tokens ({options.max_length}) is larger than the model's max_length "
+                f"({self.max_length})",
+                "truncate_prompt_tokens",
+            )
+        return options.max_length
+
+    def last_token_head(self) -> LastTokenHead:
+        """Which vocabulary logits make the score when the checkpoint is a causal LM."""
+        raise RecipeError(f"the {self.name} recipe scores with a classification head, not a language model", "model")
+
+    @abstractmethod
+    def encode(self, queries: Sequence[str], documents: Sequence[str], options: TextOptions) -> EncodedPairs:
+        """Token ids of each (queries[i], documents[i]) pair, exactly as the family's reference code makes them."""
+
+    @abstractmethod
+    def document_room(self, query: str, options: TextOptions) -> int:
+        """Tokens a document can have beside `query` before truncation would cut it."""
+
+    def windows(self, query: str, document: str, max_windows: int, options: TextOptions) -> list[str]:
+        """`document` split into at most `max_windows` consecutive pieces that each fit beside `query`.
+
+        Pieces are cut at token boundaries of the document; a document that fits is returned whole.
+        """
+        room = max(self.document_room(query, options), 16)
+        with self._lock:
+            text, _ = self.long_text.cut(document, room * max_windows + 1)
+            offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        if len(offsets) <= room:
+            return [document]
+        starts = list(range(0, len(offsets), room))[:max_windows]
+        return [text[offsets[start][0] : offsets[min(start + room, len(offsets)) - 1][1]] for start in starts]
+
+    def cut_documents(self, documents: Sequence[str], max_tokens: int, side: Side) -> list[str]:
+        """Each document cut to its first (or last) `max_tokens` tokens, at a token boundary of its text.
+
+        Call with the lock held.
+        """
+        cut: list[str] = []
+        for document in documents:
+            text, _ = self.long_text.cut(document, max_tokens + 1, side)
+            offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+            if len(offsets) <= max_tokens:
+                cut.append(text)
+            elif side == "left":
+                cut.append(text[offsets[-max_tokens][0] :])
+            else:
+                cut.append(text[: offsets[max_tokens - 1][1]])
+        return cut

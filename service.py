@@ -11,7 +11,14 @@ from http import HTTPStatus
 import bentoml
 from bentoml.exceptions import BentoMLException
 
-from rerank_server.errors import BatcherClosedError, DeadlineExceededError, QueueFullError
+from rerank_server import startup
+from rerank_server.errors import (
+    BatcherClosedError,
+    DeadlineExceededError,
+    ModelLoadError,
+    QueueFullError,
+    UnknownModelError,
+)
 from rerank_server.http_api import app as http_app
 from rerank_server.middleware import RequestGuard
 from rerank_server.model_store import find_reranker
@@ -44,7 +51,23 @@ class Reranker:
 
         # One engine per worker: its model thread serves the HTTP routes and the API alike.
         self.engine = ScoringEngine(settings)
-        self.engine.registry.preload(settings.default_model, settings.preload_names)
+        try:
+            # A preloaded model that cannot load is logged and answers 503; the default model must load.
+            self.engine.registry.preload(settings.default_model, settings.preload_names)
+        except (UnknownModelError, ModelLoadError) as exc:
+            startup.cannot_serve(f"RERANK_DEFAULT_MODEL={settings.default_model!r} cannot be served: {exc}")
+
+    @bentoml.on_deployment
+    def check_default_model() -> None:
+        """Once, in `bentoml serve`'s own process before any worker starts: stop at once, with one line and a non-zero
+        exit, when the default model is not in the store; and stop the same way if a worker cannot load it."""
+        startup.supervise()
+        if find_reranker(settings.default_model) is None:
+            raise SystemExit(
+                f"error: RERANK_DEFAULT_MODEL={settings.default_model!r} is not in the model store; import it first "
+                "(python import_models.py NAME, or --from-dir DIR) or set RERANK_DEFAULT_MODEL to a stored model "
+                "(python import_models.py --list)"
+            )
 
     @bentoml.api
     async def score_pairs(self, pairs: list[ScorePair]) -> list[PairScore]:

@@ -176,8 +176,9 @@ class ModelRegistry:
         try:
             scorer = self._factory(stored)
         except Exception as exc:
-            logger.exception("Loading %s from %s failed", model_id, stored.path)
-            message = f"The model `{model_id}` could not be loaded: {exc}"
+            message = f"The model `{model_id}` could not be loaded: {type(exc).__name__}: {str(exc)[:500]}"
+            logger.error("%s (from %s)", message, stored.path)
+            logger.debug("Loading %s failed", model_id, exc_info=True)
             with self._changed:
                 self._loading.pop(model_id, None)
                 self._failed[model_id] = (stored.tag, message)

@@ -42,6 +42,9 @@ _REFUSALS = {
     resources={"gpu": 1},
     http={"port": 8000},
     traffic={"timeout": 300},
+    # The server writes its own access line per request (request id, model, pairs; control characters escaped):
+    # BentoML's would repeat it, with the path as the client sent it.
+    logging={"access": {"enabled": False}},
 )
 class Reranker:
     """Scores (query, document) pairs with BGE cross-encoders and LLM rerankers from the BentoML model store."""

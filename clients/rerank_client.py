@@ -23,7 +23,14 @@ from typing import Any
 import httpx
 
 DEFAULT_BASE_URL = "http://localhost:8000"
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
+# Longer than the server's own deadline (RERANK_REQUEST_TIMEOUT_S, 60 s by default), so that a slow request ends in the
+# server's 504 rather than in the client giving up while the server still works on it.
+DEFAULT_TIMEOUT_S = 90.0
+# Answers that mean "not done, try again": a full queue (429), a proxy that could not reach a replica (502), a server
+# that is starting, stopping or out of memory (503). A 504 is not retried: the server already spent its budget on it.
+RETRY_STATUSES = frozenset({429, 502, 503})
+# Failures that happen before the server can have started the work: safe to send again.
+RETRY_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.RemoteProtocolError)
 
 
 @dataclass(frozen=True)
@@ -46,7 +53,10 @@ class RerankError(Exception):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Retries 429/502/503/504 and connection failures with exponential backoff, honouring `Retry-After`."""
+    """Retries 429/502/503 and failures to connect with exponential backoff, honouring `Retry-After`.
+
+    A read timeout is not retried: the server is still working on the request, and a copy would only add load.
+    """
 
     attempts: int = 3
     backoff: float = 0.5
@@ -58,7 +68,9 @@ class RetryPolicy:
         """Seconds to wait before retrying a failed attempt; raises RerankError when it should not be retried."""
         if response is not None and (response.status_code not in RETRY_STATUSES or attempt >= self.attempts):
             raise _error_from(response)
-        if error is not None and attempt >= self.attempts:
+        if error is not None and (attempt >= self.attempts or not isinstance(error, RETRY_ERRORS)):
+            if isinstance(error, httpx.TimeoutException):
+                raise RerankError(f"no answer from {url} in time ({type(error).__name__}); raise `timeout`") from error
             raise RerankError(f"cannot reach {url}: {error!r}") from error
         return self._delay(attempt, response)
 
@@ -112,7 +124,7 @@ class _BaseClient(ABC):
         base_url: str | None = None,
         api_key: str | None = None,
         *,
-        timeout: float = 30.0,
+        timeout: float = DEFAULT_TIMEOUT_S,
         retry: RetryPolicy | None = None,
     ) -> None:
         """`base_url` defaults to RERANK_BASE_URL or http://localhost:8000, `api_key` to RERANK_API_KEY."""

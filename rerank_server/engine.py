@@ -180,7 +180,8 @@ class ScoringEngine:
             pair_queries = [queries[i] for i in owners]
             pair_documents = [window for windows in pieces for window in windows]
             work = _Work(stored, owners, [None] * len(owners), [0] * len(owners))
-            self._look_up(work, recipe.uses_instruction, options, pair_queries, pair_documents)
+            version = self.registry.version(stored.model_id)
+            self._look_up(work, version, recipe.uses_instruction, options, pair_queries, pair_documents)
             if work.computed:
                 encoded = scorer.encode(
                     [pair_queries[i] for i in work.computed], [pair_documents[i] for i in work.computed], options
@@ -202,15 +203,19 @@ class ScoringEngine:
                 self.registry.release(stored.model_id)
 
     def _look_up(
-        self, work: _Work, uses_instruction: bool, options: TextOptions, queries: list[str], documents: list[str]
+        self,
+        work: _Work,
+        version: str,
+        uses_instruction: bool,
+        options: TextOptions,
+        queries: list[str],
+        documents: list[str],
     ) -> None:
         if self.cache is None:
             work.computed = list(range(len(queries)))
             return
-        # The stored version's tag: a re-import (another version, another backend) never meets the old scores.
-        variant = (
-            f"{work.stored.tag}|{options.max_length}|{options.side}|{options.max_document_tokens}|{options.truncate}"
-        )
+        # The loaded version's tag: a re-import (other weights, another backend) never meets the old scores.
+        variant = f"{version}|{options.max_length}|{options.side}|{options.max_document_tokens}|{options.truncate}"
         if uses_instruction:
             variant += f"|{options.instruction!r}"
         for position, (query, document) in enumerate(zip(queries, documents, strict=True)):

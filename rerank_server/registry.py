@@ -25,8 +25,8 @@ from rerank_server.settings import Settings
 
 logger = logging.getLogger("bentoml")
 
-# A name the store does not hold makes the registry read the store again, at most this often: an import made while
-# the server runs is seen within a second, and a flood of bogus names costs one store scan a second, not one each.
+# How often the registry reads the store again: an import (or re-import) made while the server runs is served within
+# a second, and a flood of requests (bogus names included) costs one store scan a second, not one each.
 STORE_RESCAN_S = 1.0
 
 
@@ -48,6 +48,7 @@ class ModelRegistry:
         self.device = device or resolve_device(settings.device)
         self._factory = factory or self._load_scorer
         self._loaded: dict[str, Scorer] = {}
+        self._versions: dict[str, str] = {}  # model id → the stored tag its loaded scorer came from
         self._loading: dict[str, int] = {}  # model id → the bytes its weights are expected to take
         self._last_used: dict[str, float] = {}
         self._in_use: dict[str, int] = {}
@@ -74,9 +75,9 @@ class ModelRegistry:
     def resolve(self, name: str | None) -> StoredReranker:
         """The stored reranker a request's `model` names (the default when empty). Blocking: reads the store."""
         wanted = name.strip() if name and name.strip() else self.settings.default_model
+        if time.monotonic() - self._scanned_at >= STORE_RESCAN_S:
+            self.refresh()
         found = find_reranker(wanted, self._stored)
-        if found is None and time.monotonic() - self._scanned_at >= STORE_RESCAN_S:
-            found = find_reranker(wanted, self.refresh())
         if found is None:
             raise UnknownModelError(wanted, [s.model_id for s in self._stored])
         if not name or not name.strip():
@@ -88,6 +89,11 @@ class ModelRegistry:
     def loaded_ids(self) -> list[str]:
         with self._changed:
             return list(self._loaded)
+
+    def version(self, model_id: str) -> str:
+        """The stored tag the loaded `model_id` came from (its scores belong to that version)."""
+        with self._changed:
+            return self._versions[model_id]
 
     def get(self, name: str | None, timeout: float | None = None) -> Scorer:
         """The loaded scorer for `name`, loading it first if needed (not pinned: for tools and tests)."""
@@ -147,9 +153,15 @@ class ModelRegistry:
         with self._changed:
             while True:
                 scorer = self._loaded.get(model_id)
-                if scorer is not None:
+                # A newer import of a loaded model replaces it once nothing else uses the old one.
+                if scorer is not None and (self._versions[model_id] == stored.tag or self._in_use[model_id] > 1):
                     self._last_used[model_id] = time.monotonic()
                     return scorer
+                if scorer is not None:
+                    logger.info(
+                        "Replacing %s %s by its newer import %s", model_id, self._versions[model_id], stored.tag
+                    )
+                    evicted.append(self._loaded.pop(model_id))
                 failure = self._failed.get(model_id)
                 if failure and failure[0] == stored.tag:
                     raise ModelLoadError(failure[1])
@@ -188,6 +200,7 @@ class ModelRegistry:
             self._loading.pop(model_id, None)
             self._failed.pop(model_id, None)
             self._loaded[model_id] = scorer
+            self._versions[model_id] = stored.tag
             self._last_used[model_id] = time.monotonic()
             self._changed.notify_all()
         elapsed = time.perf_counter() - started

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 
 import pytest
@@ -159,3 +161,68 @@ def test_the_model_thread_survives_a_failure_outside_the_model(batcher, monkeypa
         batcher.submit("m", scorer, pairs(1)).result(5)
     monkeypatch.undo()
     assert batcher.submit("m", scorer, pairs(2)).result(5).tolist() == [2]
+
+
+class AllocatingScorer(GatedScorer):
+    """Like a model on a GPU: each pass allocates activations, and a pass with POISON runs out of memory. Records, at
+    every call, whether the memory of the passes before it was already freed."""
+
+    def __init__(self) -> None:
+        super().__init__(torch.OutOfMemoryError)
+        self.activations: list[weakref.ref[torch.Tensor]] = []
+        self.freed_at_call: list[bool] = []
+
+    def logits(self, encoded: EncodedPairs) -> torch.Tensor:
+        self.freed_at_call.append(all(ref() is None for ref in self.activations))
+        activations = torch.ones(512, 1024)  # what a forward holds in its frames when it fails
+        self.activations.append(weakref.ref(activations))
+        return super().logits(encoded) + activations[0, 0] * 0
+
+
+def test_a_failed_pass_frees_its_memory_before_the_retry_and_after_the_request() -> None:
+    batcher = ContinuousBatcher(max_batch_pairs=64, max_queue_pairs=64)
+    scorer = AllocatingScorer()
+    busy = hold_model(batcher, scorer)
+    requests = [batcher.submit("m", scorer, pairs(i)) for i in (1, 2, POISON)]
+    scorer.gate.set()
+    busy.result(5)
+    assert [f.result(5).tolist() for f in requests[:2]] == [[1], [2]]
+    with pytest.raises(torch.OutOfMemoryError) as failed:
+        requests[2].result(5)
+    batcher.close(timeout=10)
+    assert scorer.freed_at_call[1:] == [True] * (len(scorer.freed_at_call) - 1), scorer.freed_at_call
+    # The exception handed to the failed request keeps no frames (and so no activations) alive.
+    assert failed.value.__traceback__ is None or all(ref() is None for ref in scorer.activations)
+    gc.collect()
+    assert all(ref() is None for ref in scorer.activations)
+
+
+def test_cancelled_work_leaves_the_queue_count_at_once() -> None:
+    batcher = ContinuousBatcher(max_batch_pairs=256, max_queue_pairs=8192)
+    scorer = GatedScorer()
+    busy = hold_model(batcher, scorer)
+    big = batcher.submit("m", scorer, pairs(*range(8000)))
+    assert batcher.queued_pairs == 8000
+    assert big.cancel()
+    assert batcher.queued_pairs == 0, "a cancelled request must not keep its place in the queue bound"
+    after = batcher.submit("m", scorer, pairs(*range(500)))  # would be refused if the 8,000 still counted
+    scorer.gate.set()
+    busy.result(5)
+    assert after.result(5).tolist() == list(range(500))
+    assert all(len(call) <= 256 for call in scorer.calls), "a request is scored in pieces of max_batch_pairs"
+    batcher.close(timeout=10)
+
+
+def test_the_model_stays_pinned_until_the_model_thread_is_done_with_a_cancelled_request() -> None:
+    batcher = ContinuousBatcher(max_batch_pairs=2, max_queue_pairs=64)
+    scorer = GatedScorer()
+    finished = threading.Event()
+    scorer.gate.clear()
+    request = batcher.submit("m", scorer, pairs(1, 2, 3, 4), on_finished=finished.set)
+    assert scorer.started.wait(5)  # its first piece is on the model
+    assert request.cancel()  # the caller gives up: the second piece is dropped
+    assert not finished.is_set(), "the running piece still uses the scorer"
+    scorer.gate.set()
+    assert finished.wait(5)
+    assert scorer.calls == [[1, 2]]
+    batcher.close(timeout=10)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,24 @@ def test_the_http_answer_is_the_same_from_the_cache(stored_fixture) -> None:
         first, second = (client.post("/v1/rerank", json=body).json() for _ in range(2))
     assert first.pop("id") != second.pop("id")
     assert first == second
+
+
+def test_a_new_import_of_a_model_is_served_and_never_meets_the_old_scores(stored_fixture, tmp_path) -> None:
+    from sentence_transformers import CrossEncoder
+
+    from rerank_server.model_store import ImportOptions
+
+    first = build_minilm_cross_encoder(tmp_path / "first", seed=2)
+    second = build_minilm_cross_encoder(tmp_path / "second", seed=3)
+    import_from_folder("test-org/reimported", first)
+    body = {"query": QUERY, "documents": mixed_documents(3, seed=8), "model": "test-org/reimported"}
+    expected = [
+        CrossEncoder(str(folder)).predict([(QUERY, d) for d in body["documents"]]) for folder in (first, second)
+    ]
+    with scoring_engine(cache_size=100) as engine, routes_client(engine) as client:
+        before = {r["index"]: r["relevance_score"] for r in client.post("/v1/rerank", json=body).json()["results"]}
+        import_from_folder("test-org/reimported", second, ImportOptions(force=True))  # e.g. a fine-tuned version
+        time.sleep(1.1)  # the server reads the store again at most once a second
+        after = {r["index"]: r["relevance_score"] for r in client.post("/v1/rerank", json=body).json()["results"]}
+    assert [before[i] for i in range(3)] == pytest.approx(list(expected[0]), abs=1e-5)
+    assert [after[i] for i in range(3)] == pytest.approx(list(expected[1]), abs=1e-5)

@@ -146,3 +146,38 @@ def test_the_real_cohere_sdk_v1_and_v2(server, reference_encoder) -> None:
     )  # fmt: skip
     assert [r.index for r in v1.results] == best_two
     assert [r.document.text for r in v1.results] == [documents[i] for i in best_two]
+
+
+def _counting_client(error: Exception, retry: RetryPolicy | None = None) -> tuple[SyncRerankClient, list[int]]:
+    calls: list[int] = []
+
+    def fail(_: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        raise error
+
+    client = SyncRerankClient("http://rerank.test", retry=retry or RetryPolicy(attempts=3, backoff=0.001))
+    client._http = httpx.Client(base_url=client.base_url, transport=httpx.MockTransport(fail))
+    return client, calls
+
+
+def test_a_read_timeout_is_not_retried_the_server_is_still_working() -> None:
+    client, calls = _counting_client(httpx.ReadTimeout("timed out"))
+    with client, pytest.raises(RerankError, match="no answer from http://rerank.test in time"):
+        client.rerank("q", ["d"])
+    assert calls == [1], "a retry would queue a second copy of work the server is still doing"
+
+
+def test_failures_to_connect_are_retried() -> None:
+    for error in (httpx.ConnectError("refused"), httpx.RemoteProtocolError("closed without an answer")):
+        client, calls = _counting_client(error)
+        with client, pytest.raises(RerankError, match="cannot reach"):
+            client.rerank("q", ["d"])
+        assert len(calls) == 4
+
+
+def test_the_default_timeout_outlasts_the_servers_deadline() -> None:
+    from rerank_server.settings import Settings
+
+    server_deadline = Settings.model_fields["request_timeout_s"].default
+    for client in (SyncRerankClient("http://rerank.test"), RerankClient("http://rerank.test")):
+        assert client._http.timeout.read > server_deadline

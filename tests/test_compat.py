@@ -216,3 +216,18 @@ def test_unknown_routes_and_methods_answer_json(client) -> None:
     assert missing.status_code == 404 and missing.json()["error"]["code"] == 404
     wrong_method = client.get("/v1/rerank")
     assert wrong_method.status_code == 405 and wrong_method.json()["error"]["code"] == 405
+
+
+@pytest.mark.parametrize(("field", "cap"), [("truncate_prompt_tokens", 128), ("max_tokens_per_doc", 100)])
+def test_chunk_windows_fit_the_requests_own_truncation(client, reference_encoder, field, cap) -> None:
+    """Windows sized for the model's 512 tokens and then cut to the request's cap would hide most of a document."""
+    query_tokens = len(reference_encoder.tokenizer(QUERY, add_special_tokens=False)["input_ids"])
+    room = cap - query_tokens - 3 if field == "truncate_prompt_tokens" else cap
+    buried = " ".join(["rain"] * room) + " " + DOCS[1]  # the answer starts just past the first window
+    windows = [" ".join(["rain"] * room), DOCS[1]]
+    best = float(max(reference_encoder.predict([(QUERY, w) for w in windows])))
+    first_window_only = float(reference_encoder.predict([(QUERY, windows[0])])[0])
+    assert best > first_window_only + 0.1, "the buried passage must matter for this test to mean anything"
+    body = {"query": QUERY, "documents": [buried], "max_chunks_per_doc": 4, field: cap}
+    chunked = client.post("/v1/rerank", json=body).json()
+    assert chunked["results"][0]["relevance_score"] == pytest.approx(best, abs=1e-5)

@@ -4,6 +4,8 @@ error, the server keeps serving, and its memory does not grow when the table is 
 from __future__ import annotations
 
 import json
+import re
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,6 +18,7 @@ from tests.conftest import FIXTURE_MODEL_ID, RunningServer, running_server
 
 KEY = "hostile-input-key"
 AUTH = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+AUTH_LINE = f"Authorization: Bearer {KEY}"
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,33 @@ def test_hostile_input_gets_its_documented_answer(guarded, case: Case) -> None:
     # ... and the server keeps serving.
     after = httpx.post(f"{guarded.url}/v1/rerank", json=OK, headers=AUTH, timeout=60)
     assert after.status_code == 200 and len(after.json()["results"]) == 2
+
+
+def _raw_post(server: RunningServer, headers: list[str], body: bytes) -> tuple[int, bytes]:
+    """A request written byte by byte (httpx will not send conflicting framing): its status and body."""
+    head = "".join(f"{line}\r\n" for line in ["POST /v1/rerank HTTP/1.1", f"Host: 127.0.0.1:{server.port}", *headers])
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as connection:
+        connection.sendall(head.encode() + b"\r\n" + body)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+            head_end = answer.find(b"\r\n\r\n")
+            if head_end > 0:
+                length = re.search(rb"content-length: (\d+)", answer[:head_end].lower())
+                if length and len(answer) >= head_end + 4 + int(length.group(1)):
+                    break
+    status = int(answer.split(b" ", 2)[1])
+    return status, answer[answer.find(b"\r\n\r\n") + 4 :]
+
+
+def test_a_body_declaring_a_length_and_chunked_framing_is_refused(guarded) -> None:
+    """h11 reads such a body as chunked, whatever length it declares: the guard must not trust either header."""
+    payload = _json({"query": "q", "documents": ["word " * 4000]})
+    chunked = f"{len(payload):x}\r\n".encode() + payload + b"\r\n0\r\n\r\n"
+    headers = ["Content-Length: 5", "Transfer-Encoding: chunked", "Content-Type: application/json", AUTH_LINE]
+    status, body = _raw_post(guarded, headers, chunked)
+    assert status == 400, body[:300]
+    assert b"both Content-Length and Transfer-Encoding" in body
 
 
 def _server_memory(server: RunningServer) -> int:

@@ -165,3 +165,47 @@ def test_download_through_an_hf_endpoint_mirror(fixture_model_dir: Path, tmp_pat
     assert (stored.path / "model.safetensors").is_file() and not (stored.path / "pytorch_model.bin").exists()
     assert not any(path.endswith("pytorch_model.bin") for path in seen)
     assert missing.returncode == 1 and "mirror-org/absent is not available" in missing.stderr
+
+
+def _misfit_tokenizer(fixture_model_dir: Path, target: Path) -> Path:
+    """A model with a 1,000-token vocabulary beside MiniLM's 30,522-token tokenizer: every text crashes it."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=1000, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
+        num_labels=1, architectures=["BertForSequenceClassification"],
+    )  # fmt: skip
+    transformers.BertForSequenceClassification(config).save_pretrained(target)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (fixture_model_dir / name).exists():
+            shutil.copy(fixture_model_dir / name, target / name)
+    return target
+
+
+def _zero_filled_weights(fixture_model_dir: Path, target: Path) -> Path:
+    folder = _copy(fixture_model_dir, target)
+    (folder / "model.safetensors").write_bytes(b"\0" * 1024)  # a download that wrote nothing
+    return folder
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx-int8"])
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [(_misfit_tokenizer, "does not belong to these weights"), (_zero_filled_weights, "safetensors")],
+)
+def test_a_model_that_cannot_run_is_refused_in_one_line_and_leaves_nothing(
+    fixture_model_dir, tmp_path, backend, make, reason
+) -> None:
+    folder = make(fixture_model_dir, tmp_path / "model")
+    before = sorted(str(m.tag) for m in bentoml.models.list())
+    run = subprocess.run(
+        [sys.executable, "import_models.py", "test-org/cannot-run", "--from-dir", str(folder), "--backend", backend],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode != 0, run.stdout
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), run.stderr[-3000:]
+    assert reason in lines[0] and "test-org/cannot-run" in lines[0] or str(folder) in lines[0]
+    assert sorted(str(m.tag) for m in bentoml.models.list()) == before

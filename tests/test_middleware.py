@@ -69,3 +69,37 @@ def test_bodies_over_the_limit_are_413_declared_or_chunked() -> None:
 
     assert client.post("/v1/rerank", content=chunks(1000)).json() == {"bytes": 1000}
     assert client.post("/v1/rerank", content=chunks(5000)).status_code == 413
+
+
+async def _call_guard(scope_headers: list[tuple[bytes, bytes]], chunks: list[bytes], limit: int = 1000):
+    """The guard in front of the echo app, fed `chunks` as the ASGI server would: the status and body it answers."""
+    scope = {"type": "http", "method": "POST", "path": "/v1/rerank", "headers": scope_headers, "query_string": b""}
+    messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await RequestGuard(inner, max_body_bytes=limit)(scope, receive, send)
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def test_the_limit_counts_the_bytes_that_arrive_not_the_declared_length() -> None:
+    import asyncio
+
+    # A body that declares 5 bytes and sends 3,000 (as h11 delivers a chunked body whatever Content-Length says).
+    status, body = asyncio.run(_call_guard([(b"content-length", b"5")], [b"x" * 500] * 6))
+    assert status == 413 and b"larger than 1000 bytes" in body
+    status, body = asyncio.run(_call_guard([(b"content-length", b"5")], [b"x" * 5]))
+    assert (status, body) == (200, b'{"bytes":5}')
+
+
+def test_a_body_with_two_framings_is_refused() -> None:
+    import asyncio
+
+    headers = [(b"content-length", b"5"), (b"transfer-encoding", b"chunked")]
+    status, body = asyncio.run(_call_guard(headers, [b"x" * 50]))
+    assert status == 400 and b"both Content-Length and Transfer-Encoding" in body

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -89,3 +90,13 @@ def test_request_ids_come_back_in_the_header_and_the_access_log(observed) -> Non
     assert "request_id=trace-42.abc POST /v1/rerank status=200" in log
     assert "request_id=no-key-1 POST /v1/rerank status=401" in log
     assert KEY not in log, "API keys must never be logged"
+
+
+def test_a_path_cannot_write_a_log_line_of_its_own(observed) -> None:
+    forged = "2026-01-01T00:00:00+0000 [INFO] [entry_service:rerank:1] request_id=forged POST /v1/rerank status=200"
+    for path in (f"/x%0A{forged}", f"/x%0D%0A{forged}", f"/x%E2%80%A8{forged}", "/x%1B%5B2J"):
+        httpx.get(f"{observed.url}{path}", headers=AUTH, timeout=30)
+    time.sleep(0.5)
+    lines = observed.log.read_text().splitlines()
+    assert not [line for line in lines if line.startswith("2026-01-01") or "\x1b" in line or "\u2028" in line]
+    assert any("GET /x\\n2026-01-01T00:00:00+0000" in line for line in lines), "the path is logged, escaped"

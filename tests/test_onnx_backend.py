@@ -81,3 +81,12 @@ def test_the_command_line_imports_and_verifies_with_a_backend(fixture_model_dir:
     assert verify.returncode == 0 and "OK, score" in verify.stdout and "ONNX Runtime" in verify.stdout
     refused = subprocess.run([*command, "--backend", "tensorrt"], cwd=REPO_ROOT, capture_output=True, text=True)
     assert refused.returncode == 2 and "invalid choice" in refused.stderr
+
+
+def test_a_converted_model_keeps_only_what_its_runtime_loads_and_is_budgeted_by_it(onnx_models) -> None:
+    int8 = find_reranker(onnx_models["onnx-int8"])
+    runtime_file = onnx_file(int8.path, "onnx-int8").stat().st_size
+    assert not list(int8.path.glob("*.safetensors")) and not list(int8.path.glob("pytorch_model*.bin"))
+    assert int8.size_bytes < runtime_file * 1.2, "the stored copy is the int8 graph plus tokenizer files"
+    registry = ModelRegistry(Settings(default_model=onnx_models["onnx-int8"]))
+    assert registry._expected_bytes(int8) < runtime_file * 1.2, "the memory budget counts what loads"

@@ -147,3 +147,29 @@ def test_sigterm_lets_the_request_in_flight_finish(stored_fixture, tmp_path) -> 
         assert isinstance(late, httpx.TransportError), late
         assert running.process.wait(timeout=60) == 0
     assert "Completed cleanup hook: drain" in (tmp_path / "serve.log").read_text()
+
+
+def test_a_client_that_leaves_takes_its_queued_work_with_it(stored_fixture, tmp_path) -> None:
+    """A 600-document request (~20 s of CPU here) whose client gives up after a second: its pieces that had not
+    started are dropped, and the access log says 499 at once instead of 200 twenty seconds later."""
+    from tests.test_observability import moved, scrape
+
+    documents = [" ".join(["word"] * 200) + f" {i}" for i in range(600)]
+    log = tmp_path / "serve.log"
+    with running_server(log, {"RERANK_DEFAULT_MODEL": FIXTURE_MODEL_ID}) as server:
+        before = scrape(server.url)
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{server.url}/v1/rerank", json={"query": "q", "documents": documents}, timeout=1.0)
+        left = time.monotonic()
+        while "status=499" not in log.read_text() and time.monotonic() - left < 10:
+            time.sleep(0.1)
+        noticed = time.monotonic() - left
+        started = time.monotonic()
+        ok = httpx.post(f"{server.url}/v1/rerank", json={"query": "q", "documents": ["a"]}, timeout=60)
+        waited = time.monotonic() - started
+        after = scrape(server.url)
+    assert noticed < 5, "the disconnect must be noticed while the request waits"
+    assert ok.status_code == 200
+    scored = moved(before, after, "rerank_pairs_total", model=FIXTURE_MODEL_ID) - 1
+    assert scored <= 256, f"{scored:.0f} of the 600 pairs were scored after the client left"
+    assert waited < 15, "the next request waits at most for the piece that was already running"

@@ -6,8 +6,10 @@ import asyncio
 import gc
 import shutil
 import threading
+import time
 import weakref
 
+import httpx
 import pytest
 
 from rerank_server.engine import ScoringEngine
@@ -15,7 +17,7 @@ from rerank_server.model_store import import_from_folder
 from rerank_server.registry import ModelLoadError, ModelRegistry, UnknownModelError
 from rerank_server.schemas import ScorePair
 from rerank_server.settings import Settings
-from tests.conftest import FIXTURE_MODEL_ID, routes_client
+from tests.conftest import FIXTURE_MODEL_ID, routes_client, running_server, scoring_engine
 
 EXTRA = ("test-org/extra-a", "test-org/extra-b", "test-org/extra-c")
 
@@ -153,3 +155,78 @@ def test_the_token_budget_defaults_by_device_and_can_be_set(stored_fixture) -> N
     assert ModelRegistry(Settings(default_model=FIXTURE_MODEL_ID)).get(FIXTURE_MODEL_ID).token_budget == 2_048
     chosen = ModelRegistry(Settings(default_model=FIXTURE_MODEL_ID, token_budget=4096))
     assert chosen.get(FIXTURE_MODEL_ID).token_budget == 4096
+
+
+def test_a_model_named_in_any_spelling_stays_loaded_while_its_work_is_queued(
+    stored_fixture, extra_models, reference_encoder, tmp_path
+) -> None:
+    """`/score_pairs` passes names as clients typed them; a queued job's model must be pinned under its canonical id
+    or a request for a third model unloads it under the queued job (which then failed with a 500)."""
+    env = {"RERANK_DEFAULT_MODEL": FIXTURE_MODEL_ID, "RERANK_MAX_LOADED_MODELS": "2"}
+    long_documents = [" ".join(["word"] * 200) + f" {i}" for i in range(200)]
+    pairs = [{"model": "TEST-ORG/Extra-A", "query": "q", "document": d} for d in ("one", "two", "three")]
+    with running_server(tmp_path / "serve.log", env) as server:
+
+        async def scenario() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+                busy = asyncio.create_task(client.post("/v1/rerank", json={"query": "q", "documents": long_documents}))
+                await asyncio.sleep(0.5)  # the model thread is busy with the default model
+                queued = asyncio.create_task(client.post("/score_pairs", json={"pairs": pairs}))
+                await asyncio.sleep(2.0)  # extra-a is loaded and its job waits in the queue
+                third = await client.post("/v1/rerank", json={"query": "q", "documents": ["x"], "model": EXTRA[1]})
+                return [await busy, await queued, third]
+
+        busy, queued, third = asyncio.run(scenario())
+    assert (busy.status_code, queued.status_code, third.status_code) == (200, 200, 200), queued.text[:300]
+    reference = reference_encoder.predict([("q", pair["document"]) for pair in pairs])
+    for result, expected in zip(queued.json(), reference, strict=True):
+        assert result["error"] is None and result["score"] == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_unknown_names_cost_neither_pins_nor_store_scans(stored_fixture, monkeypatch) -> None:
+    from rerank_server import registry as registry_module
+
+    scans = []
+    original = registry_module.list_rerankers
+    monkeypatch.setattr(registry_module, "list_rerankers", lambda: scans.append(1) or original())
+    with scoring_engine() as engine:
+        scans.clear()
+        bogus = [ScorePair(model=f"bogus-{i}", query="q", document="d") for i in range(1000)]
+        results = asyncio.run(engine.score_pairs(bogus))
+        assert all(result.error and "does not exist" in result.error for result in results)
+        assert len(scans) <= 2, "an unknown name may rescan the store at most once a second"
+        assert engine.registry._in_use == {}, "nothing stays pinned, and no entry per name ever seen"
+
+
+def test_concurrent_first_loads_stay_within_the_model_budget(stored_fixture, extra_models) -> None:
+    registry = ModelRegistry(Settings(default_model=FIXTURE_MODEL_ID, max_loaded_models=2))
+    registry.get(FIXTURE_MODEL_ID)
+    original = registry._factory
+
+    def slow_load(stored):
+        time.sleep(0.5)  # both threads are loading at the same time
+        return original(stored)
+
+    registry._factory = slow_load
+    threads = [threading.Thread(target=registry.get, args=(model_id,)) for model_id in EXTRA[:2]]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    loaded = registry.loaded_ids()
+    assert len(loaded) == 2 and FIXTURE_MODEL_ID in loaded, loaded
+
+
+def test_an_unloaded_models_memory_is_gone_before_the_device_cache_is_emptied(
+    stored_fixture, extra_models, monkeypatch
+) -> None:
+    import torch
+
+    registry = ModelRegistry(Settings(default_model=FIXTURE_MODEL_ID, max_loaded_models=2))
+    registry.get(FIXTURE_MODEL_ID)
+    # On the CPU too: torch.cuda.empty_cache() is what returns an unloaded model's memory to a GPU.
+    weights = weakref.ref(next(iter(registry.get(EXTRA[0]).backend.model.parameters())))
+    seen: list[bool] = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: seen.append(weights() is None))
+    registry.get(EXTRA[1])  # unloads EXTRA[0]
+    assert seen and all(seen), f"empty_cache() ran while the weights were still alive: {seen}"

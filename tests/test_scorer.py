@@ -85,3 +85,64 @@ def test_huge_documents_are_cut_before_tokenizing_with_the_same_score(scorer, re
     reference = reference_encoder.predict([(QUERY, huge), (QUERY, "short")])
     np.testing.assert_allclose(scored.scores, reference, atol=1e-5)
     assert scored.tokens[0] == 512
+
+
+# Texts that a characters-per-token cut gets wrong: whitespace and zero-width characters make no tokens, and a word
+# of over 100 characters is one [UNK] (scraped HTML and Markdown with indentation or inline base64 look like this).
+SENTENCE = "Machine learning models learn patterns from data."
+HARD_DOCUMENTS = [
+    " " * 70_000 + SENTENCE,
+    "\u200b" * 70_000 + " " + SENTENCE,
+    " ".join(["x" * 200] * 400) + " " + SENTENCE,
+    "\n\n".join(["    " * 30 + "<div>"] * 3000) + SENTENCE,
+    SENTENCE + " " * 70_000,
+]
+
+
+def test_long_texts_score_exactly_as_the_reference_whatever_they_are_made_of(client, reference_encoder) -> None:
+    response = client.post("/v1/rerank", json={"query": QUERY, "documents": HARD_DOCUMENTS}).json()
+    reference = reference_encoder.predict([(QUERY, d) for d in HARD_DOCUMENTS])
+    for result in response["results"]:
+        assert result["relevance_score"] == pytest.approx(float(reference[result["index"]]), abs=1e-5), result["index"]
+    tokenizer = reference_encoder.tokenizer
+    tokens = sum(len(tokenizer(QUERY, d, truncation=True, max_length=512)["input_ids"]) for d in HARD_DOCUMENTS)
+    assert response["usage"]["prompt_tokens"] == tokens
+
+
+def _random_long_text(rng: random.Random, words: int) -> str:
+    pieces = []
+    for _ in range(words):
+        kind = rng.random()
+        if kind < 0.55:
+            pieces.append(rng.choice(WORDS))
+        elif kind < 0.65:
+            pieces.append(rng.choice(["\u200b", "\u00ad", "\ufeff"]) * rng.randint(1, 40))
+        elif kind < 0.75:
+            pieces.append("y" * rng.randint(90, 400))
+        elif kind < 0.85:
+            pieces.append(rng.choice([".", ",!?", "...", "\u4e2d\u6587", "caf\u00e9", "na\u0301ive"]))
+        else:
+            pieces.append(rng.choice([" ", "\n", "\t", "\u3000"]) * rng.randint(1, 300))
+    return rng.choice([" ", "", "\n"]).join(pieces)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_cutting_long_texts_never_changes_a_token(scorer, reference_encoder, side) -> None:
+    """Token ids, not just scores: random long queries and documents, cut from either end, against the tokenizer's
+    own truncation of the whole texts (longest first, which depends on which of the two is longer)."""
+    from rerank_server.recipes import TextOptions
+
+    tokenizer = reference_encoder.tokenizer
+    rng = random.Random(7)
+    queries, documents = [], []
+    for _ in range(16):
+        queries.append(_random_long_text(rng, rng.choice([3, 40, 900, 2000])))
+        documents.append(_random_long_text(rng, rng.choice([5, 700, 2000, 5000])))
+    for limit in (512, 129):
+        encoded = scorer.encode(queries, documents, TextOptions(max_length=limit, side=side))
+        tokenizer.truncation_side = side
+        try:
+            expected = tokenizer(queries, documents, truncation="longest_first", max_length=limit)["input_ids"]
+        finally:
+            tokenizer.truncation_side = "right"
+        assert encoded.input_ids == expected, f"limit {limit}"

@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 RERANK_DEFAULT_MODEL ?= BAAI/bge-reranker-base
 export RERANK_DEFAULT_MODEL
+PORT ?= 8000
 
 .PHONY: setup serve test build clean
 
@@ -18,10 +19,11 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(BIN)/pip install -q -r requirements-dev.txt
 	touch $@
 
-# Imports the default model when the store lacks it (models/<name>/ first, else the Hub), then serves on :8000.
+# Imports the default model when the store lacks it (models/<name>/ first, else the Hub), then serves on :$(PORT)
+# (`make serve PORT=8001`).
 serve: setup
 	$(BIN)/python import_models.py --if-missing "$(RERANK_DEFAULT_MODEL)"
-	$(BIN)/bentoml serve service:Reranker
+	$(BIN)/bentoml serve service:Reranker --port $(PORT)
 
 test: setup
 	$(BIN)/ruff check .

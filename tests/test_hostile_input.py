@@ -80,6 +80,12 @@ CASES = [
     ),
     Case("TEI texts a number", _json({"query": "q", "texts": 5}), 422, "/rerank", error="texts"),
     Case("TEI texts empty", _json({"query": "q", "texts": []}), 422, "/rerank"),
+    # A TEI client gets TEI's error shape even when the request is refused before it is parsed.
+    Case(
+        "TEI without a key", _json({"query": "q", "texts": ["a"]}), 401, "/rerank", {"Content-Type": "application/json"}
+    ),
+    Case("TEI malformed JSON", b'{"query": "q", "texts": ["a",', 422, "/rerank", error="not valid JSON"),
+    Case("TEI 50 MB body", b'{"query": "q", "texts": ["' + b"x" * (50 * 2**20) + b'"]}', 413, "/rerank"),
     Case("score lists of unequal length", _json({"text_1": ["a", "b"], "text_2": ["c", "d", "e"]}), 400, "/score"),
     Case("truncate_prompt_tokens above max_length", _json({**OK, "truncate_prompt_tokens": 10**6}), 400),
     Case("unknown route", _json(OK), 404, "/v1/nothing-here"),

@@ -6,6 +6,7 @@ import pytest
 
 from tests.conftest import FIXTURE_MODEL_ID
 
+JSON = {"content-type": "application/json"}
 DOCS = ["Machine learning is a branch of AI", "Python is a programming language", "The cat sat on the mat"]
 
 
@@ -128,3 +129,55 @@ def test_every_pair_of_a_request_goes_to_the_batcher_in_one_call(client) -> None
     assert client.post("/v1/rerank", json={"query": "q", "documents": DOCS * 10}).status_code == 200
     after = batches()
     assert (after[0] - before[0], after[1] - before[1]) == (1, 30)
+
+
+@pytest.mark.parametrize(
+    ("path", "content", "headers", "message", "param"),
+    [
+        ("/v1/rerank", b'{"query": "q", "documents": [', JSON, "The request body is not valid JSON", None),
+        ("/v1/rerank", b'{"query": "q", "documents": [1, null]}', JSON,
+         "`documents.0` must be a string or an object with a `text` string", "documents.0"),
+        ("/v1/rerank", b"", JSON, "The request body is empty; send a JSON object such as", None),
+        ("/v1/rerank", b'{"query": "q", "documents": ["a"]}', {"content-type": "application/x-www-form-urlencoded"},
+         "sent with the header `Content-Type: application/json`", None),
+        ("/v1/rerank", b'{"documents": ["a"]}', JSON, "`query` is required", "query"),
+        ("/v1/rerank", b'{"query": "q", "documents": ["a"], "top_n": "x"}', JSON, "`top_n`: Input should be", "top_n"),
+        ("/score", b'{"text_1": "q", "text_2": []}', JSON, "`text_2` must not be empty", "text_2"),
+        ("/score", b'{"text_1": 3, "text_2": "d"}', JSON, "`text_1` must be a string or a list of strings", "text_1"),
+    ],
+)  # fmt: skip
+def test_errors_name_the_field_and_say_what_to_send(client, path, content, headers, message, param) -> None:
+    response = client.post(path, content=content, headers=headers)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert message in error["message"], error["message"]
+    assert error["param"] == param
+
+
+def test_tei_errors_name_tei_fields(client) -> None:
+    response = client.post("/rerank", json={"query": "q", "texts": []})
+    assert response.status_code == 422
+    assert response.json() == {"error": "Input validation error: `texts` must not be empty", "error_type": "Validation"}
+    malformed = client.post("/rerank", content=b'{"query": "q", "texts": ["a",', headers=JSON)
+    assert malformed.status_code == 422 and malformed.json()["error_type"] == "Validation"
+    assert "not valid JSON" in malformed.json()["error"]
+
+
+def test_the_store_name_shown_as_tag_names_the_model_too(client) -> None:
+    card = next(m for m in client.get("/v1/models").json()["data"] if m["id"] == FIXTURE_MODEL_ID)
+    store_name = card["tag"].partition(":")[0]
+    for name in (store_name, card["tag"], f"{store_name}:latest"):
+        body = client.post("/v1/rerank", json={"query": "q", "documents": DOCS, "model": name}).json()
+        assert body["model"] == FIXTURE_MODEL_ID, name
+
+
+def test_docs_need_no_outside_url(client) -> None:
+    import re
+
+    page = client.get("/docs")
+    assert page.status_code == 200 and "swagger" in page.text.lower()
+    urls = re.findall(r"""(?:src|href)=["']([^"']+)["']|url: *["']([^"']+)["']""", page.text)
+    urls = [u for pair in urls for u in pair if u]
+    assert urls and not [u for u in urls if "//" in u], urls
+    for url in urls:
+        assert client.get(url).status_code == 200, url

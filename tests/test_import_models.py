@@ -209,3 +209,19 @@ def test_a_model_that_cannot_run_is_refused_in_one_line_and_leaves_nothing(
     assert len(lines) == 1 and lines[0].startswith("error: "), run.stderr[-3000:]
     assert reason in lines[0] and "test-org/cannot-run" in lines[0] or str(folder) in lines[0]
     assert sorted(str(m.tag) for m in bentoml.models.list()) == before
+
+
+def test_an_id_that_would_share_a_store_name_with_another_is_refused(fixture_model_dir: Path) -> None:
+    """`my-org--other` and `my-org/other` would both be stored as `my-org--other`: one model's weights could then be
+    served (or packed into a Bento) for the other. '--' cannot be in a Hugging Face id, and is refused here too."""
+    import_from_folder("my-org/other", fixture_model_dir)
+    run = subprocess.run(
+        [sys.executable, "import_models.py", "my-org--other", "--from-dir", str(fixture_model_dir)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 1
+    assert run.stderr.strip() == (
+        "error: 'my-org--other' cannot be imported: '--' and '..' are not allowed in a model id (as on the Hugging "
+        "Face Hub)"
+    )
+    assert [s.model_id for s in list_rerankers() if s.store_name == "my-org--other"] == ["my-org/other"]

@@ -73,25 +73,51 @@ def test_on_a_terminal_no_arguments_opens_the_menu(fixture_model_dir: Path, tmp_
         stdin=terminal, stdout=terminal, stderr=terminal, close_fds=True,
     )  # fmt: skip
     os.close(terminal)
-    output = b""
-
-    def read_until(marker: bytes, timeout: float = 120) -> None:
-        nonlocal output
-        deadline = time.monotonic() + timeout
-        while marker not in output and time.monotonic() < deadline:
-            if select.select([controller], [], [], 0.5)[0]:
-                try:
-                    output += os.read(controller, 4096)
-                except OSError:
-                    break
-
-    read_until(b"[1]: ")
+    output = _read_until(controller, b"[1]: ")
     os.write(controller, b"2\n")
-    read_until(b"imported as")
+    output += _read_until(controller, b"imported as")
     assert process.wait(timeout=120) == 0, output.decode(errors="replace")
     os.close(controller)
     text = output.decode(errors="replace")
     assert "Which reranker should be imported?" in text and "BAAI/bge-reranker-large: imported as" in text
+
+
+def test_the_menus_default_is_not_downloaded_again_when_stored(fixture_model_dir: Path, tmp_path: Path) -> None:
+    home = tmp_path / "bentoml-home"
+    env = {"BENTOML_HOME": str(home), "HF_ENDPOINT": "http://127.0.0.1:9"}  # any download attempt fails
+    stored = _run(["BAAI/bge-reranker-base", "--from-dir", str(fixture_model_dir)], env)
+    assert stored.returncode == 0, stored.stderr
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "import_models.py", "--models-dir", str(tmp_path / "no-models")],
+        cwd=REPO_ROOT, env={**os.environ, **env}, stdin=terminal, stdout=terminal, stderr=terminal, close_fds=True,
+    )  # fmt: skip
+    os.close(terminal)
+    output = _read_until(controller, b"[1]: ")
+    os.write(controller, b"\n")  # the default
+    output += _read_until(controller, b"in the store as")
+    assert process.wait(timeout=120) == 0, output.decode(errors="replace")
+    os.close(controller)
+    assert b"[stored]" in output and b"BAAI/bge-reranker-base: in the store as baai--bge-reranker-base:" in output
+
+
+def _read_until(controller: int, marker: bytes, timeout: float = 120) -> bytes:
+    output = b""
+    deadline = time.monotonic() + timeout
+    while marker not in output and time.monotonic() < deadline:
+        if select.select([controller], [], [], 0.5)[0]:
+            try:
+                output += os.read(controller, 4096)
+            except OSError:
+                break
+    return output
+
+
+def test_make_serve_takes_a_port() -> None:
+    dry_run = subprocess.run(
+        ["make", "-n", "serve", "PORT=8001"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert "bentoml serve service:Reranker --port 8001" in dry_run.stdout, dry_run.stdout + dry_run.stderr
 
 
 def test_without_a_terminal_no_arguments_imports_the_default(tmp_path: Path, fixture_model_dir: Path) -> None:

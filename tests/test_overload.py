@@ -96,6 +96,8 @@ def small_queue(stored_fixture, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 def test_a_burst_beyond_the_queue_gets_fast_429s_and_the_server_recovers(small_queue) -> None:
+    """The HTTP routes and BentoML's `/score_pairs` share one queue and refuse alike: 429 and Retry-After at once,
+    never BentoML's own estimate-based 503."""
     documents = [" ".join(["word"] * 200) + f" {i}" for i in range(64)]
 
     async def burst() -> list[tuple[httpx.Response, float]]:
@@ -103,7 +105,11 @@ def test_a_burst_beyond_the_queue_gets_fast_429s_and_the_server_recovers(small_q
 
             async def timed(i: int) -> tuple[httpx.Response, float]:
                 started = time.perf_counter()
-                response = await client.post("/v1/rerank", json={"query": f"q{i}", "documents": documents})
+                if i % 2:
+                    pairs = [{"model": FIXTURE_MODEL_ID, "query": f"q{i}", "document": d} for d in documents]
+                    response = await client.post("/score_pairs", json={"pairs": pairs})
+                else:
+                    response = await client.post("/v1/rerank", json={"query": f"q{i}", "documents": documents})
                 return response, time.perf_counter() - started
 
             return await asyncio.gather(*(timed(i) for i in range(12)))
@@ -115,7 +121,9 @@ def test_a_burst_beyond_the_queue_gets_fast_429s_and_the_server_recovers(small_q
     for response, seconds in answers:
         if response.status_code == 429:
             assert seconds < 2.0 and response.headers["retry-after"] == "1"
-            assert response.json()["error"]["code"] == 429
+            if response.request.url.path == "/v1/rerank":
+                assert response.json()["error"]["code"] == 429
+    assert any(r.status_code == 429 and r.request.url.path == "/score_pairs" for r, _ in answers)
     started = time.perf_counter()
     after = httpx.post(f"{small_queue.url}/v1/rerank", json={"query": "q", "documents": ["one", "two"]}, timeout=60)
     assert after.status_code == 200 and time.perf_counter() - started < 2.0

@@ -107,3 +107,19 @@ def test_a_stored_model_loads_on_first_use_once(server, fixture_model_dir) -> No
     assert server.log.read_text().count("Loaded test-org/second-reranker") == 1
     loaded = httpx.get(f"{server.url}/", headers={"accept": "application/json"}).json()["loaded_models"]
     assert {FIXTURE_MODEL_ID, "test-org/second-reranker"} <= set(loaded)
+
+
+def test_the_bentoml_api_replaces_lone_surrogates_as_the_routes_do(server) -> None:
+    body = b'{"pairs": [{"model": "mini-reranker", "query": "\\ud800 q", "document": "a \\udfff b"}]}'
+    response = httpx.post(
+        f"{server.url}/score_pairs", content=body, headers={"Content-Type": "application/json"}, timeout=60
+    )
+    assert response.status_code == 200, response.text
+    (result,) = response.json()
+    assert result["error"] is None and 0 < result["score"] < 1
+    same = httpx.post(
+        f"{server.url}/score_pairs",
+        json={"pairs": [{"model": "mini-reranker", "query": "\ufffd q", "document": "a \ufffd b"}]},
+        timeout=60,
+    ).json()[0]
+    assert result["score"] == pytest.approx(same["score"], abs=1e-6)

@@ -22,7 +22,7 @@ from rerank_server.errors import (
 from rerank_server.http_api import app as http_app
 from rerank_server.middleware import RequestGuard
 from rerank_server.model_store import find_reranker
-from rerank_server.observability import RequestTracking
+from rerank_server.observability import RequestTracking, current_request
 from rerank_server.schemas import PairScore, ScorePair
 from rerank_server.settings import get_settings
 
@@ -79,6 +79,9 @@ class Reranker:
         Each result holds the relevance `score` (sigmoid of the logit), the raw `logit` and the `tokens` the model saw,
         or an `error` when that pair's model cannot be used. A full queue answers 429 (retry after a second).
         """
+        context = current_request()
+        context.pairs = len(pairs)
+        context.model = ",".join(sorted({pair.model for pair in pairs}))
         try:
             return await self.engine.score_pairs(pairs)
         except tuple(_REFUSALS) as exc:

@@ -36,10 +36,13 @@ os.environ["HF_HOME"] = str(_SCRATCH / "hf-home")  # never the user's Hub cache
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from tests.fixture_models import build_minilm_cross_encoder  # noqa: E402
+from tests.fixture_models import build_bge_gemma_reranker, build_minilm_cross_encoder, build_qwen3_reranker  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_MODEL_ID = "test-org/mini-reranker"
+# The LLM fixtures are stored under the catalogue ids of the models whose shape and tokenizer they copy.
+QWEN3_ID = "Qwen/Qwen3-Reranker-0.6B"
+BGE_GEMMA_ID = "BAAI/bge-reranker-v2-gemma"
 
 
 @pytest.fixture(scope="session")
@@ -54,6 +57,28 @@ def stored_fixture(fixture_model_dir: Path):
     from rerank_server.model_store import import_from_folder
 
     return import_from_folder(FIXTURE_MODEL_ID, fixture_model_dir).stored
+
+
+@pytest.fixture(scope="session")
+def qwen3_dir() -> Path:
+    """A tiny random Qwen3 causal LM with a Qwen2 byte-level BPE tokenizer (see fixture_models)."""
+    return build_qwen3_reranker(_SCRATCH / "qwen3-reranker")
+
+
+@pytest.fixture(scope="session")
+def bge_gemma_dir() -> Path:
+    """A tiny random Gemma causal LM with a Gemma tokenizer (see fixture_models)."""
+    return build_bge_gemma_reranker(_SCRATCH / "bge-gemma-reranker")
+
+
+@pytest.fixture(scope="session")
+def stored_llms(stored_fixture, qwen3_dir: Path, bge_gemma_dir: Path) -> tuple[str, str]:
+    """Both LLM fixtures in the test store (under their catalogue ids: their recipes come from the catalogue)."""
+    from rerank_server.model_store import import_from_folder
+
+    return import_from_folder(QWEN3_ID, qwen3_dir).stored.model_id, import_from_folder(
+        BGE_GEMMA_ID, bge_gemma_dir
+    ).stored.model_id
 
 
 @contextmanager

@@ -6,6 +6,7 @@ BERT cross-encoder whose scores spread widely over (0, 1), so ordering and refer
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -26,6 +27,112 @@ def build_minilm_cross_encoder(target: Path, seed: int = 0) -> Path:
     # The package carries no classifier; transformers' default init (std 0.02) would put every score near 0.5.
     torch.nn.init.normal_(model.classifier.weight, std=3.0)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(source))
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+# --- LLM rerankers: tiny random-weight causal LMs with tokenizers built like the real ones ---------------------------
+
+_CORPUS_WORDS = (
+    "yes no Yes No the a of to in is was for on that with as by at from it this an be are or which query document "
+    "passage relevant answer search web retrieve judge whether requirements instruct provided note only given "
+    "determine contains prediction either machine learning models data python panda bear China capital France "
+    "Paris London Beijing gravity force planet Mars red Venus Jupiter rings Saturn"
+).split()
+
+
+def _corpus(extra: tuple[str, ...]) -> list[str]:
+    import random
+
+    rng = random.Random(0)
+    lines = [" ".join(rng.choices(_CORPUS_WORDS, k=rng.randint(3, 30))) for _ in range(3000)]
+    # "yes" / "no" / "Yes" on their own as often as in a model's answers: they end up as single tokens.
+    return [*lines, *extra, *(["yes", "no", '"yes"', '"no"', "Yes", "No", "'Yes'", "'No'"] * 200)]
+
+
+def _train_bpe(tokenizer, vocab_size: int, corpus: list[str], special: list[str], alphabet: list[str]):
+    from tokenizers import trainers
+
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=special, initial_alphabet=alphabet, show_progress=False
+    )
+    tokenizer.train_from_iterator(corpus, trainer)
+    state = json.loads(tokenizer.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in state["merges"]]
+    return state["vocab"], merges
+
+
+def build_qwen3_reranker(
+    target: Path, *, layers: int = 2, hidden: int = 64, vocab_size: int | None = None, answer_std: float = 0.1
+) -> Path:
+    """A Qwen3 causal LM shaped like Qwen3-Reranker (random weights) with a Qwen2Tokenizer: byte-level BPE, the
+    Qwen regex, no BOS, `<|endoftext|>` / `<|im_start|>` / `<|im_end|>` special, `<think>` tokens, "yes" and "no" one
+    token each. `vocab_size` pads the embedding as Qwen's does (151,936 for the real shape)."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
+
+    from rerank_server.recipes.qwen3 import DEFAULT_INSTRUCTION, PREFIX, SUFFIX
+
+    bpe = Tokenizer(models.BPE())
+    bpe.normalizer = normalizers.NFC()
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(transformers.models.qwen2.tokenization_qwen2.PRETOKENIZE_REGEX), "isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    template = (PREFIX, SUFFIX, DEFAULT_INSTRUCTION, "<Instruct>: \n<Query>: \n<Document>: ")
+    vocab, merges = _train_bpe(bpe, 900, _corpus(template * 3), [], pre_tokenizers.ByteLevel.alphabet())
+    tokenizer = transformers.Qwen2Tokenizer(
+        vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+    )  # fmt: skip
+    tokenizer.add_tokens(["<think>", "</think>"])  # added, not special, as in Qwen3's tokenizer
+    for word in ("yes", "no"):
+        assert len(tokenizer(word, add_special_tokens=False)["input_ids"]) == 1, word
+    torch.manual_seed(0)
+    config = transformers.Qwen3Config(
+        vocab_size=vocab_size or len(tokenizer) + 7, hidden_size=hidden, intermediate_size=hidden * 3,
+        num_hidden_layers=layers, num_attention_heads=max(hidden // 64, 4), num_key_value_heads=2,
+        head_dim=max(hidden // 16, 16) if hidden < 1024 else 128, max_position_embeddings=32768,
+        tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None, architectures=["Qwen3ForCausalLM"],
+    )  # fmt: skip
+    model = transformers.Qwen3ForCausalLM(config)
+    with torch.no_grad():  # the answer tokens apart from the rest, so that scores spread over (0, 1)
+        for word in ("yes", "no"):
+            model.model.embed_tokens.weight[tokenizer.convert_tokens_to_ids(word)].normal_(std=answer_std)
+    model.to(torch.bfloat16).save_pretrained(target)  # Qwen3 ships in bfloat16
+    tokenizer.save_pretrained(target)
+    return target
+
+
+def build_bge_gemma_reranker(target: Path, *, layers: int = 2, hidden: int = 64, answer_std: float = 1.0) -> Path:
+    """A Gemma causal LM shaped like bge-reranker-v2-gemma (random weights) with a GemmaTokenizer: sentencepiece-style
+    BPE over "▁"-joined text with byte fallback, `<pad>`=0 `<eos>`=1 `<bos>`=2 `<unk>`=3, "Yes" one token."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    from rerank_server.recipes.bge_gemma import DEFAULT_PROMPT
+
+    bpe = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    bpe.normalizer = normalizers.Replace(" ", "▁")
+    bpe.pre_tokenizer = pre_tokenizers.Split(" ", "merged_with_previous")
+    special = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", *(f"<0x{byte:02X}>" for byte in range(256))]
+    alphabet = sorted({c for line in _corpus((DEFAULT_PROMPT,)) for c in line.replace(" ", "▁")})
+    vocab, merges = _train_bpe(bpe, 1200, _corpus((DEFAULT_PROMPT, "A: ", "B: ") * 3), special, alphabet)
+    tokenizer = transformers.GemmaTokenizer(vocab=vocab, merges=merges)
+    assert len(tokenizer("Yes", add_special_tokens=False)["input_ids"]) == 1
+    torch.manual_seed(0)
+    config = transformers.GemmaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 3, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=16, max_position_embeddings=8192, pad_token_id=0,
+        eos_token_id=1, bos_token_id=2, architectures=["GemmaForCausalLM"],
+    )  # fmt: skip
+    model = transformers.GemmaForCausalLM(config)
+    with torch.no_grad():
+        model.model.embed_tokens.weight[tokenizer("Yes", add_special_tokens=False)["input_ids"][0]].normal_(
+            std=answer_std
+        )
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
     return target

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,6 +13,7 @@ import torch
 
 from rerank_server.backends.torch_backend import resolve_device, resolve_dtype
 from rerank_server.scorer import Scorer, load_folder, pack_by_tokens
+from tests.conftest import REPO_ROOT
 
 QUERY = "what is machine learning?"
 WORDS = "machine learning models learn patterns from data while python programs run on computers".split()
@@ -146,3 +150,25 @@ def test_cutting_long_texts_never_changes_a_token(scorer, reference_encoder, sid
         finally:
             tokenizer.truncation_side = "right"
         assert encoded.input_ids == expected, f"limit {limit}"
+
+
+def test_a_long_query_with_long_documents_costs_no_quadratic_memory(fixture_model_dir, tmp_path) -> None:
+    """tokenizers' own pair truncation builds windows1 × windows2 overflow windows (20,000 × 60,000 tokens cut to 16:
+    tens of millions of windows, gigabytes); pairs are assembled without them. In a subprocess capped at 3 GiB."""
+    script = tmp_path / "long_pairs.py"
+    script.write_text(
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))\n"
+        "from rerank_server.recipes import TextOptions\n"
+        "from rerank_server.scorer import load_folder\n"
+        f"scorer = load_folder({str(fixture_model_dir)!r}, max_length=512, dtype='float32')\n"
+        "query, document = 'word ' * 20_000, 'text ' * 60_000\n"
+        "encoded = scorer.encode([query] * 3, [document] * 3, TextOptions(max_length=16))\n"
+        "print(encoded.lengths)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, str(script)], cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "[16, 16, 16]"

@@ -37,8 +37,9 @@ class BgeGemmaRecipe(Recipe):
         self.default_prompt_ids: list[int] = tokenizer(DEFAULT_PROMPT, add_special_tokens=False)["input_ids"]
         bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
         self.bos_ids = [bos] if bos is not None and bos != pad else []
-        # What the model sees at most: the passage cap plus separator and prompt, as FlagEmbedding's encode_max_length.
-        super().__init__(tokenizer, max_length + len(self.sep_ids) + len(self.default_prompt_ids))
+        # What the model sees at most: FlagEmbedding caps BOS + query + separator + passage at max_length + separator +
+        # prompt (its encode_max_length), then appends separator and prompt.
+        super().__init__(tokenizer, max_length + 2 * (len(self.sep_ids) + len(self.default_prompt_ids)))
 
     def last_token_head(self) -> LastTokenHead:
         yes = self.tokenizer("Yes", add_special_tokens=False)["input_ids"]
@@ -53,14 +54,14 @@ class BgeGemmaRecipe(Recipe):
             return self.tokenizer(options.instruction, add_special_tokens=False)["input_ids"]
 
     def _passage_limit(self, options: TextOptions, prompt_ids: list[int]) -> int:
-        """FlagEmbedding's max_length: the whole prompt's cap (truncate_prompt_tokens) less separator and prompt."""
+        """FlagEmbedding's max_length for a whole-prompt cap (truncate_prompt_tokens): the cap less what it adds."""
         if options.max_length is None or options.max_length < 0:
             return self.passage_max_length
-        limit = self.limit(options) - len(self.sep_ids) - len(prompt_ids)
+        limit = self.limit(options) - 2 * (len(self.sep_ids) + len(prompt_ids))
         if limit < 8:
             raise RecipeError(
-                f"truncate_prompt_tokens must leave room beside the {len(self.sep_ids) + len(prompt_ids)} tokens of "
-                "the prompt",
+                f"truncate_prompt_tokens must leave room beside the {2 * (len(self.sep_ids) + len(prompt_ids))} "
+                "tokens of the prompt",
                 "truncate_prompt_tokens",
             )
         return limit

@@ -11,12 +11,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from rerank_server.recipes.base import EncodedPairs, Recipe, RecipeError, Side, TextOptions
-from rerank_server.recipes.long_text import WORTH_CUTTING
-
-
-def _most_tokens(text: str) -> int:
-    # Every tokenizer we serve makes at most one token per UTF-8 byte, plus a word-boundary marker.
-    return 2 * len(text.encode("utf-8", "surrogatepass")) + 2
 
 
 class CrossEncoderRecipe(Recipe):
@@ -39,21 +33,56 @@ class CrossEncoderRecipe(Recipe):
 
     def encode(self, queries: Sequence[str], documents: Sequence[str], options: TextOptions) -> EncodedPairs:
         limit = self.limit(options)
+        room = limit - self.special_tokens
         with self._lock:
             if options.max_document_tokens:
                 documents = self.cut_documents(documents, options.max_document_tokens, options.side)
-            # Without truncation a pair over the limit is refused: the first limit + 1 tokens of each text show it.
-            queries, documents = self._cut_long(queries, documents, limit, options.side)
-            self.tokenizer.truncation_side = options.side
-            try:
-                encoded = self.tokenizer(
-                    list(queries), list(documents), truncation="longest_first" if options.truncate else False,
-                    max_length=limit if options.truncate else None,
-                )  # fmt: skip
-            finally:
-                self.tokenizer.truncation_side = "right"
-        types = encoded["token_type_ids"] if self.returns_token_types and "token_type_ids" in encoded else None
-        return EncodedPairs(encoded["input_ids"], types)
+            encodings = self._pairs(queries, documents, room, options.side, options.truncate)
+        types = [encoding.type_ids for encoding in encodings] if self.returns_token_types else None
+        return EncodedPairs([encoding.ids for encoding in encodings], types)
+
+    def _pairs(self, queries: Sequence[str], documents: Sequence[str], room: int, side: Side, truncate: bool) -> list:
+        """Each pair as the tokenizer's `tokenizer(query, document, truncation="longest_first")` makes it, with each
+        text tokenized once (a query once for all its documents) and long texts cut first (long_text.py).
+
+        Hand-written around tokenizers' own pieces because its pair truncation also builds every overflow window of
+        both texts, windows1 × windows2 of them: a long query with long documents took gigabytes.
+        """
+        from tokenizers import Encoding
+
+        backend = self.tokenizer.backend_tokenizer
+        backend.no_truncation()
+        backend.no_padding()
+        distinct = list(dict.fromkeys(queries))
+        query_cuts = [self.long_text.cut(query, room + 1, side) for query in distinct]
+        query_encodings = backend.encode_batch([text for text, _ in query_cuts], add_special_tokens=False)
+        query = {
+            q: (encoding, cut) for q, encoding, (_, cut) in zip(distinct, query_encodings, query_cuts, strict=True)
+        }
+        document_cuts = [self.long_text.cut(document, room + 1, side) for document in documents]
+        document_encodings = backend.encode_batch([text for text, _ in document_cuts], add_special_tokens=False)
+        whole_query_tokens: dict[str, int] = {}
+        pairs = []
+        for i, (text, encoding) in enumerate(zip(queries, document_encodings, strict=True)):
+            query_encoding, query_cut = query[text]
+            query_tokens, document_tokens = len(query_encoding.ids), len(encoding.ids)
+            if query_tokens > room and document_tokens > room and (query_cut or document_cuts[i][1]):
+                # Both are over the limit: longest-first then cuts the longer one a token more, so which one is
+                # longer must be known from the whole texts.
+                if text not in whole_query_tokens:
+                    whole_query_tokens[text] = self.long_text.count(text) if query_cut else query_tokens
+                query_tokens = whole_query_tokens[text]
+                if document_cuts[i][1]:
+                    longer, _ = self.long_text.cut(documents[i], query_tokens + 1, side)
+                    encoding = backend.encode(longer, add_special_tokens=False)
+                    document_tokens = len(encoding.ids)
+            first = Encoding.merge([query_encoding])  # a copy: the query's encoding serves all its documents
+            if truncate:
+                keep_query, keep_document = longest_first(query_tokens, document_tokens, room)
+                first.truncate(keep_query, direction=side)
+                encoding.truncate(keep_document, direction=side)
+            pairs.append(backend.post_process(first, encoding, add_special_tokens=True))
+        return pairs
 
     def document_room(self, query: str, options: TextOptions) -> int:
         limit = self.limit(options)
@@ -63,28 +92,15 @@ class CrossEncoderRecipe(Recipe):
         room = limit - min(query_tokens, limit // 2) - self.special_tokens
         return min(room, options.max_document_tokens or room)
 
-    def _cut_long(
-        self, queries: Sequence[str], documents: Sequence[str], limit: int, side: Side
-    ) -> tuple[Sequence[str], Sequence[str]]:
-        """Queries and documents cut so that longest-first truncation keeps exactly the tokens it keeps of the whole.
 
-        Longest-first truncation depends on which of the two texts is longer, not only on their first tokens: a
-        document is cut only to more tokens than its query has, and a query only to more tokens than each of its
-        documents can have.
-        """
-        threshold = limit * WORTH_CUTTING
-        if all(len(text) <= threshold for text in (*queries, *documents)):
-            return queries, documents
-        query_tokens = {query: self.long_text.count(query) for query in set(queries)}
-        cut_documents: list[str] = []
-        longest_kept: dict[str, int] = dict.fromkeys(query_tokens, limit)
-        for query, document in zip(queries, documents, strict=True):
-            text, was_cut = self.long_text.cut(document, max(limit, query_tokens[query]) + 1, side)
-            cut_documents.append(text)
-            if not was_cut:
-                longest_kept[query] = max(longest_kept[query], _most_tokens(text))
-        cut_queries = {
-            query: self.long_text.cut(query, longest_kept[query] + 1, side)[0] if count > longest_kept[query] else query
-            for query, count in query_tokens.items()
-        }
-        return [cut_queries[query] for query in queries], cut_documents
+def longest_first(first: int, second: int, room: int) -> tuple[int, int]:
+    """How many tokens of each text the tokenizer's longest-first truncation keeps when `room` tokens fit: tokenizers'
+    own arithmetic (`tokenizers/src/utils/truncation.rs`, ported from the legacy Python code), to the token."""
+    if first + second <= room:
+        return first, second
+    shorter, longer, swapped = (second, first, True) if first > second else (first, second, False)
+    longer = shorter if shorter > room else max(shorter, room - shorter)
+    if shorter + longer > room:
+        shorter = room // 2
+        longer = shorter + room % 2
+    return (longer, shorter) if swapped else (shorter, longer)

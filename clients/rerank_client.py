@@ -85,13 +85,16 @@ class RetryPolicy:
 
 
 def _rerank_body(
-    query: str, documents: list[str], top_n: int | None, model: str | None, return_documents: bool
+    query: str,
+    documents: list[str],
+    top_n: int | None,
+    model: str | None,
+    return_documents: bool,
+    instruction: str | None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"query": query, "documents": list(documents), "return_documents": return_documents}
-    if top_n is not None:
-        body["top_n"] = top_n
-    if model is not None:
-        body["model"] = model
+    optional = {"top_n": top_n, "model": model, "instruction": instruction}
+    body.update({key: value for key, value in optional.items() if value is not None})
     return body
 
 
@@ -152,9 +155,11 @@ class RerankClient(_BaseClient):
         top_n: int | None = None,
         model: str | None = None,
         return_documents: bool = True,
+        instruction: str | None = None,
     ) -> list[RerankResult]:
-        """Rank `documents` against `query`, best first (all of them unless `top_n`)."""
-        body = _rerank_body(query, documents, top_n, model, return_documents)
+        """Rank `documents` against `query`, best first (all of them unless `top_n`); `instruction` for LLM
+        rerankers such as Qwen3-Reranker."""
+        body = _rerank_body(query, documents, top_n, model, return_documents, instruction)
         return _parse_results(await self._call("POST", "/v1/rerank", json=body))
 
     async def models(self) -> list[dict[str, Any]]:
@@ -201,9 +206,11 @@ class SyncRerankClient(_BaseClient):
         top_n: int | None = None,
         model: str | None = None,
         return_documents: bool = True,
+        instruction: str | None = None,
     ) -> list[RerankResult]:
-        """Rank `documents` against `query`, best first (all of them unless `top_n`)."""
-        body = _rerank_body(query, documents, top_n, model, return_documents)
+        """Rank `documents` against `query`, best first (all of them unless `top_n`); `instruction` for LLM
+        rerankers such as Qwen3-Reranker."""
+        body = _rerank_body(query, documents, top_n, model, return_documents, instruction)
         return _parse_results(self._call("POST", "/v1/rerank", json=body))
 
     def models(self) -> list[dict[str, Any]]:

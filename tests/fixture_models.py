@@ -63,12 +63,21 @@ def _train_bpe(tokenizer, vocab_size: int, corpus: list[str], special: list[str]
     return state["vocab"], merges
 
 
-def build_qwen3_reranker(
-    target: Path, *, layers: int = 2, hidden: int = 64, vocab_size: int | None = None, answer_std: float = 0.1
-) -> Path:
+# Qwen3-Reranker shapes (the Qwen3 0.6B / 4B / 8B configs): layers, hidden, heads, kv heads, intermediate.
+QWEN3_SHAPES = {
+    "tiny": (2, 64, 4, 2, 192),
+    "0.6B": (28, 1024, 16, 8, 3072),
+    "4B": (36, 2560, 32, 8, 9728),
+    "8B": (36, 4096, 32, 8, 12288),
+}
+QWEN3_VOCABULARY = 151_936
+
+
+def build_qwen3_reranker(target: Path, *, shape: str = "tiny", answer_std: float = 0.1) -> Path:
     """A Qwen3 causal LM shaped like Qwen3-Reranker (random weights) with a Qwen2Tokenizer: byte-level BPE, the
     Qwen regex, no BOS, `<|endoftext|>` / `<|im_start|>` / `<|im_end|>` special, `<think>` tokens, "yes" and "no" one
-    token each. `vocab_size` pads the embedding as Qwen's does (151,936 for the real shape)."""
+    token each. A real `shape` has the real model's size, embedding of 151,936 rows included (the small tokenizer's ids
+    stay below it), so that a forward costs what the real model's does."""
     from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
 
     from rerank_server.recipes.qwen3 import DEFAULT_INSTRUCTION, PREFIX, SUFFIX
@@ -91,12 +100,13 @@ def build_qwen3_reranker(
     for word in ("yes", "no"):
         assert len(tokenizer(word, add_special_tokens=False)["input_ids"]) == 1, word
     torch.manual_seed(0)
+    layers, hidden, heads, kv_heads, intermediate = QWEN3_SHAPES[shape]
     config = transformers.Qwen3Config(
-        vocab_size=vocab_size or len(tokenizer) + 7, hidden_size=hidden, intermediate_size=hidden * 3,
-        num_hidden_layers=layers, num_attention_heads=max(hidden // 64, 4), num_key_value_heads=2,
-        head_dim=max(hidden // 16, 16) if hidden < 1024 else 128, max_position_embeddings=32768,
-        tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None, architectures=["Qwen3ForCausalLM"],
+        vocab_size=len(tokenizer) + 7 if shape == "tiny" else QWEN3_VOCABULARY, hidden_size=hidden,
+        intermediate_size=intermediate, num_hidden_layers=layers, num_attention_heads=heads,
+        num_key_value_heads=kv_heads, head_dim=16 if shape == "tiny" else 128, max_position_embeddings=32768,
+        tie_word_embeddings=shape in ("tiny", "0.6B", "4B"), pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=None, architectures=["Qwen3ForCausalLM"],
     )  # fmt: skip
     model = transformers.Qwen3ForCausalLM(config)
     with torch.no_grad():  # the answer tokens apart from the rest, so that scores spread over (0, 1)

@@ -47,19 +47,32 @@ def examples() -> list[Example]:
 
 
 def curl_commands(code: str) -> list[str]:
-    """The curl commands of a shell block, continuation lines joined."""
-    joined = re.sub(r"\\\n\s*", " ", code)
-    return [line.strip() for line in joined.splitlines() if line.strip().startswith("curl ")]
+    """The curl commands of a shell block: continuation lines joined, a quoted body over several lines kept whole."""
+    commands, current = [], ""
+    for line in re.sub(r"\\\n\s*", " ", code).splitlines():
+        if not current and not line.strip().startswith("curl "):
+            continue
+        current = f"{current}\n{line}" if current else line
+        try:
+            shlex.split(current, comments=True)
+        except ValueError:  # a quote still open: the command goes on
+            continue
+        commands.append(current.strip())
+        current = ""
+    return commands
 
 
 @pytest.fixture(scope="module")
-def docs_server(fixture_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """A server whose default model is stored as BAAI/bge-reranker-base, as the examples expect."""
+def docs_server(
+    fixture_model_dir: Path, qwen3_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """A server whose store holds the fixtures as BAAI/bge-reranker-base (the default) and Qwen/Qwen3-Reranker-0.6B,
+    the models the examples name."""
     work = tmp_path_factory.mktemp("docs-examples")
     env = {**os.environ, "BENTOML_HOME": str(work / "home")}
-    for model_id in ("BAAI/bge-reranker-base",):
+    for model_id, folder in (("BAAI/bge-reranker-base", fixture_model_dir), ("Qwen/Qwen3-Reranker-0.6B", qwen3_dir)):
         subprocess.run(
-            [sys.executable, "import_models.py", model_id, "--from-dir", str(fixture_model_dir)],
+            [sys.executable, "import_models.py", model_id, "--from-dir", str(folder)],
             cwd=REPO_ROOT, env=env, check=True, capture_output=True, timeout=300,
         )  # fmt: skip
     with running_server(work / "serve.log", {"BENTOML_HOME": str(work / "home")}) as server:

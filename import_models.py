@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from rerank_server.backends import BACKENDS
+from rerank_server.backends import BACKENDS, RUNTIMES
 from rerank_server.catalog import BGE_MODELS, DEFAULT_MODEL_ID, KNOWN_MODELS
 from rerank_server.model_store import (
     ImportOptions,
@@ -60,8 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--backend", choices=BACKENDS, default="torch",
-        help="how the server runs the model: torch (GPU or CPU; every kind of reranker), or ONNX Runtime on the CPU "
-        "for cross-encoders: onnx (fp32, same scores) or onnx-int8 (int8 weights: faster, scores approximate)",
+        help="how the server runs the model: torch (GPU or CPU; every kind of reranker), or a CPU runtime for "
+        "cross-encoders: openvino-int8 (int8 weights, float math: fastest on CPU, rankings kept), openvino (fp32), "
+        "onnx (ONNX Runtime fp32) or onnx-int8 (ONNX Runtime dynamic int8: scores drift; see docs/benchmarks.md)",
     )  # fmt: skip
     parser.add_argument(
         "--recipe", choices=list(RECIPES),
@@ -121,7 +122,7 @@ def verify_stored(names: list[str]) -> int:
             failures += 1
             continue
         try:
-            where = "cpu (ONNX Runtime)" if reranker.backend != "torch" else "the default device"
+            where = f"cpu ({RUNTIMES[reranker.backend]})" if reranker.backend != "torch" else "the default device"
             print(f"{reranker.model_id}: OK, score {check_runs(reranker):.4f} on {where}")
         except ModelImportError as exc:
             print(f"{reranker.model_id}: FAILED, {exc}", file=sys.stderr)

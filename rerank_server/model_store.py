@@ -28,7 +28,9 @@ logger = logging.getLogger("bentoml")
 # Marks our models among whatever else shares the user's BentoML store.
 APP_LABEL = {"app": "rerank-server"}
 # Files a model folder may hold that the server never needs (VCS and huggingface_hub's local-dir bookkeeping).
-_IGNORED = shutil.ignore_patterns(".git", ".cache", ".gitattributes", "onnx", "openvino", "*.onnx", "*.h5", "*.msgpack")
+_IGNORED = shutil.ignore_patterns(
+    ".git", ".cache", ".gitattributes", "onnx", "openvino", "*.onnx", "*.h5", "*.msgpack", "*.ot", "*.gguf"
+)
 _WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
 # Rerankers whose scoring lives only in their repository's own Python code (`trust_remote_code`), which this server
 # does not run: what they need, in one line each.

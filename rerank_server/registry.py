@@ -17,6 +17,7 @@ from contextlib import contextmanager
 import torch
 
 from rerank_server.backends.torch_backend import resolve_device, resolve_dtype
+from rerank_server.cpu import usable_cpus
 from rerank_server.errors import ModelLoadError, UnknownModelError
 from rerank_server.metrics import RerankMetrics
 from rerank_server.model_store import StoredReranker, find_reranker, list_rerankers
@@ -209,7 +210,7 @@ class ModelRegistry:
             self._metrics.models_loaded.inc()
         logger.info(
             "Loaded %s (%s, %s recipe, %s backend) on %s in %.1f s (%d CPU threads)",
-            model_id, stored.tag, stored.recipe, stored.backend, scorer.device, elapsed, torch.get_num_threads(),
+            model_id, stored.tag, stored.recipe, stored.backend, scorer.device, elapsed, usable_cpus(),
         )  # fmt: skip
         return scorer
 

@@ -19,6 +19,7 @@ import torch
 
 from rerank_server.backends import Backend, is_cpu_runtime, load_backend
 from rerank_server.backends.torch_backend import resolve_dtype
+from rerank_server.cpu import usable_cpus
 from rerank_server.recipes import DEFAULT_OPTIONS, RECIPES, EncodedPairs, Recipe, TextOptions
 
 if TYPE_CHECKING:
@@ -176,6 +177,6 @@ def load_folder(
     model = load_backend(
         backend, path, causal=causal, head=loaded_recipe.last_token_head() if causal else None,
         pad_id=loaded_recipe.pad_id, device=device, dtype=resolve_dtype(dtype, device, checkpoint_dtype),
-        threads=threads or torch.get_num_threads(),
+        threads=threads or usable_cpus(),
     )  # fmt: skip
     return Scorer(loaded_recipe, model, token_budget or default_token_budget(device))

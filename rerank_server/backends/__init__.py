@@ -1,8 +1,9 @@
 """Backends: token ids in, one logit per pair out. They know nothing of text, prompts or HTTP.
 
 A model is imported for one backend (`import_models.py --backend`): `torch` (CUDA, CPU, MPS; classification heads
-and causal-LM rerankers), or a CPU runtime that the model is converted for at import time: `onnx` / `onnx-int8`
-(ONNX Runtime). CPU runtimes take cross-encoders (one-logit `*ForSequenceClassification`) only.
+and causal-LM rerankers), or a CPU runtime that the model is converted for at import time: `openvino` /
+`openvino-int8` (OpenVINO, weight-only int8) and `onnx` / `onnx-int8` (ONNX Runtime, dynamic int8). CPU runtimes take
+cross-encoders (one-logit `*ForSequenceClassification`) only.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from typing import Literal, Protocol
 import numpy as np
 import torch
 
-from rerank_server.backends import onnx_backend
+from rerank_server.backends import onnx_backend, openvino_backend
+from rerank_server.cpu import usable_cpus
 from rerank_server.recipes.base import LastTokenHead
 
-BackendName = Literal["torch", "onnx", "onnx-int8"]
-BACKENDS: tuple[BackendName, ...] = ("torch", "onnx", "onnx-int8")
+BackendName = Literal["torch", "openvino", "openvino-int8", "onnx", "onnx-int8"]
+BACKENDS: tuple[BackendName, ...] = ("torch", "openvino", "openvino-int8", "onnx", "onnx-int8")
 # Files a converted model keeps besides its runtime's own: the tokenizer and the config that describe it.
 CONVERTED_KEEPS = ("*.json", "*.txt", "*.model", "*.jinja")
 
@@ -37,6 +39,15 @@ class Backend(Protocol):
         """Drop the weights."""
 
 
+RUNTIMES: dict[str, str] = {
+    "torch": "torch",
+    "openvino": "OpenVINO",
+    "openvino-int8": "OpenVINO",
+    "onnx": "ONNX Runtime",
+    "onnx-int8": "ONNX Runtime",
+}
+
+
 def is_cpu_runtime(backend: str) -> bool:
     return backend != "torch"
 
@@ -45,6 +56,8 @@ def convert(model_dir: Path, backend: str) -> None:
     """Convert a stored model folder for `backend` at import time (nothing to do for torch)."""
     if backend in ("onnx", "onnx-int8"):
         onnx_backend.export(model_dir, backend)
+    elif backend in ("openvino", "openvino-int8"):
+        openvino_backend.export(model_dir, backend)
 
 
 def load_backend(
@@ -61,8 +74,13 @@ def load_backend(
     """The stored model at `path` loaded for `backend` (a CPU runtime ignores `device` and `dtype`)."""
     if backend in ("onnx", "onnx-int8"):
         return onnx_backend.OnnxBackend(path, backend=backend, threads=threads)
+    if backend in ("openvino", "openvino-int8"):
+        return openvino_backend.OpenVinoBackend(path, backend=backend, threads=threads)
     from rerank_server.backends.torch_backend import LastTokenLogit, SequenceClassifier
 
+    if device == "cpu":
+        # torch sizes its pool from the host's cores, not the container's quota (see rerank_server.cpu).
+        torch.set_num_threads(threads)
     if causal:
         assert head is not None
         return LastTokenLogit(path, device=device, dtype=dtype, head=head)

@@ -1,0 +1,121 @@
+"""A CPU backend on OpenVINO, converted at import time from the ONNX export: fp32, or with its weights compressed to
+int8 by NNCF (`compress_weights`, INT8_ASYM: per-channel, data-free, activations stay float32).
+
+Weight-only int8 keeps the arithmetic in float32, so its scores stay far closer to fp32 than ONNX Runtime's dynamic
+int8, which quantizes activations too (docs/benchmarks.md measures both). Two kinds of weights stay float32 because
+compressing them costs most of the ranking fidelity for little speed: the score head (pooler and classifier: one
+logit, every error lands on the score) and the first FFN projection (`intermediate.dense`, whose error is amplified by
+the GELU after it). Measured on the MiniLM fixture: worst-query Spearman 0.988 compressing everything, 0.997 keeping
+these, at 1.17x the time of compressing everything (still 1.3x faster than fp32 on the bge-base shape). The model is compiled once at import with
+the compiled blob cached inside the stored model (the import's check run compiles it), so a server starting on the same
+kind of CPU loads it without compiling again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rerank_server.backends.onnx_backend import export_onnx
+
+logger = logging.getLogger("bentoml")
+
+OPENVINO_DIR = "openvino"
+FILES = {"openvino": "model.xml", "openvino-int8": "model_int8.xml"}
+CACHE_DIR = "cache"
+KEPT_FLOAT = [".*classifier.*", ".*pooler.*", r".*intermediate/dense.*"]
+
+
+def model_file(model_dir: Path, backend: str) -> Path:
+    return model_dir / OPENVINO_DIR / FILES[backend]
+
+
+def _config(threads: int) -> dict[str, str]:
+    return {
+        "PERFORMANCE_HINT": "LATENCY",
+        "NUM_STREAMS": "1",
+        "INFERENCE_NUM_THREADS": str(threads),
+        # Without it a CPU with bfloat16 support computes in bfloat16, and scores drift from every other backend.
+        "INFERENCE_PRECISION_HINT": "f32",
+        # The tokenizer, the HTTP server and the model thread share these cores: pinning the model's threads to some
+        # of them would leave the others idle while it waits.
+        "ENABLE_CPU_PINNING": "NO",
+    }
+
+
+def export(model_dir: Path, backend: str) -> Path:
+    """Write `model_dir/openvino/<model>.xml/.bin` for `backend` (compiled on first load, into the model's cache)."""
+    import openvino as ov
+
+    target = model_file(model_dir, backend)
+    onnx = export_onnx(model_dir, target.parent / "export.onnx")
+    model = ov.convert_model(str(onnx))
+    if backend == "openvino-int8":
+        # NNCF sends usage telemetry unless told it runs in CI (the only thing this variable changes): an import on
+        # an air-gapped host would wait on the network, and a user never agreed to it.
+        os.environ.setdefault("NNCF_CI", "1")
+        import nncf
+
+        model = nncf.compress_weights(
+            model,
+            mode=nncf.CompressWeightsMode.INT8_ASYM,
+            # Patterns on node names of the ONNX export (`/bert/encoder/layer.5/intermediate/dense/MatMul`), which
+            # BERT, XLM-RoBERTa and their kin share; validate=False since a model may lack a pooler.
+            ignored_scope=nncf.IgnoredScope(patterns=KEPT_FLOAT, validate=False),
+        )
+    ov.save_model(model, str(target), compress_to_fp16=False)
+    onnx.unlink()
+    return target
+
+
+def compile_model(xml: Path, threads: int, cache: Path):
+    import openvino as ov
+
+    core = ov.Core()
+    core.set_property({"CACHE_DIR": str(cache)})
+    # From the file path, not an ov.Model: with caching on, a cached blob is then imported without reading the IR.
+    return core.compile_model(str(xml), "CPU", _config(threads))
+
+
+def _writable_cache(model_dir: Path) -> Path:
+    cache = model_dir / OPENVINO_DIR / CACHE_DIR
+    try:
+        cache.mkdir(exist_ok=True)
+        probe = cache / ".writable"
+        probe.touch()
+        probe.unlink()
+        return cache
+    except OSError:
+        # A read-only store (a container image): compile into a scratch cache, as a CPU unlike the import's would.
+        logger.info("%s is read-only: OpenVINO compiles the model into a scratch cache", cache.parent)
+        return Path(tempfile.mkdtemp(prefix="rerank-openvino-cache-"))
+
+
+class OpenVinoBackend:
+    """A one-logit cross-encoder on OpenVINO's CPU plugin (one infer request: the scorer runs one pass at a time)."""
+
+    device = "cpu"
+
+    def __init__(self, path: Path, *, backend: str, threads: int) -> None:
+        xml = model_file(path, backend)
+        self.compiled = compile_model(xml, threads, _writable_cache(path))
+        self.request = self.compiled.create_infer_request()
+        self.input_names = [port.get_any_name() for port in self.compiled.inputs]
+        self.weight_bytes = xml.with_suffix(".bin").stat().st_size
+
+    def logits(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None
+    ) -> torch.Tensor:
+        given = {"input_ids": input_ids, "attention_mask": attention_mask}
+        given["token_type_ids"] = token_type_ids if token_type_ids is not None else np.zeros_like(input_ids)
+        outputs = self.request.infer({name: given[name] for name in self.input_names})
+        return torch.from_numpy(np.array(outputs["logits"][:, 0], dtype=np.float32))
+
+    def release(self) -> None:
+        del self.request
+        del self.compiled

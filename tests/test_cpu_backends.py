@@ -19,7 +19,12 @@ from rerank_server.settings import Settings
 from tests.conftest import REPO_ROOT, routes_client, scoring_engine
 from tests.test_scorer import QUERY, mixed_documents
 
-RUNTIMES = {"onnx": OnnxBackend, "onnx-int8": OnnxBackend, "openvino": OpenVinoBackend, "openvino-int8": OpenVinoBackend}
+RUNTIMES = {
+    "onnx": OnnxBackend,
+    "onnx-int8": OnnxBackend,
+    "openvino": OpenVinoBackend,
+    "openvino-int8": OpenVinoBackend,
+}
 
 
 def runtime_file(path: Path, backend: str) -> Path:
@@ -121,7 +126,9 @@ def test_openvino_serves_from_a_read_only_store(converted, monkeypatch, tmp_path
 
 
 @pytest.mark.parametrize(("backend", "runtime"), [("onnx-int8", "ONNX Runtime"), ("openvino-int8", "OpenVINO")])
-def test_the_command_line_imports_and_verifies_with_a_backend(fixture_model_dir: Path, backend: str, runtime: str) -> None:
+def test_the_command_line_imports_and_verifies_with_a_backend(
+    fixture_model_dir: Path, backend: str, runtime: str
+) -> None:
     model_id = f"test-org/cli-{backend}"
     command = [sys.executable, "import_models.py", model_id, "--from-dir", str(fixture_model_dir)]
     run = subprocess.run([*command, "--backend", backend], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from rerank_server.backends import onnx_backend, openvino_backend
-from rerank_server.cpu import usable_cpus
 from rerank_server.recipes.base import LastTokenHead
 
 BackendName = Literal["torch", "openvino", "openvino-int8", "onnx", "onnx-int8"]

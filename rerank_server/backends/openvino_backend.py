@@ -6,9 +6,10 @@ int8, which quantizes activations too (docs/benchmarks.md measures both). Two ki
 compressing them costs most of the ranking fidelity for little speed: the score head (pooler and classifier: one
 logit, every error lands on the score) and the first FFN projection (`intermediate.dense`, whose error is amplified by
 the GELU after it). Measured on the MiniLM fixture: worst-query Spearman 0.988 compressing everything, 0.997 keeping
-these, at 1.17x the time of compressing everything (still 1.3x faster than fp32 on the bge-base shape). The model is compiled once at import with
-the compiled blob cached inside the stored model (the import's check run compiles it), so a server starting on the same
-kind of CPU loads it without compiling again.
+these, at 1.17x the time of compressing everything (still 1.3x faster than fp32 on the bge-base shape).
+
+The model is compiled once, by the import's check run, into a cache inside the stored model, so a server starting on
+the same kind of CPU loads the compiled blob instead of compiling again.
 """
 
 from __future__ import annotations

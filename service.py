@@ -11,7 +11,7 @@ from http import HTTPStatus
 import bentoml
 from bentoml.exceptions import BentoMLException
 
-from rerank_server import startup
+from rerank_server import metrics, startup, workers
 from rerank_server.errors import (
     BatcherClosedError,
     DeadlineExceededError,
@@ -28,6 +28,9 @@ from rerank_server.settings import get_settings
 
 logger = logging.getLogger("bentoml")
 settings = get_settings()
+# Decided the same way in `bentoml serve` and in each worker (see rerank_server.workers).
+GPUS = workers.visible_gpus()
+WORKERS = workers.worker_count(settings.workers, GPUS)
 
 _REFUSALS = {
     QueueFullError: HTTPStatus.TOO_MANY_REQUESTS,
@@ -39,7 +42,10 @@ _REFUSALS = {
 @bentoml.asgi_app(http_app, path="/")
 @bentoml.service(
     name="rerank",
-    resources={"gpu": 1},
+    # Every GPU of the host, one worker each by default: BentoML shows each worker all of them, and each worker
+    # takes its own (Reranker.__init__). A host without a GPU still declares one, for the Bento's deployment.
+    resources={"gpu": max(1, GPUS)},
+    workers=WORKERS,
     http={"port": 8000},
     traffic={"timeout": 300},
     # The server writes its own access line per request (request id, model, pairs; control characters escaped):
@@ -50,15 +56,34 @@ class Reranker:
     """Scores (query, document) pairs with BGE cross-encoders and LLM rerankers from the BentoML model store."""
 
     def __init__(self) -> None:
+        import torch
+
+        from rerank_server.backends.torch_backend import resolve_device
         from rerank_server.engine import ScoringEngine
 
+        self.worker = bentoml.server_context.worker_index
+        self.readiness = workers.Readiness(WORKERS)
+        device = workers.worker_device(resolve_device(settings.device), self.worker, torch.cuda.device_count())
+        if device.startswith("cuda:"):
+            torch.cuda.set_device(device)  # else CUDA calls that name no device open a context on GPU 0 as well
         # One engine per worker: its model thread serves the HTTP routes and the API alike.
-        self.engine = ScoringEngine(settings)
+        self.engine = ScoringEngine(settings, device=device)
         try:
             # A preloaded model that cannot load is logged and answers 503; the default model must load.
             self.engine.registry.preload(settings.default_model, settings.preload_names)
         except (UnknownModelError, ModelLoadError) as exc:
             startup.cannot_serve(f"RERANK_DEFAULT_MODEL={settings.default_model!r} cannot be served: {exc}")
+        self.readiness.mark_ready(self.worker)
+        if WORKERS > 1:
+            logger.info("Worker %d of %d ready on %s", self.worker or 1, WORKERS, device)
+
+    def __is_ready__(self) -> bool:
+        """/readyz: 200 once every worker has loaded its models, 503 while one is loading, draining or dead."""
+        return self.readiness.all_ready()
+
+    def __is_alive__(self) -> bool:
+        """/livez: 503 when a worker was killed (inside a container BentoML does not restart it: the pod must be)."""
+        return not self.readiness.lost_a_worker()
 
     @bentoml.on_deployment
     def check_default_model() -> None:
@@ -90,7 +115,9 @@ class Reranker:
     @bentoml.on_shutdown
     def drain(self) -> None:
         """Finish the queued work before the worker exits (BentoML stops taking requests first)."""
+        self.readiness.mark_leaving(self.worker)
         self.engine.close(timeout=settings.request_timeout_s)
+        metrics.forget_this_process()
 
 
 # BentoML nests middlewares in the order added, the first outermost: tracking wraps the guard, so that refused

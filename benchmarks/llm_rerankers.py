@@ -101,12 +101,12 @@ def bench_shape(shape: str, args: argparse.Namespace, work: Path, device: str) -
     import_into_store(MODEL_ID, folder, env)
     with contextlib.ExitStack() as stack:
         server = stack.enter_context(serve_ours(env, work / f"ours-{shape}.log"))
-        http_latency_ms(server.url, payloads[0])  # warm-up
-        latency = [http_latency_ms(server.url, payloads[0]) for _ in range(args.latency_requests)]
+        http_latency_ms(server, payloads[0])  # warm-up
+        latency = [http_latency_ms(server, payloads[0]) for _ in range(args.latency_requests)]
         rates = []
         for clients in args.concurrency:
             count = max(clients, args.requests)
-            rates.append(asyncio.run(measure_http(server.url, payloads[:count], clients, 0))[0])
+            rates.append(asyncio.run(measure_http(server, payloads[:count], clients, 0))[0])
     rows.append([shape, f"ours: bentoml serve (ready in {server.ready_s:.0f} s)", f"{statistics.median(latency):,.0f}",
                  *[f"{rate:,.2f}" for rate in rates]])  # fmt: skip
     return rows

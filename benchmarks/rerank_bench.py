@@ -1,12 +1,16 @@
-"""Rerank throughput and latency, three ways in one run, on the same pairs:
+"""Rerank throughput and latency of several systems in one run, on the same pairs:
 
   reference  in-process `sentence_transformers.CrossEncoder.predict` (batch_size 32), no HTTP
   baseline   the original design: FastAPI calling predict per request (benchmarks/baseline_server.py)
-  ours       `bentoml serve service:Reranker` (continuous batching, length-packed sub-batches)
+  ours       `bentoml serve service:Reranker` (continuous batching, length-packed sub-batches), the model imported
+             with each `--backends` choice
+  infinity   (--peers infinity) Infinity 0.0.78, torch engine, in a virtualenv of its own that this script creates
+             under --model-cache (never a dependency of this project)
   forward    (GPU only) the raw padded model forward on the same pairs: the bound
 
-    python -m benchmarks.rerank_bench                         # MiniLM fixture + bge-base shape, CPU-sized
-    python -m benchmarks.rerank_bench --models bge-base-shape --requests 20 --concurrency 1,8,32 --write
+    python -m benchmarks.rerank_bench                         # MiniLM fixture, CPU-sized
+    python -m benchmarks.rerank_bench --models bge-base-shape --backends torch,openvino-int8 --peers infinity \
+        --docs 20 --latency-docs 100 --requests 16 --concurrency 8 --write      # the CPU peers table
 
 Prints a table; --write puts it into docs/benchmarks.md (between markers for this device, notes kept).
 """
@@ -34,6 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.workload import QUERY, build_model, documents  # noqa: E402
+from rerank_server.cpu import usable_cpus  # noqa: E402
 
 
 @dataclass
@@ -60,12 +65,15 @@ def free_port() -> int:
 
 
 class Server:
-    """A server subprocess on a loopback port, stopped on exit."""
+    """A server subprocess on a loopback port, stopped on exit; `route` is where it takes rerank requests."""
 
-    def __init__(self, command: list[str], env: dict[str, str], port: int, log: Path) -> None:
+    def __init__(
+        self, command: list[str], env: dict[str, str], port: int, log: Path, route: str = "/v1/rerank", cwd: Path = REPO
+    ) -> None:
         self.url = f"http://127.0.0.1:{port}"
+        self.route = route
         self.log = log.open("wb")
-        self.process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **env}, stdout=self.log,
+        self.process = subprocess.Popen(command, cwd=cwd, env={**os.environ, **env}, stdout=self.log,
                                         stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
         self.started = time.perf_counter()
         self.ready_s = self._wait()
@@ -75,7 +83,7 @@ class Server:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited: see {self.log.name}")
-            for path in ("/readyz", "/docs"):
+            for path in ("/readyz", "/docs", "/health"):
                 try:
                     if httpx.get(self.url + path, timeout=2).status_code == 200:
                         return time.perf_counter() - self.started
@@ -93,10 +101,34 @@ class Server:
         self.log.close()
 
 
-def import_into_store(model_id: str, model_dir: Path, env: dict[str, str]) -> None:
-    """Import `model_dir` as `model_id` into the model store of `env`'s BENTOML_HOME, as a user would."""
-    subprocess.run([sys.executable, "import_models.py", model_id, "--from-dir", str(model_dir)],
+def import_into_store(model_id: str, model_dir: Path, env: dict[str, str], backend: str = "torch") -> None:
+    """Import `model_dir` as `model_id` for `backend` into the model store of `env`'s BENTOML_HOME, as a user would."""
+    subprocess.run([sys.executable, "import_models.py", model_id, "--from-dir", str(model_dir), "--backend", backend],
                    cwd=REPO, env={**os.environ, **env}, check=True, capture_output=True)  # fmt: skip
+
+
+INFINITY = "infinity-emb[server,torch]==0.0.78"
+
+
+def infinity_venv(root: Path) -> Path:
+    """A virtualenv holding Infinity (it pins transformers 4, sentence-transformers 3 and numpy 1, which cannot live
+    beside this project's), created once; torch is the same build as ours, so both run the same kernels."""
+    venv = root / "infinity-venv"
+    if not (venv / "bin" / "infinity_emb").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        pip = [str(venv / "bin" / "pip"), "install", "--quiet"]
+        subprocess.run([*pip, f"torch=={torch.__version__.split('+')[0]}"], check=True)
+        subprocess.run([*pip, INFINITY], check=True)
+    return venv
+
+
+def serve_infinity(venv: Path, model_dir: Path, log: Path) -> Server:
+    """Infinity's server on `model_dir` as its docs run it on a CPU, offline, ready when returned."""
+    port = free_port()
+    command = [str(venv / "bin" / "infinity_emb"), "v2", "--model-id", str(model_dir), "--engine", "torch",
+               "--device", "cpu", "--no-bettertransformer", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DO_NOT_TRACK": "1", "INFINITY_HOME": str(venv)}
+    return Server(command, env, port, log, route="/rerank", cwd=venv)
 
 
 def serve_ours(env: dict[str, str], log: Path) -> Server:
@@ -105,14 +137,16 @@ def serve_ours(env: dict[str, str], log: Path) -> Server:
     return Server([sys.executable, "-m", "bentoml", "serve", "service:Reranker", "--port", str(port)], env, port, log)
 
 
-async def measure_http(url: str, payloads: list[dict], clients: int, tokens_per_request: int) -> tuple[float, float]:
+async def measure_http(
+    server: Server, payloads: list[dict], clients: int, tokens_per_request: int
+) -> tuple[float, float]:
     """(pairs/s, tokens/s) with `clients` concurrent clients sending every payload once; any failure stops the run."""
     queue = list(payloads)
-    async with httpx.AsyncClient(base_url=url, timeout=3600) as http:
+    async with httpx.AsyncClient(base_url=server.url, timeout=3600) as http:
 
         async def worker() -> None:
             while queue:
-                response = await http.post("/v1/rerank", json=queue.pop())
+                response = await http.post(server.route, json=queue.pop())
                 if response.status_code != 200:
                     raise RuntimeError(f"{response.status_code} {response.text[:200]} at {clients} clients")
 
@@ -144,35 +178,43 @@ class Encoder:
         return sum(len(p["documents"]) for p in payloads) / elapsed, tokens * len(payloads) / elapsed
 
 
-def http_latency_ms(url: str, payload: dict) -> float:
+def http_latency_ms(server: Server, payload: dict) -> float:
     started = time.perf_counter()
-    httpx.post(f"{url}/v1/rerank", json=payload, timeout=3600).raise_for_status()
+    httpx.post(f"{server.url}{server.route}", json=payload, timeout=3600).raise_for_status()
     return (time.perf_counter() - started) * 1000
 
 
-def compare(name: str, encoder: Encoder, servers: dict[str, str], payloads: list[dict], args, tokens: int) -> list[Row]:
+def compare(
+    name: str,
+    encoder: Encoder,
+    servers: dict[str, Server],
+    payloads: list[dict],
+    latency_payload: dict,
+    args,
+    tokens: int,
+) -> list[Row]:
     """Every system measured in turn, request by request and level by level, so that a slow spell of a shared
     machine falls on all of them alike rather than on whichever ran at that moment."""
     rows = {"reference": Row(name, "reference: CrossEncoder.predict")}
     rows.update({system: Row(name, system) for system in servers})
     lat: dict[str, list[float]] = {system: [] for system in rows}
-    encoder.latency_ms(payloads[0])
-    for url in servers.values():
-        http_latency_ms(url, payloads[0])  # warm-up
+    encoder.latency_ms(latency_payload)
+    for server in servers.values():
+        http_latency_ms(server, latency_payload)  # warm-up
     for _ in range(args.latency_requests):
-        lat["reference"].append(encoder.latency_ms(payloads[0]))
-        for system, url in servers.items():
-            lat[system].append(http_latency_ms(url, payloads[0]))
+        lat["reference"].append(encoder.latency_ms(latency_payload))
+        for system, server in servers.items():
+            lat[system].append(http_latency_ms(server, latency_payload))
     for system, row in rows.items():
         row.p50_ms, row.p99_ms = statistics.median(lat[system]), percentile(lat[system], 0.99)
     rows["reference"].throughput[1] = encoder.throughput(payloads[: args.requests], tokens)
     for clients in args.concurrency:
         count = max(clients, args.requests)
-        for system, url in servers.items():
-            rows[system].throughput[clients] = asyncio.run(measure_http(url, payloads[:count], clients, tokens))
-    for system, url in servers.items():
+        for system, server in servers.items():
+            rows[system].throughput[clients] = asyncio.run(measure_http(server, payloads[:count], clients, tokens))
+    for system, server in servers.items():
         rows[system].after_burst_ms = statistics.median(
-            [http_latency_ms(url, payloads[0]) for _ in range(args.latency_requests)]
+            [http_latency_ms(server, latency_payload) for _ in range(args.latency_requests)]
         )
     return list(rows.values())
 
@@ -209,45 +251,49 @@ def run(args: argparse.Namespace) -> list[Row]:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     work = Path(tempfile.mkdtemp(prefix="rerank-bench-"))
+    venv = infinity_venv(Path(args.model_cache)) if "infinity" in args.peers else None
     rows: list[Row] = []
     for name in args.models:
         model_dir = build_model(name, Path(args.model_cache) / name)
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         docs = [documents(args.docs, tokenizer, seed=i) for i in range(max(args.requests, max(args.concurrency)))]
-        payloads = [{"query": QUERY, "documents": d, "model": f"bench/{name}"} for d in docs]
+        payloads = [{"query": QUERY, "documents": d} for d in docs]
+        latency_payload = {"query": QUERY, "documents": documents(args.latency_docs or args.docs, tokenizer, seed=0)}
         tokens = sum(len(tokenizer(QUERY, d, truncation=True, max_length=512)["input_ids"]) for d in docs[0])
-        env = {
-            "BENTOML_HOME": str(work / "bentoml"),
-            "RERANK_DEFAULT_MODEL": f"bench/{name}",
-            # Throughput is measured with every request admitted: on a CPU, 32 queued 100-document requests take
-            # longer than the default one-minute request timeout.
-            "RERANK_REQUEST_TIMEOUT_S": str(args.request_timeout_s),
-        }
-        import_into_store(f"bench/{name}", model_dir, env)
         with contextlib.ExitStack() as stack:
-            # Both servers stay up (idle while the other is measured).
-            ours = stack.enter_context(serve_ours(env, work / f"ours-{name}.log"))
+            # Every server stays up (idle while another is measured).
+            servers: dict[str, Server] = {}
             baseline_port = free_port()
-            baseline = stack.enter_context(Server(
+            servers["baseline: original design"] = stack.enter_context(Server(
                 [sys.executable, "-m", "uvicorn", "benchmarks.baseline_server:app", "--port", str(baseline_port)],
                 {"BASELINE_MODEL_DIR": str(model_dir), "BASELINE_DEVICE": device}, baseline_port,
                 work / f"baseline-{name}.log",
             ))  # fmt: skip
-            servers = {
-                "baseline: original design": baseline.url,
-                f"ours: bentoml serve (ready in {ours.ready_s:.1f} s)": ours.url,
-            }
-            rows += compare(name, Encoder(model_dir, device), servers, payloads, args, tokens)
+            if venv is not None:
+                infinity = stack.enter_context(serve_infinity(venv, model_dir, work / f"infinity-{name}.log"))
+                servers[f"infinity 0.0.78, torch engine (ready in {infinity.ready_s:.1f} s)"] = infinity
+            for backend in args.backends:
+                env = {
+                    "BENTOML_HOME": str(work / f"bentoml-{backend}"),
+                    "RERANK_DEFAULT_MODEL": f"bench/{name}",
+                    # Throughput is measured with every request admitted: on a CPU, 32 queued 100-document requests
+                    # take longer than the default one-minute request timeout.
+                    "RERANK_REQUEST_TIMEOUT_S": str(args.request_timeout_s),
+                }
+                import_into_store(f"bench/{name}", model_dir, env, backend)
+                ours = stack.enter_context(serve_ours(env, work / f"ours-{name}-{backend}.log"))
+                servers[f"ours: bentoml serve, {backend} (ready in {ours.ready_s:.1f} s)"] = ours
+            rows += compare(name, Encoder(model_dir, device), servers, payloads, latency_payload, args, tokens)
         if device == "cuda":
             rows.append(bench_forward(name, model_dir, payloads, args, tokens, device))
     return rows
 
 
-def table(rows: list[Row], concurrency: list[int]) -> str:
+def table(rows: list[Row], concurrency: list[int], latency_docs: int) -> str:
     def fmt(value: float | None) -> str:
         return "–" if value is None else f"{value:,.0f}"
 
-    head = "| model | system | 1 request p50 ms | p99 ms | p50 after burst ms | " + " | ".join(
+    head = f"| model | system | {latency_docs}-doc request p50 ms | p99 ms | p50 after burst ms | " + " | ".join(
         f"{c} client{'s' if c > 1 else ''}: pairs/s (tokens/s)" for c in concurrency
     )
     lines = [head + " |", "|" + "---|" * (5 + len(concurrency))]
@@ -283,6 +329,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=lambda s: s.split(","), default=["minilm"])
     parser.add_argument("--docs", type=int, default=100, help="documents per request")
+    parser.add_argument("--latency-docs", type=int, default=0, help="documents in the latency requests (0: --docs)")
+    parser.add_argument("--backends", type=lambda s: s.split(","), default=["torch"], help="ours, imported for each")
+    parser.add_argument("--peers", type=lambda s: s.split(","), default=[], help="other servers: infinity")
     parser.add_argument("--requests", type=int, default=8, help="requests per throughput level (at least clients)")
     parser.add_argument("--latency-requests", type=int, default=5, help="sequential requests for p50/p99")
     parser.add_argument("--concurrency", type=lambda s: [int(c) for c in s.split(",")], default=[1, 8])
@@ -294,11 +343,13 @@ def main(argv: list[str] | None = None) -> None:
     command = "python -m benchmarks.rerank_bench " + " ".join(argv if argv is not None else sys.argv[1:])
     markdown = (
         f"### {machine()} — {date.today().isoformat()}\n\n`{command.strip()}`\n\n"
-        f"{args.docs} documents per request (32–480 tokens each, ~16-token query).\n\n{table(rows, args.concurrency)}"
+        f"{args.docs} documents per request in the throughput columns, {args.latency_docs or args.docs} in the latency "
+        f"columns (32–480 tokens each, ~16-token query); {usable_cpus()} CPU threads per system.\n\n"
+        f"{table(rows, args.concurrency, args.latency_docs or args.docs)}"
     )
     print(markdown)
     if args.write:
-        write(markdown, "cuda" if torch.cuda.is_available() else "cpu-" + "-".join(args.models))
+        write(markdown, "cuda" if torch.cuda.is_available() else "cpu-" + "-".join(args.models + args.peers))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ worker starts, after `service.py` is imported, and metrics made before that woul
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -42,9 +43,31 @@ class RerankMetrics:
         self.model_load = Histogram(
             "rerank_model_load_seconds", "Time to load a model.", ["model"], buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120)
         )
-        self.models_loaded = Gauge("rerank_models_loaded", "Models loaded in memory.", multiprocess_mode="livesum")
+        # Per worker (each holds its own copies); sum() over the label gives the copies in memory.
+        self.models_loaded = Gauge(
+            "rerank_models_loaded", "Models loaded in memory.", ["worker"], multiprocess_mode="livesum"
+        )
         self.cache_hits = Counter("rerank_cache_hits_total", "Pair scores answered from the result cache.")
         self.cache_misses = Counter("rerank_cache_misses_total", "Pair scores looked up in the cache and not found.")
+
+
+def worker_label() -> str:
+    """This worker's 1-based index under `bentoml serve`, "1" in a single process."""
+    import bentoml
+
+    return str(bentoml.server_context.worker_index or 1)
+
+
+def forget_this_process() -> None:
+    """Drop this process's gauge values from /metrics (a drained worker no longer queues or holds models).
+
+    prometheus_client's `live*` gauge modes count a process until someone marks it dead, and neither BentoML nor its
+    process manager does: without this, a stopped worker's last queue length would stay in the sum.
+    """
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(os.getpid())
 
 
 @lru_cache(maxsize=1)

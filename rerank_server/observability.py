@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from rerank_server.metrics import get_metrics
+from rerank_server.metrics import get_metrics, worker_label
 
 logger = logging.getLogger("bentoml")
 
@@ -101,7 +101,7 @@ class RequestTracking:
             metrics.request_duration.labels(route).observe(elapsed)
             # Only what identifies the request: never headers, so API keys stay out of the log.
             logger.info(
-                "request_id=%s %s %s status=%d model=%s pairs=%d %.1fms",
+                "request_id=%s %s %s status=%d model=%s pairs=%d %.1fms worker=%s",
                 context.request_id, printable(scope["method"], 16), printable(path), status,
-                printable(context.model or "-", 200), context.pairs, elapsed * 1e3,
+                printable(context.model or "-", 200), context.pairs, elapsed * 1e3, worker_label(),
             )  # fmt: skip

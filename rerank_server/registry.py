@@ -19,7 +19,7 @@ import torch
 from rerank_server.backends.torch_backend import resolve_device, resolve_dtype
 from rerank_server.cpu import usable_cpus
 from rerank_server.errors import ModelLoadError, UnknownModelError
-from rerank_server.metrics import RerankMetrics
+from rerank_server.metrics import RerankMetrics, worker_label
 from rerank_server.model_store import StoredReranker, find_reranker, list_rerankers
 from rerank_server.scorer import Scorer, load_scorer
 from rerank_server.settings import Settings
@@ -207,7 +207,7 @@ class ModelRegistry:
         elapsed = time.perf_counter() - started
         if self._metrics:
             self._metrics.model_load.labels(model_id).observe(elapsed)
-            self._metrics.models_loaded.inc()
+            self._metrics.models_loaded.labels(worker_label()).inc()
         logger.info(
             "Loaded %s (%s, %s recipe, %s backend) on %s in %.1f s (%d CPU threads)",
             model_id, stored.tag, stored.recipe, stored.backend, scorer.device, elapsed, usable_cpus(),
@@ -257,7 +257,7 @@ class ModelRegistry:
         for scorer in evicted:
             scorer.release()
             if self._metrics:
-                self._metrics.models_loaded.dec()
+                self._metrics.models_loaded.labels(worker_label()).dec()
         evicted.clear()
         gc.collect()
         torch.cuda.empty_cache()  # a no-op without CUDA

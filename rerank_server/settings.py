@@ -23,6 +23,12 @@ class Settings(BaseSettings):
     preload: str = Field("", description="Comma-separated model ids loaded at start-up, besides the default.")
     device: DeviceChoice = Field("auto", description="auto: CUDA when available, else CPU.")
     dtype: DtypeChoice = Field("auto", description="auto: float16 on CUDA, float32 elsewhere.")
+    workers: int = Field(
+        0,
+        ge=0,
+        description="Worker processes, each with its own model copies and queue, spread over the GPUs. 0: one per "
+        "visible GPU (one on a CPU host).",
+    )
     max_batch_pairs: int = Field(
         256, ge=1, description="Most (query, document) pairs merged into one model call (requests queued together)."
     )

@@ -63,7 +63,7 @@ def test_metrics_move_by_exactly_what_was_sent(observed) -> None:
     assert moved(before, after, "rerank_queue_wait_seconds_count", model=model) == 3
     assert moved(before, after, "rerank_cache_misses_total") == 15
     assert moved(before, after, "rerank_cache_hits_total") == 4
-    assert after[("rerank_models_loaded", ())] == 1
+    assert after[("rerank_models_loaded", (("worker", "1"),))] == 1
     assert after[("rerank_model_load_seconds_count", (("model", model),))] == 1
     assert after[("rerank_queue_pairs", ())] == 0
 

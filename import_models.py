@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from rerank_server.backends import BACKENDS, RUNTIMES
+from rerank_server.backends import IMPORT_CHOICES, RUNTIMES
 from rerank_server.catalog import BGE_MODELS, DEFAULT_MODEL_ID, KNOWN_MODELS
 from rerank_server.model_store import (
     ImportOptions,
@@ -59,10 +59,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--source", choices=["hub", "modelscope"], default="hub", help="where to download from (default: hub)"
     )
     parser.add_argument(
-        "--backend", choices=BACKENDS, default="torch",
-        help="how the server runs the model: torch (GPU or CPU; every kind of reranker), or a CPU runtime for "
-        "cross-encoders: openvino-int8 (int8 weights, float math: fastest on CPU, rankings kept), openvino (fp32), "
-        "onnx (ONNX Runtime fp32) or onnx-int8 (ONNX Runtime dynamic int8: scores drift; see docs/benchmarks.md)",
+        "--backend", choices=IMPORT_CHOICES, default="torch",
+        help="how the server runs the model: torch (GPU or CPU; every kind of reranker; on a CPU with AMX, with "
+        "RERANK_DTYPE=bfloat16 the fastest), or a CPU runtime for cross-encoders: openvino-int8 (int8 weights, float "
+        "math: rankings kept; CPUs without AMX), openvino (fp32) or onnx-int8 (ONNX Runtime dynamic int8: faster, "
+        "rankings drift); see docs/benchmarks.md",
     )  # fmt: skip
     parser.add_argument(
         "--recipe", choices=list(RECIPES),

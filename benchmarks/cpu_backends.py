@@ -1,4 +1,5 @@
-"""CPU backends side by side on the same requests: speed and fidelity against torch fp32.
+"""CPU backends side by side on the same requests: speed and fidelity against torch fp32 (torch bf16 too: on a CPU
+with AMX, bfloat16 matrix units make it the fastest).
 
     python -m benchmarks.cpu_backends                        # MiniLM fixture and the bge-reranker-base shape
     python -m benchmarks.cpu_backends --models minilm --write
@@ -48,15 +49,17 @@ class Measured:
     scores: list[np.ndarray]  # one array per request
 
 
-def load(model_dir: Path, backend: str, work: Path, token_budget: int) -> Scorer:
-    """The scorer the server would run for `model_dir` imported with `--backend backend`."""
+def load(model_dir: Path, spec: str, work: Path, token_budget: int) -> Scorer:
+    """The scorer the server would run for `model_dir` imported with `--backend backend` (`torch:bfloat16`: torch
+    with RERANK_DTYPE=bfloat16)."""
+    backend, _, dtype = spec.partition(":")
     folder = model_dir
     if backend != "torch":
         folder = work / f"{model_dir.name}-{backend}"
         if not folder.exists():
             shutil.copytree(model_dir, folder)
             convert(folder, backend)
-    return load_folder(folder, max_length=512, backend=backend, dtype="float32", token_budget=token_budget)
+    return load_folder(folder, max_length=512, backend=backend, dtype=dtype or "float32", token_budget=token_budget)
 
 
 def measure(scorer: Scorer, requests: list[tuple[str, list[str]]]) -> Measured:
@@ -86,7 +89,10 @@ def fidelity(measured: Measured, reference: Measured) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=lambda s: s.split(","), default=["minilm", "bge-base-shape"])
-    parser.add_argument("--backends", type=lambda s: s.split(","), default=list(BACKENDS))
+    parser.add_argument(
+        "--backends", type=lambda s: s.split(","), default=["torch", "torch:bfloat16", *BACKENDS[1:]],
+        help="import backends; torch:bfloat16 is torch with RERANK_DTYPE=bfloat16",
+    )  # fmt: skip
     parser.add_argument("--queries", type=int, default=len(QUERIES), help="requests per backend, one query each")
     parser.add_argument("--docs", type=int, default=100, help="documents per request")
     parser.add_argument("--token-budget", type=int, default=default_token_budget("cpu"), help="the server's default")

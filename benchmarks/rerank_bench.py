@@ -272,17 +272,19 @@ def run(args: argparse.Namespace) -> list[Row]:
             if venv is not None:
                 infinity = stack.enter_context(serve_infinity(venv, model_dir, work / f"infinity-{name}.log"))
                 servers[f"infinity 0.0.78, torch engine (ready in {infinity.ready_s:.1f} s)"] = infinity
-            for backend in args.backends:
+            for spec in args.backends:
+                backend, _, dtype = spec.partition(":")  # torch:bfloat16 = torch with RERANK_DTYPE=bfloat16
                 env = {
-                    "BENTOML_HOME": str(work / f"bentoml-{backend}"),
+                    "BENTOML_HOME": str(work / f"bentoml-{spec.replace(':', '-')}"),
                     "RERANK_DEFAULT_MODEL": f"bench/{name}",
+                    "RERANK_DTYPE": dtype or "auto",
                     # Throughput is measured with every request admitted: on a CPU, 32 queued 100-document requests
                     # take longer than the default one-minute request timeout.
                     "RERANK_REQUEST_TIMEOUT_S": str(args.request_timeout_s),
                 }
                 import_into_store(f"bench/{name}", model_dir, env, backend)
-                ours = stack.enter_context(serve_ours(env, work / f"ours-{name}-{backend}.log"))
-                servers[f"ours: bentoml serve, {backend} (ready in {ours.ready_s:.1f} s)"] = ours
+                ours = stack.enter_context(serve_ours(env, work / f"ours-{name}-{spec.replace(':', '-')}.log"))
+                servers[f"ours: bentoml serve, {spec} (ready in {ours.ready_s:.1f} s)"] = ours
             rows += compare(name, Encoder(model_dir, device), servers, payloads, latency_payload, args, tokens)
         if device == "cuda":
             rows.append(bench_forward(name, model_dir, payloads, args, tokens, device))
@@ -330,7 +332,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", type=lambda s: s.split(","), default=["minilm"])
     parser.add_argument("--docs", type=int, default=100, help="documents per request")
     parser.add_argument("--latency-docs", type=int, default=0, help="documents in the latency requests (0: --docs)")
-    parser.add_argument("--backends", type=lambda s: s.split(","), default=["torch"], help="ours, imported for each")
+    parser.add_argument(
+        "--backends",
+        type=lambda s: s.split(","),
+        default=["torch"],
+        help="ours, imported for each (torch:bfloat16: RERANK_DTYPE=bfloat16)",
+    )
     parser.add_argument("--peers", type=lambda s: s.split(","), default=[], help="other servers: infinity")
     parser.add_argument("--requests", type=int, default=8, help="requests per throughput level (at least clients)")
     parser.add_argument("--latency-requests", type=int, default=5, help="sequential requests for p50/p99")

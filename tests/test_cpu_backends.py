@@ -16,7 +16,7 @@ from rerank_server.backends.openvino_backend import CACHE_DIR, OpenVinoBackend, 
 from rerank_server.model_store import ImportOptions, find_reranker, import_from_folder
 from rerank_server.registry import ModelRegistry
 from rerank_server.settings import Settings
-from tests.conftest import REPO_ROOT, routes_client, scoring_engine
+from tests.conftest import FIXTURE_MODEL_ID, REPO_ROOT, routes_client, scoring_engine
 from tests.test_scorer import QUERY, mixed_documents
 
 RUNTIMES = {
@@ -140,9 +140,10 @@ def test_the_command_line_imports_and_verifies_with_a_backend(
     assert verify.returncode == 0 and "OK, score" in verify.stdout and runtime in verify.stdout
 
 
-def test_an_unknown_backend_is_refused(fixture_model_dir: Path) -> None:
+@pytest.mark.parametrize("backend", ["tensorrt", "onnx"])  # onnx (fp32) never won: no longer offered
+def test_an_unknown_backend_is_refused(fixture_model_dir: Path, backend: str) -> None:
     command = [sys.executable, "import_models.py", "test-org/x", "--from-dir", str(fixture_model_dir)]
-    refused = subprocess.run([*command, "--backend", "tensorrt"], cwd=REPO_ROOT, capture_output=True, text=True)
+    refused = subprocess.run([*command, "--backend", backend], cwd=REPO_ROOT, capture_output=True, text=True)
     assert refused.returncode == 2 and "invalid choice" in refused.stderr
 
 
@@ -154,3 +155,27 @@ def test_a_converted_model_keeps_only_what_its_runtime_loads_and_is_budgeted_by_
     assert stored.size_bytes < weights * 1.2, "the stored size is the runtime's weights plus tokenizer files"
     registry = ModelRegistry(Settings(default_model=converted[backend]))
     assert registry._expected_bytes(stored) < weights * 1.2, "the memory budget counts what loads"
+
+
+def test_torch_bfloat16_on_the_cpu_keeps_the_ranking(stored_fixture, reference_encoder, documents) -> None:
+    """RERANK_DTYPE=bfloat16 on a CPU (the fast path where AMX units exist, docs/benchmarks.md): rankings hold."""
+    registry = ModelRegistry(Settings(default_model=FIXTURE_MODEL_ID, device="cpu", dtype="bfloat16"))
+    scores = np.array(registry.get(FIXTURE_MODEL_ID).score([QUERY] * len(documents), documents).scores)
+    reference = reference_encoder.predict([(QUERY, d) for d in documents])
+    assert spearmanr(scores, reference).statistic >= 0.99
+    assert len(set(np.argsort(-scores)[:10]) & set(np.argsort(-reference)[:10])) >= 9
+    assert np.max(np.abs(scores - reference)) < 0.05
+
+
+def test_the_cpu_quota_bounds_the_threads(tmp_path: Path) -> None:
+    from rerank_server.cpu import quota
+
+    (tmp_path / "cpu.max").write_text("250000 100000\n")
+    assert quota(tmp_path) == 2.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert quota(tmp_path) is None
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("150000")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000")
+    assert quota(tmp_path) == 1.5

@@ -19,6 +19,9 @@ from rerank_server.recipes.base import LastTokenHead
 
 BackendName = Literal["torch", "openvino", "openvino-int8", "onnx", "onnx-int8"]
 BACKENDS: tuple[BackendName, ...] = ("torch", "openvino", "openvino-int8", "onnx", "onnx-int8")
+# What `import_models.py --backend` offers. ONNX Runtime fp32 is not among them: it never won (0.6-0.8x torch fp32
+# for the same scores, docs/benchmarks.md); models stored with it still load.
+IMPORT_CHOICES: tuple[BackendName, ...] = ("torch", "openvino-int8", "openvino", "onnx-int8")
 # Files a converted model keeps besides its runtime's own: the tokenizer and the config that describe it.
 CONVERTED_KEEPS = ("*.json", "*.txt", "*.model", "*.jinja")
 

@@ -26,14 +26,11 @@ from pathlib import Path
 
 from rerank_server.backends import IMPORT_CHOICES, RUNTIMES
 from rerank_server.catalog import BGE_MODELS, DEFAULT_MODEL_ID, KNOWN_MODELS
-from rerank_server.model_store import (
-    ImportOptions,
-    ModelImportError,
-    check_runs,
-    find_reranker,
-    import_model,
-    list_rerankers,
-)
+from rerank_server.importer.check import check_runs
+from rerank_server.importer.commit import ImportOptions
+from rerank_server.importer.folder import ModelImportError
+from rerank_server.importer.sources import import_model
+from rerank_server.models.store import find_reranker, list_rerankers
 from rerank_server.recipes import RECIPES
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"

@@ -1,42 +1,38 @@
-"""The rerank server: a BentoML service whose API and vLLM / Jina / Cohere / TEI routes share one continuous batcher.
+"""The rerank server: a BentoML service whose batchable API and vLLM / Jina / Cohere / TEI routes share one engine.
 
-Serve it with `bentoml serve` (port 8000) or `make serve`; build a Bento with `bentoml build`.
+Serve it with `bentoml serve` (port 8000) or `make serve`; build a Bento with `bentoml build`. The parts it wires
+together: `rerank_server.api` (the mounted HTTP app, its guard and request tracking), `rerank_server.engine` (the
+continuous batcher every caller feeds), and `rerank_server.serving` (workers per GPU, start-up refusals).
 """
 
 from __future__ import annotations
 
 import logging
-from http import HTTPStatus
+from typing import Annotated
 
 import bentoml
-from bentoml.exceptions import BentoMLException
+from pydantic import AfterValidator, Field
 
-from rerank_server import metrics, startup, workers
-from rerank_server.errors import (
-    BatcherClosedError,
-    DeadlineExceededError,
-    ModelLoadError,
-    QueueFullError,
-    UnknownModelError,
-)
-from rerank_server.http_api import app as http_app
-from rerank_server.middleware import RequestGuard
-from rerank_server.model_store import find_reranker
-from rerank_server.observability import RequestTracking, current_request
-from rerank_server.schemas import PairScore, ScorePair
+from rerank_server import metrics
+from rerank_server.api import pairs as api_pairs
+from rerank_server.api.app import app as http_app
+from rerank_server.api.guard import RequestGuard
+from rerank_server.api.pairs import CallerPair
+from rerank_server.api.tracking import RequestTracking
+from rerank_server.api.wire import PairResult
+from rerank_server.errors import ModelLoadError, UnknownModelError
+from rerank_server.models.store import find_reranker
+from rerank_server.serving import startup, workers
 from rerank_server.settings import get_settings
 
 logger = logging.getLogger("bentoml")
 settings = get_settings()
-# Decided the same way in `bentoml serve` and in each worker (see rerank_server.workers).
+# Decided the same way in `bentoml serve` and in each worker (see rerank_server.serving.workers).
 GPUS = workers.visible_gpus()
 WORKERS = workers.worker_count(settings.workers, GPUS)
-
-_REFUSALS = {
-    QueueFullError: HTTPStatus.TOO_MANY_REQUESTS,
-    DeadlineExceededError: HTTPStatus.GATEWAY_TIMEOUT,
-    BatcherClosedError: HTTPStatus.SERVICE_UNAVAILABLE,
-}
+# A call's pairs: at most RERANK_MAX_DOCUMENTS, as on the routes, and admitted into the queue's bound before BentoML's
+# dispatcher holds them (see rerank_server.api.pairs).
+Pairs = Annotated[list[CallerPair], Field(max_length=settings.max_documents), AfterValidator(api_pairs.admit)]
 
 
 @bentoml.asgi_app(http_app, path="/")
@@ -59,7 +55,7 @@ class Reranker:
         import torch
 
         from rerank_server.backends.torch_backend import resolve_device
-        from rerank_server.engine import ScoringEngine
+        from rerank_server.engine.engine import RerankEngine
 
         self.worker = bentoml.server_context.worker_index
         self.readiness = workers.Readiness(WORKERS)
@@ -67,7 +63,7 @@ class Reranker:
         if device.startswith("cuda:"):
             torch.cuda.set_device(device)  # else CUDA calls that name no device open a context on GPU 0 as well
         # One engine per worker: its model thread serves the HTTP routes and the API alike.
-        self.engine = ScoringEngine(settings, device=device)
+        self.engine = RerankEngine(settings, device=device)
         try:
             # A preloaded model that cannot load is logged and answers 503; the default model must load.
             self.engine.registry.preload(settings.default_model, settings.preload_names)
@@ -97,20 +93,32 @@ class Reranker:
                 "(python import_models.py --list)"
             )
 
-    @bentoml.api
-    async def score_pairs(self, pairs: list[ScorePair]) -> list[PairScore]:
+    @bentoml.api(
+        batchable=True,
+        batch_dim=0,
+        # Pairs per dispatch and the dispatcher's latency bound, chosen by measurement (docs/benchmarks.md,
+        # "BentoML's batchable API"): the continuous batcher behind it cuts the pairs into forward passes itself.
+        max_batch_size=settings.api_max_batch_pairs,
+        max_latency_ms=settings.api_max_latency_ms,
+    )
+    async def score_pairs(self, pairs: Pairs) -> list[PairResult]:
         """Score (query, document) pairs, each naming its model; they join the same batches as the HTTP routes'.
 
-        Each result holds the relevance `score` (sigmoid of the logit), the raw `logit` and the `tokens` the model saw,
-        or an `error` when that pair's model cannot be used. A full queue answers 429 (retry after a second).
+        BentoML's adaptive batching merges the pairs of concurrent calls into one list. Each result holds the
+        relevance `score` (sigmoid of the logit), the raw `logit`, the `tokens` the model saw and the `model` that
+        scored it, or an `error` when that pair's model cannot be used. At most RERANK_MAX_DOCUMENTS pairs per call;
+        a full queue answers 429 (retry after a second), a missed deadline 504, out of memory 503.
         """
-        context = current_request()
-        context.pairs = len(pairs)
-        context.model = ",".join(sorted({pair.model for pair in pairs}))
+        api_pairs.hand_over(pairs)
+        api_pairs.count_calls(pairs)
         try:
-            return await self.engine.score_pairs(pairs)
-        except tuple(_REFUSALS) as exc:
-            raise BentoMLException(str(exc), error_code=_REFUSALS[type(exc)]) from exc
+            results = await api_pairs.score_pairs(self.engine, pairs)
+        except Exception as exc:
+            if (refused := api_pairs.refusal(exc)) is None:
+                raise
+            raise refused from exc
+        api_pairs.record_calls(pairs, results)
+        return results
 
     @bentoml.on_shutdown
     def drain(self) -> None:

@@ -33,7 +33,8 @@ from benchmarks.rerank_bench import machine, write  # noqa: E402
 from benchmarks.workload import build_model, documents  # noqa: E402
 from rerank_server.backends import BACKENDS, convert  # noqa: E402
 from rerank_server.cpu import usable_cpus  # noqa: E402
-from rerank_server.scorer import Scorer, default_token_budget, load_folder  # noqa: E402
+from rerank_server.engine.batcher import default_token_budget, score_directly  # noqa: E402
+from rerank_server.models.loaded import LoadedReranker, load_folder  # noqa: E402
 
 QUERIES = [
     "how does a cross encoder rerank passages for retrieval augmented generation?",
@@ -49,8 +50,8 @@ class Measured:
     scores: list[np.ndarray]  # one array per request
 
 
-def load(model_dir: Path, spec: str, work: Path, token_budget: int) -> Scorer:
-    """The scorer the server would run for `model_dir` imported with `--backend backend` (`torch:bfloat16`: torch
+def load(model_dir: Path, spec: str, work: Path) -> LoadedReranker:
+    """The model the server would run for `model_dir` imported with `--backend backend` (`torch:bfloat16`: torch
     with RERANK_DTYPE=bfloat16)."""
     backend, _, dtype = spec.partition(":")
     folder = model_dir
@@ -59,16 +60,17 @@ def load(model_dir: Path, spec: str, work: Path, token_budget: int) -> Scorer:
         if not folder.exists():
             shutil.copytree(model_dir, folder)
             convert(folder, backend)
-    return load_folder(folder, max_length=512, backend=backend, dtype=dtype or "float32", token_budget=token_budget)
+    return load_folder(folder, max_length=512, backend=backend, dtype=dtype or "float32")
 
 
-def measure(scorer: Scorer, requests: list[tuple[str, list[str]]]) -> Measured:
+def measure(model: LoadedReranker, requests: list[tuple[str, list[str]]], token_budget: int) -> Measured:
     query, docs = requests[0]
-    scorer.score([query] * 8, docs[:8])  # warm-up: first-call allocations and compilation are not the steady state
+    # Warm-up: first-call allocations and compilation are not the steady state.
+    score_directly(model, [query] * 8, docs[:8], token_budget=token_budget)
     seconds, scores = [], []
     for query, docs in requests:
         started = time.perf_counter()
-        scores.append(np.array(scorer.score([query] * len(docs), docs).scores))
+        scores.append(np.array(score_directly(model, [query] * len(docs), docs, token_budget=token_budget).scores))
         seconds.append(time.perf_counter() - started)
     return Measured(seconds, scores)
 
@@ -115,9 +117,9 @@ def main(argv: list[str] | None = None) -> None:
         ]
         reference: Measured | None = None
         for backend in args.backends:
-            scorer = load(model_dir, backend, work, args.token_budget)
-            measured = measure(scorer, requests)
-            del scorer
+            model = load(model_dir, backend, work)
+            measured = measure(model, requests, args.token_budget)
+            del model
             mean = sum(measured.seconds) / len(measured.seconds)
             pairs_per_s = args.docs / mean
             if reference is None:

@@ -308,11 +308,23 @@ def table(rows: list[Row], concurrency: list[int], latency_docs: int) -> str:
     return "\n".join(lines)
 
 
+def cpu_class() -> str:
+    """The CPU's model name and the matrix units that change CPU results most (AMX, AVX-512 bf16 / VNNI)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    units = [unit for unit in ("amx_bf16", "avx512_bf16", "avx512_vnni") if unit in flags]
+    amx = "" if "amx_bf16" in flags else ", no AMX"
+    return f"{name or platform.machine()}; {' '.join(units) or 'no AVX-512'}{amx}"
+
+
 def machine() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    cpu = platform.processor() or platform.machine()
-    return f"CPU ({os.cpu_count()} cores, {cpu}), torch {torch.__version__}"
+    return f"CPU ({os.cpu_count()} cores, {cpu_class()}), torch {torch.__version__}"
 
 
 def write(markdown: str, key: str) -> None:

@@ -1,4 +1,4 @@
-"""RERANK_TOKEN_BUDGET: the server's scorer on the same 100-document requests under several token budgets.
+"""RERANK_TOKEN_BUDGET: the server's model and passes on the same 100-document requests under several token budgets.
 
     python -m benchmarks.token_budget                                  # MiniLM fixture, budgets 2k-64k
     python -m benchmarks.token_budget --models bge-base-shape --requests 20 --write    # on a GPU host
@@ -23,7 +23,9 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.rerank_bench import machine, write  # noqa: E402
 from benchmarks.workload import QUERY, build_model, documents  # noqa: E402
-from rerank_server.scorer import CrossEncoderScorer, resolve_device, resolve_dtype  # noqa: E402
+from rerank_server.backends.torch_backend import resolve_device  # noqa: E402
+from rerank_server.engine.batcher import score_directly  # noqa: E402
+from rerank_server.models.loaded import load_folder  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,7 +41,6 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoTokenizer
 
     device = resolve_device("auto")
-    dtype = resolve_dtype("auto", device)
     lines = [
         "| model | token budget | pairs/s | 100-doc request ms | peak device memory MiB |",
         "|---|---|---|---|---|",
@@ -48,15 +49,14 @@ def main(argv: list[str] | None = None) -> None:
         model_dir = build_model(name, Path(args.model_cache) / name)
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         requests = [documents(100, tokenizer, seed=200 + i) for i in range(args.requests)]
-        scorer = CrossEncoderScorer(model_dir, max_length=512, device=device, dtype=dtype, token_budget=args.budgets[0])
-        scorer.score([QUERY] * 8, requests[0][:8])  # warm-up
+        model = load_folder(model_dir, max_length=512, device=device)
+        score_directly(model, [QUERY] * 8, requests[0][:8])  # warm-up
         for budget in args.budgets:
-            scorer.token_budget = budget
             if device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
             started = time.perf_counter()
             for docs in requests:
-                scorer.score([QUERY] * len(docs), docs)
+                score_directly(model, [QUERY] * len(docs), docs, token_budget=budget)
             elapsed = time.perf_counter() - started
             peak = f"{torch.cuda.max_memory_allocated() / 2**20:,.0f}" if device.startswith("cuda") else "–"
             pairs = sum(len(docs) for docs in requests)

@@ -1,5 +1,5 @@
 """What can go wrong with a request, independent of any wire format: the HTTP layer maps each to a status code and
-its client's error shape in one place (`http_api.py`)."""
+its client's error shape in one place (`rerank_server/api/errors.py`)."""
 
 from __future__ import annotations
 

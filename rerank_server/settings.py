@@ -32,6 +32,18 @@ class Settings(BaseSettings):
     max_batch_pairs: int = Field(
         256, ge=1, description="Most (query, document) pairs merged into one model call (requests queued together)."
     )
+    api_max_batch_pairs: int = Field(
+        1024,
+        ge=2,
+        description="BentoML's batchable `/score_pairs`: most pairs its dispatcher merges from concurrent calls into "
+        "one hand-over to the continuous batcher.",
+    )
+    api_max_latency_ms: int = Field(
+        60_000,
+        ge=1,
+        description="BentoML's batchable `/score_pairs`: the dispatcher's latency bound; calls it predicts would miss "
+        "it are refused with 503.",
+    )
     max_queue_pairs: int = Field(
         8192, ge=1, description="Most pairs waiting for the model; beyond it requests get 429 and Retry-After at once."
     )
@@ -43,6 +55,12 @@ class Settings(BaseSettings):
         ge=512,
         description="Most padded tokens in one forward pass; larger batches are split. Unset: 16384 on CUDA, 2048 on "
         "the CPU, where smaller passes measured faster (docs/benchmarks.md).",
+    )
+    tokenizers: int = Field(
+        0,
+        ge=0,
+        description="Tokenizer copies per model, so that several requests tokenize in parallel. 0: on a GPU one per "
+        "usable CPU, at most 4; on a CPU one.",
     )
     cache_size: int = Field(0, ge=0, description="Pair scores kept in the in-memory LRU result cache (0: off).")
 

@@ -54,7 +54,7 @@ def fixture_model_dir() -> Path:
 @pytest.fixture(scope="session")
 def stored_fixture(fixture_model_dir: Path):
     """The fixture model imported into the scratch BentoML store under FIXTURE_MODEL_ID."""
-    from rerank_server.model_store import import_from_folder
+    from rerank_server.importer.sources import import_from_folder
 
     return import_from_folder(FIXTURE_MODEL_ID, fixture_model_dir).stored
 
@@ -74,7 +74,7 @@ def bge_gemma_dir() -> Path:
 @pytest.fixture(scope="session")
 def stored_llms(stored_fixture, qwen3_dir: Path, bge_gemma_dir: Path) -> tuple[str, str]:
     """Both LLM fixtures in the test store (under their catalogue ids: their recipes come from the catalogue)."""
-    from rerank_server.model_store import import_from_folder
+    from rerank_server.importer.sources import import_from_folder
 
     return import_from_folder(QWEN3_ID, qwen3_dir).stored.model_id, import_from_folder(
         BGE_GEMMA_ID, bge_gemma_dir
@@ -84,8 +84,9 @@ def stored_llms(stored_fixture, qwen3_dir: Path, bge_gemma_dir: Path) -> tuple[s
 @contextmanager
 def routes_client(engine, raise_server_exceptions: bool = True) -> Iterator[TestClient]:
     """A TestClient on the HTTP routes, served by `engine` instead of the BentoML service's."""
-    from rerank_server.http_api import app, current_engine
-    from rerank_server.observability import RequestTracking
+    from rerank_server.api.app import app
+    from rerank_server.api.dependencies import current_engine
+    from rerank_server.api.tracking import RequestTracking
 
     app.dependency_overrides[current_engine] = lambda: engine
     try:
@@ -97,11 +98,11 @@ def routes_client(engine, raise_server_exceptions: bool = True) -> Iterator[Test
 
 @contextmanager
 def scoring_engine(**settings) -> Iterator:
-    """A real ScoringEngine (registry, continuous batcher, cache) on the test store; its thread stops afterwards."""
-    from rerank_server.engine import ScoringEngine
+    """A real RerankEngine (registry, continuous batcher, cache) on the test store; its thread stops afterwards."""
+    from rerank_server.engine.engine import RerankEngine
     from rerank_server.settings import Settings
 
-    engine = ScoringEngine(Settings(**{"default_model": FIXTURE_MODEL_ID, **settings}))
+    engine = RerankEngine(Settings(**{"default_model": FIXTURE_MODEL_ID, **settings}))
     try:
         yield engine
     finally:

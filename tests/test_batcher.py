@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from rerank_server.batcher import BatcherClosedError, ContinuousBatcher, QueueFullError
+from rerank_server.engine.batcher import BatcherClosedError, ContinuousBatcher, QueueFullError
 from rerank_server.recipes import EncodedPairs
 
 POISON = -1
@@ -20,6 +20,8 @@ POISON = -1
 class GatedScorer:
     """Stands in for a model: the logit of a pair is its first token id; a gate holds the model busy on demand."""
 
+    device = "cpu"
+
     def __init__(self, error: type[Exception] = RuntimeError) -> None:
         self.calls: list[list[int]] = []
         self.gate = threading.Event()
@@ -27,7 +29,7 @@ class GatedScorer:
         self.started = threading.Event()
         self.error = error
 
-    def logits(self, encoded: EncodedPairs) -> torch.Tensor:
+    def forward(self, encoded: EncodedPairs) -> torch.Tensor:
         ids = [tokens[0] for tokens in encoded.input_ids]
         self.calls.append(ids)
         self.started.set()
@@ -172,11 +174,11 @@ class AllocatingScorer(GatedScorer):
         self.activations: list[weakref.ref[torch.Tensor]] = []
         self.freed_at_call: list[bool] = []
 
-    def logits(self, encoded: EncodedPairs) -> torch.Tensor:
+    def forward(self, encoded: EncodedPairs) -> torch.Tensor:
         self.freed_at_call.append(all(ref() is None for ref in self.activations))
         activations = torch.ones(512, 1024)  # what a forward holds in its frames when it fails
         self.activations.append(weakref.ref(activations))
-        return super().logits(encoded) + activations[0, 0] * 0
+        return super().forward(encoded) + activations[0, 0] * 0
 
 
 def test_a_failed_pass_frees_its_memory_before_the_retry_and_after_the_request() -> None:

@@ -48,7 +48,7 @@ def test_the_bento_names_the_preloaded_model_and_is_configured_for_gpus(bento_di
     assert "FROM nvidia/cuda:12.8.1" in dockerfile
     assert "python3.11" in dockerfile
     sources = {p.relative_to(bento_dir / "src").as_posix() for p in (bento_dir / "src").rglob("*.py")}
-    assert {"service.py", "import_models.py", "rerank_server/scorer.py"} <= sources
+    assert {"service.py", "import_models.py", "rerank_server/models/loaded.py"} <= sources
     assert not any(s.startswith("tests/") for s in sources)
 
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from rerank_server.cache import cache_key
-from rerank_server.model_store import import_from_folder
-from rerank_server.schemas import ScorePair
+from rerank_server.api.pairs import score_pairs
+from rerank_server.api.wire import PairToScore
+from rerank_server.engine.cache import cache_key
+from rerank_server.importer.sources import import_from_folder
 from tests.conftest import FIXTURE_MODEL_ID, routes_client, scoring_engine
 from tests.fixture_models import build_minilm_cross_encoder
 from tests.test_scorer import QUERY, mixed_documents
@@ -36,12 +37,12 @@ def counts() -> tuple[float, float, float]:
 
 def test_cached_and_uncached_answers_are_identical_and_hits_cost_no_model_time(stored_fixture) -> None:
     documents = mixed_documents(12, seed=3)
-    pairs = [ScorePair(model=FIXTURE_MODEL_ID, query=QUERY, document=d) for d in documents]
+    pairs = [PairToScore(model=FIXTURE_MODEL_ID, query=QUERY, document=d) for d in documents]
     with scoring_engine(cache_size=100) as cached, scoring_engine() as uncached:
         before = counts()
-        first = asyncio.run(cached.score_pairs(pairs))
-        again = asyncio.run(cached.score_pairs(pairs))
-        plain = asyncio.run(uncached.score_pairs(pairs))
+        first = asyncio.run(score_pairs(cached, pairs))
+        again = asyncio.run(score_pairs(cached, pairs))
+        plain = asyncio.run(score_pairs(uncached, pairs))
         after = counts()
     assert first == again == plain
     # 12 misses, then 12 hits; the model scored the 12 pairs for the cached engine once and for the other once.
@@ -49,12 +50,12 @@ def test_cached_and_uncached_answers_are_identical_and_hits_cost_no_model_time(s
 
 
 def test_a_request_mixing_hits_and_misses_keeps_its_order(stored_fixture) -> None:
-    pairs = [ScorePair(model=FIXTURE_MODEL_ID, query=QUERY, document=d) for d in mixed_documents(6, seed=4)]
+    pairs = [PairToScore(model=FIXTURE_MODEL_ID, query=QUERY, document=d) for d in mixed_documents(6, seed=4)]
     with scoring_engine(cache_size=100) as engine:
-        asyncio.run(engine.score_pairs(pairs[::2]))
-        mixed = asyncio.run(engine.score_pairs(pairs))
+        asyncio.run(score_pairs(engine, pairs[::2]))
+        mixed = asyncio.run(score_pairs(engine, pairs))
     with scoring_engine() as engine:
-        plain = asyncio.run(engine.score_pairs(pairs))
+        plain = asyncio.run(score_pairs(engine, pairs))
     # Equal up to float noise: the misses were scored in a smaller batch than the all-miss request's, padded less.
     assert [r.tokens for r in mixed] == [r.tokens for r in plain]
     assert [r.logit for r in mixed] == pytest.approx([r.logit for r in plain], abs=1e-5)
@@ -62,7 +63,7 @@ def test_a_request_mixing_hits_and_misses_keeps_its_order(stored_fixture) -> Non
 
 def test_the_cache_never_answers_for_another_model_or_truncation(stored_fixture, other_model) -> None:
     document = " ".join(mixed_documents(1, seed=5))
-    base = ScorePair(model=FIXTURE_MODEL_ID, query=QUERY, document=document)
+    base = PairToScore(model=FIXTURE_MODEL_ID, query=QUERY, document=document)
     variants = [
         base,
         base.model_copy(update={"model": other_model}),
@@ -71,22 +72,22 @@ def test_the_cache_never_answers_for_another_model_or_truncation(stored_fixture,
         base.model_copy(update={"max_document_tokens": 4}),
     ]
     with scoring_engine() as engine:
-        expected = [asyncio.run(engine.score_pairs([variant]))[0] for variant in variants]
+        expected = [asyncio.run(score_pairs(engine, [variant]))[0] for variant in variants]
     assert len({result.logit for result in expected}) == len(variants), "each variant must score differently"
     with scoring_engine(cache_size=100) as engine:
         for _ in range(2):  # the second round is answered from the cache
-            assert [asyncio.run(engine.score_pairs([variant]))[0] for variant in variants] == expected
+            assert [asyncio.run(score_pairs(engine, [variant]))[0] for variant in variants] == expected
         assert len(engine.cache) == len(variants)
 
 
 def test_the_cache_is_bounded_least_recently_used_out(stored_fixture) -> None:
     with scoring_engine(cache_size=3) as engine:
         for i in range(5):
-            asyncio.run(engine.score_pairs([ScorePair(model=FIXTURE_MODEL_ID, query="q", document=f"document {i}")]))
+            asyncio.run(score_pairs(engine, [PairToScore(model=FIXTURE_MODEL_ID, query="q", document=f"document {i}")]))
         assert len(engine.cache) == 3
         before = counts()
-        asyncio.run(engine.score_pairs([ScorePair(model=FIXTURE_MODEL_ID, query="q", document="document 4")]))
-        asyncio.run(engine.score_pairs([ScorePair(model=FIXTURE_MODEL_ID, query="q", document="document 0")]))
+        asyncio.run(score_pairs(engine, [PairToScore(model=FIXTURE_MODEL_ID, query="q", document="document 4")]))
+        asyncio.run(score_pairs(engine, [PairToScore(model=FIXTURE_MODEL_ID, query="q", document="document 0")]))
         after = counts()
         assert (after[0] - before[0], after[1] - before[1]) == (1, 1), "document 4 is kept, document 0 was dropped"
 
@@ -106,7 +107,7 @@ def test_the_http_answer_is_the_same_from_the_cache(stored_fixture) -> None:
 def test_a_new_import_of_a_model_is_served_and_never_meets_the_old_scores(stored_fixture, tmp_path) -> None:
     from sentence_transformers import CrossEncoder
 
-    from rerank_server.model_store import ImportOptions
+    from rerank_server.importer.commit import ImportOptions
 
     first = build_minilm_cross_encoder(tmp_path / "first", seed=2)
     second = build_minilm_cross_encoder(tmp_path / "second", seed=3)

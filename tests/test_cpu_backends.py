@@ -13,8 +13,11 @@ from scipy.stats import spearmanr
 
 from rerank_server.backends.onnx_backend import OnnxBackend, onnx_file
 from rerank_server.backends.openvino_backend import CACHE_DIR, OpenVinoBackend, model_file
-from rerank_server.model_store import ImportOptions, find_reranker, import_from_folder
-from rerank_server.registry import ModelRegistry
+from rerank_server.engine.batcher import score_directly
+from rerank_server.importer.commit import ImportOptions
+from rerank_server.importer.sources import import_from_folder
+from rerank_server.models.registry import ModelRegistry
+from rerank_server.models.store import find_reranker
 from rerank_server.settings import Settings
 from tests.conftest import FIXTURE_MODEL_ID, REPO_ROOT, routes_client, scoring_engine
 from tests.test_scorer import QUERY, mixed_documents
@@ -48,7 +51,7 @@ def documents() -> list[str]:
 def scores_of(model_id: str, documents: list[str], backend: str) -> np.ndarray:
     scorer = ModelRegistry(Settings(default_model=model_id)).get(model_id)
     assert isinstance(scorer.backend, RUNTIMES[backend])
-    return np.array(scorer.score([QUERY] * len(documents), documents).scores)
+    return np.array(score_directly(scorer, [QUERY] * len(documents), documents).scores)
 
 
 def test_the_store_records_the_backend_and_keeps_only_the_served_files(converted) -> None:
@@ -122,7 +125,7 @@ def test_openvino_serves_from_a_read_only_store(converted, monkeypatch, tmp_path
 
     monkeypatch.setattr(Path, "mkdir", read_only)
     scorer = ModelRegistry(Settings(default_model=converted["openvino"])).get(converted["openvino"])
-    assert len(scorer.score([QUERY], ["a panda"]).scores) == 1
+    assert len(score_directly(scorer, [QUERY], ["a panda"]).scores) == 1
 
 
 @pytest.mark.parametrize(("backend", "runtime"), [("onnx-int8", "ONNX Runtime"), ("openvino-int8", "OpenVINO")])
@@ -160,7 +163,7 @@ def test_a_converted_model_keeps_only_what_its_runtime_loads_and_is_budgeted_by_
 def test_torch_bfloat16_on_the_cpu_keeps_the_ranking(stored_fixture, reference_encoder, documents) -> None:
     """RERANK_DTYPE=bfloat16 on a CPU (the fast path where AMX units exist, docs/benchmarks.md): rankings hold."""
     registry = ModelRegistry(Settings(default_model=FIXTURE_MODEL_ID, device="cpu", dtype="bfloat16"))
-    scores = np.array(registry.get(FIXTURE_MODEL_ID).score([QUERY] * len(documents), documents).scores)
+    scores = np.array(score_directly(registry.get(FIXTURE_MODEL_ID), [QUERY] * len(documents), documents).scores)
     reference = reference_encoder.predict([(QUERY, d) for d in documents])
     assert spearmanr(scores, reference).statistic >= 0.99
     assert len(set(np.argsort(-scores)[:10]) & set(np.argsort(-reference)[:10])) >= 9

@@ -12,8 +12,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from rerank_server.http_api import app, current_engine
-from rerank_server.observability import RequestTracking
+from rerank_server.api.app import app
+from rerank_server.api.dependencies import current_engine
+from rerank_server.api.tracking import RequestTracking
 from tests.conftest import scoring_engine
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]

@@ -13,14 +13,10 @@ import bentoml
 import pytest
 
 import import_models
-from rerank_server.model_store import (
-    ImportOptions,
-    ModelImportError,
-    find_reranker,
-    import_from_folder,
-    import_model,
-    list_rerankers,
-)
+from rerank_server.importer.commit import ImportOptions
+from rerank_server.importer.folder import ModelImportError
+from rerank_server.importer.sources import import_from_folder, import_model
+from rerank_server.models.store import find_reranker, list_rerankers
 from tests.conftest import FIXTURE_MODEL_ID, REPO_ROOT
 
 
@@ -98,7 +94,7 @@ def test_a_failed_copy_leaves_nothing_in_the_store(fixture_model_dir, tmp_path, 
     def broken_copy(*_args, **_kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("rerank_server.model_store.shutil.copytree", broken_copy)
+    monkeypatch.setattr("rerank_server.importer.commit.shutil.copytree", broken_copy)
     with pytest.raises(OSError, match="disk full"):
         import_from_folder("test-org/half-written", fixture_model_dir)
     assert find_reranker("test-org/half-written") is None

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 import import_models
-from rerank_server.model_store import find_reranker, import_from_folder
+from rerank_server.importer.sources import import_from_folder
+from rerank_server.models.store import find_reranker
 from tests.conftest import FIXTURE_MODEL_ID, REPO_ROOT
 
 MS_MODEL = "ms-org/ms-reranker"

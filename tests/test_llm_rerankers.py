@@ -21,9 +21,12 @@ import numpy as np
 import pytest
 import torch
 
-from rerank_server.model_store import ModelImportError, find_reranker, import_from_folder
+from rerank_server.engine.batcher import score_directly
+from rerank_server.importer.folder import ModelImportError
+from rerank_server.importer.sources import import_from_folder
+from rerank_server.models.loaded import load_folder
+from rerank_server.models.store import find_reranker
 from rerank_server.recipes import TextOptions
-from rerank_server.scorer import load_folder
 from tests.conftest import BGE_GEMMA_ID, FIXTURE_MODEL_ID, QWEN3_ID, REPO_ROOT, routes_client, running_server
 from tests.conftest import scoring_engine as make_engine
 from tests.llm_references import BGE_GEMMA_PROMPT, BgeGemmaReference, Qwen3Reference
@@ -311,7 +314,7 @@ def test_only_the_answer_tokens_of_the_output_layer_are_kept(qwen3_dir) -> None:
 def test_half_precision_runs_on_the_cpu_and_stays_close(qwen3_dir, qwen3_reference) -> None:
     half = load_folder(qwen3_dir, recipe="qwen3", max_length=8192, causal=True, dtype="bfloat16")
     assert half.backend.dtype == torch.bfloat16
-    scores = half.score([QUERY] * len(DOCUMENTS), DOCUMENTS).scores
+    scores = score_directly(half, [QUERY] * len(DOCUMENTS), DOCUMENTS).scores
     assert scores == pytest.approx(qwen3_reference.scores([QUERY] * len(DOCUMENTS), DOCUMENTS), abs=0.05)
 
 

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from rerank_server.middleware import RequestGuard
+from rerank_server.api.guard import RequestGuard
 
 
 async def echo(request: Request) -> JSONResponse:

@@ -79,7 +79,7 @@ def test_a_request_past_its_deadline_is_a_504_and_leaves_the_queue(stored_fixtur
 def test_model_failures_are_json_errors(stored_fixture, monkeypatch, failure, status, message) -> None:
     with scoring_engine() as engine, routes_client(engine, raise_server_exceptions=False) as client:
         scorer = engine.registry.get(FIXTURE_MODEL_ID)
-        monkeypatch.setattr(scorer, "logits", lambda encoded: (_ for _ in ()).throw(failure))
+        monkeypatch.setattr(scorer, "forward", lambda encoded: (_ for _ in ()).throw(failure))
         response = client.post("/v1/rerank", json={"query": "q", "documents": ["a"]})
         assert response.status_code == status
         assert message in response.json()["error"]["message"]

@@ -12,10 +12,11 @@ import weakref
 import httpx
 import pytest
 
-from rerank_server.engine import ScoringEngine
-from rerank_server.model_store import import_from_folder
-from rerank_server.registry import ModelLoadError, ModelRegistry, UnknownModelError
-from rerank_server.schemas import ScorePair
+from rerank_server.api.pairs import score_pairs
+from rerank_server.api.wire import PairToScore
+from rerank_server.engine.engine import RerankEngine
+from rerank_server.importer.sources import import_from_folder
+from rerank_server.models.registry import ModelLoadError, ModelRegistry, UnknownModelError
 from rerank_server.settings import Settings
 from tests.conftest import FIXTURE_MODEL_ID, routes_client, running_server, scoring_engine
 
@@ -90,10 +91,10 @@ def test_a_broken_model_fails_alone(stored_fixture, fixture_model_dir, tmp_path)
     registry = ModelRegistry(Settings(default_model=FIXTURE_MODEL_ID))
     with pytest.raises(ModelLoadError, match="test-org/broken-weights"):
         registry.get("test-org/broken-weights")
-    engine = ScoringEngine(registry.settings, registry=registry)
-    mixed = asyncio.run(engine.score_pairs(
-        [ScorePair(model="test-org/broken-weights", query="q", document="d"),
-         ScorePair(model=FIXTURE_MODEL_ID, query="q", document="d")]
+    engine = RerankEngine(registry.settings, registry=registry)
+    mixed = asyncio.run(score_pairs(engine, 
+        [PairToScore(model="test-org/broken-weights", query="q", document="d"),
+         PairToScore(model=FIXTURE_MODEL_ID, query="q", document="d")]
     ))  # fmt: skip
     assert mixed[0].error and "could not be loaded" in mixed[0].error and mixed[0].score is None
     assert mixed[1].error is None and mixed[1].score is not None
@@ -132,9 +133,9 @@ def test_the_dtype_setting_reaches_the_model(stored_fixture) -> None:
     registry = ModelRegistry(Settings(default_model=FIXTURE_MODEL_ID, device="cpu", dtype="bfloat16"))
     scorer = registry.get(FIXTURE_MODEL_ID)
     assert next(scorer.backend.model.parameters()).dtype == torch.bfloat16
-    engine = ScoringEngine(registry.settings, registry=registry)
-    pair = ScorePair(model=FIXTURE_MODEL_ID, query="q", document="d")
-    assert asyncio.run(engine.score_pairs([pair]))[0].score is not None
+    engine = RerankEngine(registry.settings, registry=registry)
+    pair = PairToScore(model=FIXTURE_MODEL_ID, query="q", document="d")
+    assert asyncio.run(score_pairs(engine, [pair]))[0].score is not None
     engine.close()
 
 
@@ -147,14 +148,16 @@ def test_an_unknown_default_stops_start_up_and_an_unknown_preload_is_skipped(sto
 
 
 def test_the_token_budget_defaults_by_device_and_can_be_set(stored_fixture) -> None:
-    from rerank_server.scorer import default_token_budget
+    from rerank_server.engine.batcher import default_token_budget
 
     assert (default_token_budget("cuda"), default_token_budget("cuda:1"), default_token_budget("cpu")) == (
         16_384, 16_384, 2_048,
     )  # fmt: skip
-    assert ModelRegistry(Settings(default_model=FIXTURE_MODEL_ID)).get(FIXTURE_MODEL_ID).token_budget == 2_048
-    chosen = ModelRegistry(Settings(default_model=FIXTURE_MODEL_ID, token_budget=4096))
-    assert chosen.get(FIXTURE_MODEL_ID).token_budget == 4096
+    with scoring_engine() as engine:  # unset: the device's default, 2,048 on this CPU
+        assert engine.batcher.token_budget is None
+        assert default_token_budget(engine.registry.get(FIXTURE_MODEL_ID).device) == 2_048
+    with scoring_engine(token_budget=4096) as chosen:
+        assert chosen.batcher.token_budget == 4096
 
 
 def test_a_model_named_in_any_spelling_stays_loaded_while_its_work_is_queued(
@@ -184,15 +187,15 @@ def test_a_model_named_in_any_spelling_stays_loaded_while_its_work_is_queued(
 
 
 def test_unknown_names_cost_neither_pins_nor_store_scans(stored_fixture, monkeypatch) -> None:
-    from rerank_server import registry as registry_module
+    from rerank_server.models import registry as registry_module
 
     scans = []
     original = registry_module.list_rerankers
     monkeypatch.setattr(registry_module, "list_rerankers", lambda: scans.append(1) or original())
     with scoring_engine() as engine:
         scans.clear()
-        bogus = [ScorePair(model=f"bogus-{i}", query="q", document="d") for i in range(1000)]
-        results = asyncio.run(engine.score_pairs(bogus))
+        bogus = [PairToScore(model=f"bogus-{i}", query="q", document="d") for i in range(1000)]
+        results = asyncio.run(score_pairs(engine, bogus))
         assert all(result.error and "does not exist" in result.error for result in results)
         assert len(scans) <= 2, "an unknown name may rescan the store at most once a second"
         assert engine.registry._in_use == {}, "nothing stays pinned, and no entry per name ever seen"

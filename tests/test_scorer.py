@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from rerank_server.backends.torch_backend import resolve_device, resolve_dtype
-from rerank_server.scorer import Scorer, load_folder, pack_by_tokens
+from rerank_server.engine.batcher import plan_passes, score_directly
+from rerank_server.models.loaded import LoadedReranker, load_folder
 from tests.conftest import REPO_ROOT
 
 QUERY = "what is machine learning?"
@@ -26,13 +27,13 @@ def mixed_documents(count: int, seed: int = 1) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def scorer(fixture_model_dir) -> Scorer:
-    return load_folder(fixture_model_dir, max_length=512, device="cpu", dtype="float32", token_budget=2048)
+def scorer(fixture_model_dir) -> LoadedReranker:
+    return load_folder(fixture_model_dir, max_length=512, device="cpu", dtype="float32")
 
 
 def test_scores_equal_the_reference_cross_encoder(scorer, reference_encoder) -> None:
     documents = mixed_documents(40) + ["深度学习使用多层神经网络", "", "Python is a programming language"]
-    scored = scorer.score([QUERY] * len(documents), documents)
+    scored = score_directly(scorer, [QUERY] * len(documents), documents)
     reference = reference_encoder.predict([(QUERY, d) for d in documents])
     np.testing.assert_allclose(scored.scores, reference, atol=1e-5, rtol=0)
     assert np.ptp(reference) > 0.3, "the fixture model must separate documents for this test to mean anything"
@@ -42,7 +43,7 @@ def test_scores_equal_the_reference_cross_encoder(scorer, reference_encoder) -> 
 
 def test_token_counts_are_what_the_model_saw(scorer, reference_encoder) -> None:
     documents = ["short", " ".join(["word"] * 2000)]
-    scored = scorer.score([QUERY, QUERY], documents)
+    scored = score_directly(scorer, [QUERY, QUERY], documents)
     tokenizer = reference_encoder.tokenizer
     expected = [len(tokenizer(QUERY, d, truncation=True, max_length=512)["input_ids"]) for d in documents]
     assert scored.tokens == expected
@@ -50,13 +51,13 @@ def test_token_counts_are_what_the_model_saw(scorer, reference_encoder) -> None:
 
 
 def test_an_empty_call_scores_nothing(scorer) -> None:
-    assert scorer.score([], []).scores == []
+    assert score_directly(scorer, [], []).scores == []
 
 
 @pytest.mark.parametrize("budget", [1, 64, 1000, 10**6])
 def test_packing_keeps_every_pair_once_and_respects_the_budget(budget: int) -> None:
     lengths = [random.Random(budget).randint(1, 300) for _ in range(257)]
-    batches = list(pack_by_tokens(lengths, budget))
+    batches = list(plan_passes(lengths, budget))
     assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
     for batch in batches:
         padded = max(lengths[i] for i in batch) * len(batch)
@@ -66,11 +67,11 @@ def test_packing_keeps_every_pair_once_and_respects_the_budget(budget: int) -> N
 
 
 def test_half_precision_runs_on_cpu_and_stays_close(fixture_model_dir, scorer) -> None:
-    half = load_folder(fixture_model_dir, max_length=512, device="cpu", dtype="bfloat16", token_budget=2048)
+    half = load_folder(fixture_model_dir, max_length=512, device="cpu", dtype="bfloat16")
     assert next(half.backend.model.parameters()).dtype == torch.bfloat16
     documents = mixed_documents(12, seed=3)
-    full = scorer.score([QUERY] * 12, documents).scores
-    reduced = half.score([QUERY] * 12, documents).scores
+    full = score_directly(scorer, [QUERY] * 12, documents).scores
+    reduced = score_directly(half, [QUERY] * 12, documents).scores
     assert all(isinstance(s, float) for s in reduced)
     np.testing.assert_allclose(reduced, full, atol=0.05)
 
@@ -85,7 +86,7 @@ def test_device_and_dtype_defaults() -> None:
 
 def test_huge_documents_are_cut_before_tokenizing_with_the_same_score(scorer, reference_encoder) -> None:
     huge = " ".join(WORDS * 20_000)  # ~1.6 million characters
-    scored = scorer.score([QUERY, QUERY], [huge, "short"])
+    scored = score_directly(scorer, [QUERY, QUERY], [huge, "short"])
     reference = reference_encoder.predict([(QUERY, huge), (QUERY, "short")])
     np.testing.assert_allclose(scored.scores, reference, atol=1e-5)
     assert scored.tokens[0] == 512
@@ -160,7 +161,7 @@ def test_a_long_query_with_long_documents_costs_no_quadratic_memory(fixture_mode
         "import resource, sys\n"
         "resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))\n"
         "from rerank_server.recipes import TextOptions\n"
-        "from rerank_server.scorer import load_folder\n"
+        "from rerank_server.models.loaded import load_folder\n"
         f"scorer = load_folder({str(fixture_model_dir)!r}, max_length=512, dtype='float32')\n"
         "query, document = 'word ' * 20_000, 'text ' * 60_000\n"
         "encoded = scorer.encode([query] * 3, [document] * 3, TextOptions(max_length=16))\n"

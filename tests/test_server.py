@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 
 import bentoml
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from rerank_server.model_store import import_from_folder
+from rerank_server.importer.sources import import_from_folder
 from tests.conftest import FIXTURE_MODEL_ID
 from tests.test_scorer import QUERY, WORDS, mixed_documents
 
@@ -123,3 +124,72 @@ def test_the_bentoml_api_replaces_lone_surrogates_as_the_routes_do(server) -> No
         timeout=60,
     ).json()[0]
     assert result["score"] == pytest.approx(same["score"], abs=1e-6)
+
+
+def _adaptive_batches(url: str) -> tuple[float, float]:
+    """(dispatches, calls merged into them) of `/score_pairs`, from BentoML's own adaptive batch size histogram."""
+    dispatches = calls = 0.0
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        for sample in family.samples:
+            if sample.labels.get("method_name") != "score_pairs":
+                continue
+            if sample.name.endswith("adaptive_batch_size_count"):
+                dispatches += sample.value
+            elif sample.name.endswith("adaptive_batch_size_sum"):
+                calls += sample.value
+    return dispatches, calls
+
+
+def test_the_batchable_api_merges_bentoml_client_calls_and_shares_the_routes_queue(server) -> None:
+    """BentoML clients calling the batchable `score_pairs` while HTTP clients call `/v1/rerank` on the same pairs:
+    BentoML's dispatcher merges the API's calls, they join the routes' queue, and every score is the same."""
+    import concurrent.futures
+
+    documents = [" ".join(WORDS[i % len(WORDS) :] + WORDS[: i % len(WORDS)]) for i in range(12)]
+    pairs = [{"model": FIXTURE_MODEL_ID, "query": QUERY, "document": d} for d in documents]
+    before = _adaptive_batches(server.url)
+    blocker = concurrent.futures.ThreadPoolExecutor(1).submit(
+        httpx.post, f"{server.url}/v1/rerank", json={"query": "busy", "documents": [" ".join(WORDS * 20)] * 60},
+        timeout=300,
+    )  # fmt: skip
+
+    def api_call(_: int) -> list[dict]:
+        with bentoml.SyncHTTPClient(server.url, timeout=300) as client:
+            return client.score_pairs(pairs=pairs)
+
+    def route_call(_: int) -> dict:
+        return httpx.post(f"{server.url}/v1/rerank", json={"query": QUERY, "documents": documents}, timeout=300).json()
+
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        api_answers = pool.map(api_call, range(8))
+        route_answers = pool.map(route_call, range(4))
+        api_answers, route_answers = list(api_answers), list(route_answers)
+    assert blocker.result().status_code == 200
+    expected = [score for _, score in sorted((r["index"], r["relevance_score"]) for r in route_answers[0]["results"])]
+    for answer in route_answers:
+        by_index = [score for _, score in sorted((r["index"], r["relevance_score"]) for r in answer["results"])]
+        assert by_index == pytest.approx(expected, abs=1e-6)
+    for answer in api_answers:
+        assert [result["error"] for result in answer] == [None] * len(documents)
+        assert [result["score"] for result in answer] == pytest.approx(expected, abs=1e-6)
+    dispatches, calls = (now - then for now, then in zip(_adaptive_batches(server.url), before, strict=True))
+    assert calls == 8 and dispatches < calls, "BentoML's dispatcher merged concurrent API calls"
+
+
+def test_the_batchable_api_counts_each_calls_own_pairs(server) -> None:
+    """Merged calls still get one access line each, with their own pairs and models."""
+    import concurrent.futures
+
+    def call(count: int) -> int:
+        pairs = [{"model": "mini-reranker", "query": "q", "document": f"document {i}"} for i in range(count)]
+        return httpx.post(
+            f"{server.url}/score_pairs", json={"pairs": pairs}, headers={"X-Request-ID": f"merged-{count}"}, timeout=120
+        ).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        assert list(pool.map(call, [1, 2, 3, 5, 8, 13])) == [200] * 6
+    deadline = time.monotonic() + 10  # a line is written once its answer has been sent
+    while (log := server.log.read_text()).count("request_id=merged-") < 6 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for count in (1, 2, 3, 5, 8, 13):
+        assert f"request_id=merged-{count} POST /score_pairs status=200 model={FIXTURE_MODEL_ID} pairs={count} " in log

@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rerank_server.model_store import ImportOptions, import_from_folder
+from rerank_server.importer.commit import ImportOptions
+from rerank_server.importer.sources import import_from_folder
 from tests.conftest import FIXTURE_MODEL_ID, REPO_ROOT, free_port, running_server
 
 BROKEN = "test-org/broken-at-start"

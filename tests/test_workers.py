@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rerank_server.workers import Readiness, visible_gpus, worker_count, worker_device
+from rerank_server.serving.workers import Readiness, visible_gpus, worker_count, worker_device
 from tests.conftest import FIXTURE_MODEL_ID, REPO_ROOT, running_server
 from tests.test_observability import scrape
 

@@ -4,18 +4,20 @@ A model is imported for one backend (`import_models.py --backend`): `torch` (CUD
 and causal-LM rerankers), or a CPU runtime that the model is converted for at import time: `openvino` /
 `openvino-int8` (OpenVINO, weight-only int8) and `onnx` / `onnx-int8` (ONNX Runtime, dynamic int8). CPU runtimes take
 cross-encoders (one-logit `*ForSequenceClassification`) only.
+
+This module imports no runtime: the model store reads backend names without loading torch, ONNX Runtime or OpenVINO.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
-import numpy as np
-import torch
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
-from rerank_server.backends import onnx_backend, openvino_backend
-from rerank_server.recipes.base import LastTokenHead
+    from rerank_server.recipes.base import LastTokenHead
 
 BackendName = Literal["torch", "openvino", "openvino-int8", "onnx", "onnx-int8"]
 BACKENDS: tuple[BackendName, ...] = ("torch", "openvino", "openvino-int8", "onnx", "onnx-int8")
@@ -57,8 +59,12 @@ def is_cpu_runtime(backend: str) -> bool:
 def convert(model_dir: Path, backend: str) -> None:
     """Convert a stored model folder for `backend` at import time (nothing to do for torch)."""
     if backend in ("onnx", "onnx-int8"):
+        from rerank_server.backends import onnx_backend
+
         onnx_backend.export(model_dir, backend)
     elif backend in ("openvino", "openvino-int8"):
+        from rerank_server.backends import openvino_backend
+
         openvino_backend.export(model_dir, backend)
 
 
@@ -75,9 +81,15 @@ def load_backend(
 ) -> Backend:
     """The stored model at `path` loaded for `backend` (a CPU runtime ignores `device` and `dtype`)."""
     if backend in ("onnx", "onnx-int8"):
-        return onnx_backend.OnnxBackend(path, backend=backend, threads=threads)
+        from rerank_server.backends.onnx_backend import OnnxBackend
+
+        return OnnxBackend(path, backend=backend, threads=threads)
     if backend in ("openvino", "openvino-int8"):
-        return openvino_backend.OpenVinoBackend(path, backend=backend, threads=threads)
+        from rerank_server.backends.openvino_backend import OpenVinoBackend
+
+        return OpenVinoBackend(path, backend=backend, threads=threads)
+    import torch
+
     from rerank_server.backends.torch_backend import LastTokenLogit, SequenceClassifier
 
     if device == "cpu":

@@ -7,7 +7,6 @@ a backend (`rerank_server.backends`) turns its token ids into logits.
 
 from __future__ import annotations
 
-import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,6 +56,18 @@ class EncodedPairs:
     def lengths(self) -> list[int]:
         return [len(ids) for ids in self.input_ids]
 
+    def slice(self, start: int, stop: int) -> EncodedPairs:
+        """Pairs `start` to `stop` (itself when that is all of them)."""
+        if start == 0 and stop >= len(self):
+            return self
+        types = self.token_type_ids[start:stop] if self.token_type_ids is not None else None
+        return EncodedPairs(self.input_ids[start:stop], types)
+
+    def select(self, rows: Sequence[int]) -> EncodedPairs:
+        """The pairs at `rows`, in that order."""
+        types = [self.token_type_ids[i] for i in rows] if self.token_type_ids is not None else None
+        return EncodedPairs([self.input_ids[i] for i in rows], types)
+
     @classmethod
     def concat(cls, parts: Sequence[EncodedPairs]) -> EncodedPairs:
         if len(parts) == 1:
@@ -76,18 +87,20 @@ class LastTokenHead:
 
 
 class Recipe(ABC):
-    """One reranker family. Thread-safe: tokenizer calls are serialized (a Hugging Face tokenizer is mutable)."""
+    """One reranker family around one tokenizer. Not thread-safe (a Hugging Face tokenizer is mutable): a loaded
+    model lends each tokenizing thread a copy of its own (`rerank_server.models.loaded.RecipePool`)."""
 
     name: ClassVar[str]
     description: ClassVar[str]
     padding_side: ClassVar[Side] = "right"
     uses_instruction: ClassVar[bool] = False
+    # The max_length of the family's reference code, for a model the catalogue does not know.
+    reference_max_length: ClassVar[int] = 512
 
     def __init__(self, tokenizer: Any, max_length: int) -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length  # most tokens of one pair, template included
         self.long_text = LongText(tokenizer)
-        self._lock = threading.Lock()
 
     @property
     def pad_id(self) -> int:
@@ -124,19 +137,15 @@ class Recipe(ABC):
         Pieces are cut at token boundaries of the document; a document that fits is returned whole.
         """
         room = max(self.document_room(query, options), 16)
-        with self._lock:
-            text, _ = self.long_text.cut(document, room * max_windows + 1)
-            offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        text, _ = self.long_text.cut(document, room * max_windows + 1)
+        offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
         if len(offsets) <= room:
             return [document]
         starts = list(range(0, len(offsets), room))[:max_windows]
         return [text[offsets[start][0] : offsets[min(start + room, len(offsets)) - 1][1]] for start in starts]
 
     def cut_documents(self, documents: Sequence[str], max_tokens: int, side: Side) -> list[str]:
-        """Each document cut to its first (or last) `max_tokens` tokens, at a token boundary of its text.
-
-        Call with the lock held.
-        """
+        """Each document cut to its first (or last) `max_tokens` tokens, at a token boundary of its text."""
         cut: list[str] = []
         for document in documents:
             text, _ = self.long_text.cut(document, max_tokens + 1, side)

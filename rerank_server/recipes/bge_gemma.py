@@ -50,8 +50,7 @@ class BgeGemmaRecipe(Recipe):
     def _prompt_ids(self, options: TextOptions) -> list[int]:
         if options.instruction is None:
             return self.default_prompt_ids
-        with self._lock:
-            return self.tokenizer(options.instruction, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(options.instruction, add_special_tokens=False)["input_ids"]
 
     def _passage_limit(self, options: TextOptions, prompt_ids: list[int]) -> int:
         """FlagEmbedding's max_length for a whole-prompt cap (truncate_prompt_tokens): the cap less what it adds."""
@@ -71,24 +70,23 @@ class BgeGemmaRecipe(Recipe):
         max_length = self._passage_limit(options, prompt_ids)
         query_max_length = max_length * 3 // 4
         encode_max_length = max_length + len(self.sep_ids) + len(prompt_ids)
-        with self._lock:
-            query_texts = [QUERY_PREFIX + self.long_text.cut(q, query_max_length + _SLACK)[0] for q in queries]
-            if options.side == "left" or options.max_document_tokens:
-                room = min(max_length, options.max_document_tokens or max_length)
-                documents = self.cut_documents(documents, room, options.side)
-            passage_texts = [PASSAGE_PREFIX + self.long_text.cut(d, max_length + _SLACK)[0] for d in documents]
-            self.tokenizer.truncation_side = "right"
-            truncate = options.truncate
-            query_ids = self.tokenizer(
-                query_texts, add_special_tokens=False, max_length=query_max_length if truncate else None,
-                truncation=truncate,
-            )["input_ids"]  # fmt: skip
-            passage_ids = self.tokenizer(
-                passage_texts,
-                add_special_tokens=False,
-                max_length=max_length if truncate else None,
-                truncation=truncate,
-            )["input_ids"]
+        query_texts = [QUERY_PREFIX + self.long_text.cut(q, query_max_length + _SLACK)[0] for q in queries]
+        if options.side == "left" or options.max_document_tokens:
+            room = min(max_length, options.max_document_tokens or max_length)
+            documents = self.cut_documents(documents, room, options.side)
+        passage_texts = [PASSAGE_PREFIX + self.long_text.cut(d, max_length + _SLACK)[0] for d in documents]
+        self.tokenizer.truncation_side = "right"
+        truncate = options.truncate
+        query_ids = self.tokenizer(
+            query_texts, add_special_tokens=False, max_length=query_max_length if truncate else None,
+            truncation=truncate,
+        )["input_ids"]  # fmt: skip
+        passage_ids = self.tokenizer(
+            passage_texts,
+            add_special_tokens=False,
+            max_length=max_length if truncate else None,
+            truncation=truncate,
+        )["input_ids"]
         pairs = []
         for query, passage in zip(query_ids, passage_ids, strict=True):
             first = self.bos_ids + query
@@ -100,8 +98,7 @@ class BgeGemmaRecipe(Recipe):
 
     def document_room(self, query: str, options: TextOptions) -> int:
         max_length = self._passage_limit(options, self._prompt_ids(options))
-        with self._lock:
-            passage_prefix = len(self.tokenizer(PASSAGE_PREFIX, add_special_tokens=False)["input_ids"])
+        passage_prefix = len(self.tokenizer(PASSAGE_PREFIX, add_special_tokens=False)["input_ids"])
         room = max_length - passage_prefix
         return min(room, options.max_document_tokens or room)
 

@@ -34,10 +34,9 @@ class CrossEncoderRecipe(Recipe):
     def encode(self, queries: Sequence[str], documents: Sequence[str], options: TextOptions) -> EncodedPairs:
         limit = self.limit(options)
         room = limit - self.special_tokens
-        with self._lock:
-            if options.max_document_tokens:
-                documents = self.cut_documents(documents, options.max_document_tokens, options.side)
-            encodings = self._pairs(queries, documents, room, options.side, options.truncate)
+        if options.max_document_tokens:
+            documents = self.cut_documents(documents, options.max_document_tokens, options.side)
+        encodings = self._pairs(queries, documents, room, options.side, options.truncate)
         types = [encoding.type_ids for encoding in encodings] if self.returns_token_types else None
         return EncodedPairs([encoding.ids for encoding in encodings], types)
 
@@ -86,9 +85,8 @@ class CrossEncoderRecipe(Recipe):
 
     def document_room(self, query: str, options: TextOptions) -> int:
         limit = self.limit(options)
-        with self._lock:
-            query_text, _ = self.long_text.cut(query, limit + 1)
-            query_tokens = self.long_text.count(query_text)
+        query_text, _ = self.long_text.cut(query, limit + 1)
+        query_tokens = self.long_text.count(query_text)
         room = limit - min(query_tokens, limit // 2) - self.special_tokens
         return min(room, options.max_document_tokens or room)
 

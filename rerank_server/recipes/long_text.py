@@ -35,7 +35,7 @@ def _starts_of_last_words(text: str, count: int) -> int:
 
 
 class LongText:
-    """Cuts texts for one tokenizer. Not thread-safe: the caller holds the tokenizer's lock."""
+    """Cuts texts for one tokenizer; not thread-safe, like the recipe that owns it."""
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer

@@ -30,6 +30,7 @@ class Qwen3Recipe(Recipe):
     description = "Qwen3-Reranker: instruction/query/document chat prompt, yes vs no at the last token"
     padding_side = "left"
     uses_instruction = True
+    reference_max_length = 8192
 
     def __init__(self, tokenizer: Any, max_length: int) -> None:
         super().__init__(tokenizer, max_length)
@@ -55,26 +56,25 @@ class Qwen3Recipe(Recipe):
     def encode(self, queries: Sequence[str], documents: Sequence[str], options: TextOptions) -> EncodedPairs:
         middle_limit = self._middle_limit(options)
         instruction = DEFAULT_INSTRUCTION if options.instruction is None else options.instruction
-        with self._lock:
-            queries = [self.long_text.cut(query, middle_limit + _SLACK)[0] for query in queries]
-            if options.side == "left" or options.max_document_tokens:
-                # Truncation takes the document's tokens only, never the template (or the query) around it.
-                rooms = [self._room(query, instruction, middle_limit) for query in queries]
-                documents = [
-                    self.cut_documents([document], min(room, options.max_document_tokens or room), options.side)[0]
-                    for document, room in zip(documents, rooms, strict=True)
-                ]
-            else:
-                documents = [self.long_text.cut(document, middle_limit + _SLACK)[0] for document in documents]
-            middles = [
-                TEMPLATE.format(instruction=instruction, query=query, doc=document)
-                for query, document in zip(queries, documents, strict=True)
+        queries = [self.long_text.cut(query, middle_limit + _SLACK)[0] for query in queries]
+        if options.side == "left" or options.max_document_tokens:
+            # Truncation takes the document's tokens only, never the template (or the query) around it.
+            rooms = [self._room(query, instruction, middle_limit) for query in queries]
+            documents = [
+                self.cut_documents([document], min(room, options.max_document_tokens or room), options.side)[0]
+                for document, room in zip(documents, rooms, strict=True)
             ]
-            self.tokenizer.truncation_side = "right"
-            if options.truncate:
-                encoded = self.tokenizer(middles, truncation="longest_first", max_length=middle_limit)
-            else:
-                encoded = self.tokenizer(middles)
+        else:
+            documents = [self.long_text.cut(document, middle_limit + _SLACK)[0] for document in documents]
+        middles = [
+            TEMPLATE.format(instruction=instruction, query=query, doc=document)
+            for query, document in zip(queries, documents, strict=True)
+        ]
+        self.tokenizer.truncation_side = "right"
+        if options.truncate:
+            encoded = self.tokenizer(middles, truncation="longest_first", max_length=middle_limit)
+        else:
+            encoded = self.tokenizer(middles)
         return EncodedPairs([self.prefix_ids + ids + self.suffix_ids for ids in encoded["input_ids"]])
 
     def _room(self, query: str, instruction: str, middle_limit: int) -> int:
@@ -84,7 +84,6 @@ class Qwen3Recipe(Recipe):
     def document_room(self, query: str, options: TextOptions) -> int:
         instruction = DEFAULT_INSTRUCTION if options.instruction is None else options.instruction
         middle_limit = self._middle_limit(options)
-        with self._lock:
-            query = self.long_text.cut(query, middle_limit + _SLACK)[0]
-            room = self._room(query, instruction, middle_limit)
+        query = self.long_text.cut(query, middle_limit + _SLACK)[0]
+        room = self._room(query, instruction, middle_limit)
         return min(room, options.max_document_tokens or room)

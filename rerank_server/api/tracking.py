@@ -10,6 +10,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -45,6 +46,8 @@ class RequestContext:
     request_id: str
     model: str = ""
     pairs: int = field(default=0)
+    # Run once the answer is sent (or the request failed): releases what the request held while it was served.
+    on_finish: list[Callable[[], None]] = field(default_factory=list)
 
 
 _current: ContextVar[RequestContext | None] = ContextVar("rerank_request", default=None)
@@ -94,6 +97,8 @@ class RequestTracking:
             await self.app(scope, receive, send_with_id)
         finally:
             _current.reset(token)
+            for finish in context.on_finish:
+                finish()
             elapsed = time.perf_counter() - started
             route = path if path in TRACKED_ROUTES else "other"
             metrics = get_metrics()

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from rerank_server.http_errors import ErrorFormat, HTTPError, looks_like_tei
+from rerank_server.api.errors import ErrorFormat, HTTPError, looks_like_tei
 
 # Probes and metrics stay open for orchestrators; documentation and the status page hold no secrets.
 OPEN_PATHS = frozenset({"/readyz", "/livez", "/healthz", "/metrics"})

@@ -24,7 +24,8 @@ _SHARED_DIR = "PROMETHEUS_MULTIPROC_DIR"
 def visible_gpus() -> int:
     """NVIDIA GPUs this process may use: those `CUDA_VISIBLE_DEVICES` names when it is set, else those NVML counts.
 
-    Without importing torch (the `bentoml serve` process imports `service.py` too and has no use for CUDA).
+    Counted without CUDA: the `bentoml serve` process imports `service.py` too, and a CUDA context opened there would
+    hold GPU memory for the life of the server without ever running a model.
     """
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:

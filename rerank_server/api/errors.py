@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import torch
 
+from rerank_server.api.wire import ErrorInfo, ErrorResponse, TEIError
 from rerank_server.errors import (
     BatcherClosedError,
     DeadlineExceededError,
@@ -22,7 +23,6 @@ from rerank_server.errors import (
     QueueFullError,
     UnknownModelError,
 )
-from rerank_server.schemas import ErrorInfo, ErrorResponse, TEIError
 
 ErrorFormat = Literal["vllm", "tei"]
 RETRY_SOON = {"Retry-After": "1"}

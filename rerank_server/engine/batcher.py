@@ -1,12 +1,19 @@
-"""Continuous batching: one model thread that, whenever the model is free, merges everything queued for it.
+"""Continuous batching: one model thread that, whenever the model is free, merges everything queued for it, and the
+one batching policy of the server (what goes into a batch, and how a batch becomes forward passes).
 
-Hand-written because this queue is the product's core and BentoML's dispatcher does not fit it (measured in
-docs/benchmarks.md): its learned wait keeps a lone request waiting for partners after a burst, it reaches the batcher
-from a mounted app only through an in-process HTTP round trip, and it has no queue bound, per-request deadline or
-retry of a failed batch. Here, as in text-embeddings-inference, a request never waits while the model is idle, the
-queue is bounded (refusals are immediate), a request is queued in pieces of at most `max_batch_pairs` pairs (so that
-one giving up stops what it has not started, and a large request does not hold the model for all of its pairs), and
-a batch that fails is split so that only the failing request fails.
+Hand-written because this queue is the product's core and BentoML's dispatcher does not fit it as the only batcher
+(measured in docs/benchmarks.md): its learned wait keeps a lone request waiting for partners after a burst, it reaches
+the batcher from a mounted app only through an in-process HTTP round trip, and it has no queue bound, per-request
+deadline or retry of a failed batch. BentoML's batchable API (`service.py`) feeds this queue too. Here, as in
+text-embeddings-inference, a request never waits while the model is idle, the queue is bounded (refusals are
+immediate), and a batch that fails is split so that only the failing request fails.
+
+The policy, in one place:
+- a request is queued in pieces of at most `max_batch_pairs` pairs (so that one giving up stops what it has not
+  started, and a large request does not hold the model for all of its pairs);
+- a batch is the oldest piece and the pieces queued after it for the same model, up to `max_batch_pairs` pairs;
+- a batch runs as forward passes of pairs sorted by length, each within `token_budget` padded tokens (16,384 on CUDA,
+  2,048 on a CPU unless RERANK_TOKEN_BUDGET says otherwise), launched one after another with a single copy back.
 """
 
 from __future__ import annotations
@@ -16,20 +23,103 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from rerank_server.errors import BatcherClosedError, QueueFullError
 from rerank_server.metrics import RerankMetrics
-from rerank_server.recipes import EncodedPairs
-from rerank_server.scorer import Scorer
+from rerank_server.recipes import DEFAULT_OPTIONS, EncodedPairs, TextOptions
+
+if TYPE_CHECKING:
+    from rerank_server.models.loaded import LoadedReranker
 
 logger = logging.getLogger("bentoml")
 
-__all__ = ["BatcherClosedError", "ContinuousBatcher", "QueueFullError"]
+__all__ = ["BatcherClosedError", "ContinuousBatcher", "QueueFullError", "plan_passes", "run_passes", "score_directly"]
+
+
+class Forward(Protocol):
+    """What the batcher needs of a loaded model (`rerank_server.models.loaded.LoadedReranker`)."""
+
+    device: str
+
+    def forward(self, encoded: EncodedPairs) -> torch.Tensor:
+        """One pass: a logit per pair, possibly still on the device."""
+
+
+def default_token_budget(device: str) -> int:
+    """Padded tokens per forward pass when RERANK_TOKEN_BUDGET is unset.
+
+    A GPU wants large passes to fill its cores; on a CPU, passes of ~2k tokens measured 25-30 % faster than 16k (cache
+    locality), see benchmarks/token_budget.py.
+    """
+    return 16_384 if device.startswith("cuda") else 2_048
+
+
+def plan_passes(lengths: Sequence[int], token_budget: int) -> Iterator[list[int]]:
+    """Group pair indices, longest first, into passes whose padded size stays within `token_budget`.
+
+    Sorting by length means each pass pads to its first (longest) pair, so little compute goes to padding.
+    A single pair longer than the budget still gets a pass of its own.
+    """
+    order = sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True)
+    batch: list[int] = []
+    for index in order:
+        padded_to = lengths[batch[0]] if batch else lengths[index]
+        if batch and (len(batch) + 1) * padded_to > token_budget:
+            yield batch
+            batch = []
+        batch.append(index)
+    if batch:
+        yield batch
+
+
+def run_passes(model: Forward, encoded: EncodedPairs, token_budget: int | None = None) -> torch.Tensor:
+    """The logit of each encoded pair (float32, on the CPU, in the given order), computed in planned passes.
+
+    Passes are launched one after another without waiting for the device, so on a GPU the host pads and copies the
+    next pass while the current one computes; the only synchronisation is the final copy back. Also what tools and
+    benchmarks call to score without a queue.
+    """
+    if not len(encoded):
+        return torch.empty(0)
+    budget = token_budget or default_token_budget(model.device)
+    order: list[int] = []
+    outputs: list[torch.Tensor] = []
+    for rows in plan_passes(encoded.lengths, budget):
+        outputs.append(model.forward(encoded.select(rows)))
+        order.extend(rows)
+    flat = torch.cat(outputs).float().cpu()
+    logits = torch.empty(len(order), dtype=torch.float32)
+    logits[order] = flat
+    return logits
+
+
+@dataclass(frozen=True)
+class ScoredPairs:
+    """Raw logits, sigmoid scores and token counts of pairs scored without a queue, in the order they were given."""
+
+    logits: list[float]
+    scores: list[float]
+    tokens: list[int]
+
+
+def score_directly(
+    model: LoadedReranker,
+    queries: Sequence[str],
+    documents: Sequence[str],
+    options: TextOptions = DEFAULT_OPTIONS,
+    token_budget: int | None = None,
+) -> ScoredPairs:
+    """Tokenize and score each (queries[i], documents[i]) pair on this thread, in the batcher's passes: for tools,
+    benchmarks and tests that have a loaded model and no server."""
+    encoded = model.encode(queries, documents, options)
+    logits = run_passes(model, encoded, token_budget)
+    return ScoredPairs(logits.tolist(), torch.sigmoid(logits).tolist(), encoded.lengths)
 
 
 @dataclass(eq=False)
@@ -37,7 +127,7 @@ class _Request:
     """One submitted request: its future, where its logits go, and what of it is still queued or running."""
 
     model_id: str
-    scorer: Scorer
+    model: Forward
     logits: torch.Tensor
     on_finished: Callable[[], None] | None
     future: Future[torch.Tensor] = field(default_factory=Future)
@@ -58,9 +148,17 @@ class _Piece:
 class ContinuousBatcher:
     """Queues encoded pairs per request and runs them on their model, merged, on one thread."""
 
-    def __init__(self, *, max_batch_pairs: int, max_queue_pairs: int, metrics: RerankMetrics | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_batch_pairs: int,
+        max_queue_pairs: int,
+        token_budget: int | None = None,
+        metrics: RerankMetrics | None = None,
+    ) -> None:
         self.max_batch_pairs = max_batch_pairs
         self.max_queue_pairs = max_queue_pairs
+        self.token_budget = token_budget  # None: the device's default
         self._metrics = metrics
         self._queue: deque[_Piece] = deque()
         self._queued_pairs = 0
@@ -76,7 +174,7 @@ class ContinuousBatcher:
     def submit(
         self,
         model_id: str,
-        scorer: Scorer,
+        model: Forward,
         encoded: EncodedPairs,
         on_finished: Callable[[], None] | None = None,
     ) -> Future[torch.Tensor]:
@@ -85,12 +183,12 @@ class ContinuousBatcher:
         A request larger than the whole queue bound is still taken when nothing else waits, or it could never run.
         Cancelling the future takes its pieces that have not started out of the queue (and out of the count) at once.
         `on_finished` runs once the model thread is done with the request (scored, failed or cancelled): until then
-        the scorer must stay loaded.
+        the model must stay loaded.
         """
-        request = _Request(model_id, scorer, torch.empty(len(encoded)), on_finished)
+        request = _Request(model_id, model, torch.empty(len(encoded)), on_finished)
         step = self.max_batch_pairs
         request.queued = [
-            _Piece(request, start, _slice(encoded, start, start + step)) for start in range(0, len(encoded), step)
+            _Piece(request, start, encoded.slice(start, start + step)) for start in range(0, len(encoded), step)
         ]
         with self._ready:
             if self._closed:
@@ -149,18 +247,18 @@ class ContinuousBatcher:
     def _take(self) -> list[_Piece] | None:
         """The next batch: the oldest piece and the pieces queued after it for the same model, up to max_batch_pairs.
 
-        Pieces of one model share one scorer object, which stays loaded while pieces for it are queued or running.
+        Pieces of one model share one model object, which stays loaded while pieces for it are queued or running.
         """
         with self._ready:
             while not self._queue:
                 if self._closed:
                     return None
                 self._ready.wait()
-            head = self._queue[0].request.scorer
+            head = self._queue[0].request.model
             taken: list[_Piece] = []
             pairs = 0
             for piece in list(self._queue):
-                if piece.request.scorer is not head:
+                if piece.request.model is not head:
                     continue
                 if taken and pairs + len(piece.encoded) > self.max_batch_pairs:
                     break
@@ -188,7 +286,7 @@ class ContinuousBatcher:
         merged = EncodedPairs.concat([piece.encoded for piece in pieces])
         failure: Exception | None = None
         try:
-            logits = pieces[0].request.scorer.logits(merged)
+            logits = run_passes(pieces[0].request.model, merged, self.token_budget)
         except Exception as exc:  # any failure: retry the halves so that only the failing request fails
             failure = exc
         if failure is not None:
@@ -259,13 +357,6 @@ class ContinuousBatcher:
         self._metrics.tokens.labels(model).inc(sum(merged.lengths))
         for piece in pieces:
             self._metrics.queue_wait.labels(model).observe(started - piece.enqueued_at)
-
-
-def _slice(encoded: EncodedPairs, start: int, stop: int) -> EncodedPairs:
-    if start == 0 and stop >= len(encoded):
-        return encoded
-    types = encoded.token_type_ids[start:stop] if encoded.token_type_ids is not None else None
-    return EncodedPairs(encoded.input_ids[start:stop], types)
 
 
 def _without_frames(exc: Exception) -> Exception:

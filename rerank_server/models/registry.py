@@ -1,7 +1,7 @@
 """Which rerankers are loaded: loads on first use (once), keeps within a budget of loaded models (least recently used
 first out, never one in use or loading), and remembers a model that failed to load until it is imported again.
 
-Every name is resolved once, by `resolve` (through `model_store.find_reranker`), before anything is keyed by it:
+Every name is resolved once, by `resolve` (through `store.find_reranker`), before anything is keyed by it:
 everything here is keyed by the stored model's canonical id.
 """
 
@@ -20,8 +20,8 @@ from rerank_server.backends.torch_backend import resolve_device, resolve_dtype
 from rerank_server.cpu import has_amx_bf16, usable_cpus
 from rerank_server.errors import ModelLoadError, UnknownModelError
 from rerank_server.metrics import RerankMetrics, worker_label
-from rerank_server.model_store import StoredReranker, find_reranker, list_rerankers
-from rerank_server.scorer import Scorer, load_scorer
+from rerank_server.models.loaded import LoadedReranker, load_reranker
+from rerank_server.models.store import StoredReranker, find_reranker, list_rerankers
 from rerank_server.settings import Settings
 
 logger = logging.getLogger("bentoml")
@@ -31,7 +31,7 @@ logger = logging.getLogger("bentoml")
 STORE_RESCAN_S = 1.0
 
 
-ScorerFactory = Callable[[StoredReranker], Scorer]
+ModelLoader = Callable[[StoredReranker], LoadedReranker]
 
 
 class ModelRegistry:
@@ -40,16 +40,16 @@ class ModelRegistry:
     def __init__(
         self,
         settings: Settings,
-        factory: ScorerFactory | None = None,
+        factory: ModelLoader | None = None,
         metrics: RerankMetrics | None = None,
         device: str | None = None,
     ) -> None:
         self.settings = settings
         self._metrics = metrics
         self.device = device or resolve_device(settings.device)
-        self._factory = factory or self._load_scorer
-        self._loaded: dict[str, Scorer] = {}
-        self._versions: dict[str, str] = {}  # model id → the stored tag its loaded scorer came from
+        self._factory = factory or self._load_model
+        self._loaded: dict[str, LoadedReranker] = {}
+        self._versions: dict[str, str] = {}  # model id → the stored tag its loaded model came from
         self._loading: dict[str, int] = {}  # model id → the bytes its weights are expected to take
         self._last_used: dict[str, float] = {}
         self._in_use: dict[str, int] = {}
@@ -96,13 +96,13 @@ class ModelRegistry:
         with self._changed:
             return self._versions[model_id]
 
-    def get(self, name: str | None, timeout: float | None = None) -> Scorer:
-        """The loaded scorer for `name`, loading it first if needed (not pinned: for tools and tests)."""
-        with self.using(self.resolve(name), timeout) as scorer:
-            return scorer
+    def get(self, name: str | None, timeout: float | None = None) -> LoadedReranker:
+        """The loaded model `name` means, loading it first if needed (not pinned: for tools and tests)."""
+        with self.using(self.resolve(name), timeout) as model:
+            return model
 
-    def acquire(self, stored: StoredReranker, timeout: float | None = None) -> Scorer:
-        """The scorer of `stored` (loaded if needed), protected from unloading until `release(stored.model_id)`.
+    def acquire(self, stored: StoredReranker, timeout: float | None = None) -> LoadedReranker:
+        """`stored`, loaded if needed, protected from unloading until `release(stored.model_id)`.
 
         Waits up to `timeout` seconds for room under the loaded-model budget while other models are busy.
         """
@@ -110,7 +110,7 @@ class ModelRegistry:
         with self._changed:
             self._in_use[model_id] = self._in_use.get(model_id, 0) + 1
         try:
-            return self._scorer(stored, timeout)
+            return self._loaded_model(stored, timeout)
         except BaseException:
             self.release(model_id)
             raise
@@ -126,11 +126,11 @@ class ModelRegistry:
                 self._changed.notify_all()
 
     @contextmanager
-    def using(self, stored: StoredReranker, timeout: float | None = None) -> Iterator[Scorer]:
+    def using(self, stored: StoredReranker, timeout: float | None = None) -> Iterator[LoadedReranker]:
         """`acquire` for the duration of a block."""
-        scorer = self.acquire(stored, timeout)
+        model = self.acquire(stored, timeout)
         try:
-            yield scorer
+            yield model
         finally:
             self.release(stored.model_id)
 
@@ -147,18 +147,18 @@ class ModelRegistry:
                 failed.append(name)
         return failed
 
-    def _scorer(self, stored: StoredReranker, timeout: float | None) -> Scorer:
+    def _loaded_model(self, stored: StoredReranker, timeout: float | None) -> LoadedReranker:
         model_id = stored.model_id
         deadline = None if timeout is None else time.monotonic() + timeout
-        evicted: list[Scorer] = []
+        evicted: list[LoadedReranker] = []
         with self._changed:
             while True:
-                scorer = self._loaded.get(model_id)
+                loaded = self._loaded.get(model_id)
                 # A newer import of a loaded model replaces it once nothing else uses the old one.
-                if scorer is not None and (self._versions[model_id] == stored.tag or self._in_use[model_id] > 1):
+                if loaded is not None and (self._versions[model_id] == stored.tag or self._in_use[model_id] > 1):
                     self._last_used[model_id] = time.monotonic()
-                    return scorer
-                if scorer is not None:
+                    return loaded
+                if loaded is not None:
                     logger.info(
                         "Replacing %s %s by its newer import %s", model_id, self._versions[model_id], stored.tag
                     )
@@ -183,11 +183,11 @@ class ModelRegistry:
         self._unload(evicted)
         return self._load(stored)
 
-    def _load(self, stored: StoredReranker) -> Scorer:
+    def _load(self, stored: StoredReranker) -> LoadedReranker:
         model_id = stored.model_id
         started = time.perf_counter()
         try:
-            scorer = self._factory(stored)
+            model = self._factory(stored)
         except Exception as exc:
             message = f"The model `{model_id}` could not be loaded: {type(exc).__name__}: {str(exc)[:500]}"
             logger.error("%s (from %s)", message, stored.path)
@@ -200,7 +200,7 @@ class ModelRegistry:
         with self._changed:
             self._loading.pop(model_id, None)
             self._failed.pop(model_id, None)
-            self._loaded[model_id] = scorer
+            self._loaded[model_id] = model
             self._versions[model_id] = stored.tag
             self._last_used[model_id] = time.monotonic()
             self._changed.notify_all()
@@ -210,14 +210,14 @@ class ModelRegistry:
             self._metrics.models_loaded.labels(worker_label()).inc()
         logger.info(
             "Loaded %s (%s, %s recipe, %s backend) on %s in %.1f s (%d CPU threads)",
-            model_id, stored.tag, stored.recipe, stored.backend, scorer.device, elapsed, usable_cpus(),
+            model_id, stored.tag, stored.recipe, stored.backend, model.device, elapsed, usable_cpus(),
         )  # fmt: skip
-        if stored.backend == "torch" and scorer.device == "cpu" and self.settings.dtype == "auto" and has_amx_bf16():
+        if stored.backend == "torch" and model.device == "cpu" and self.settings.dtype == "auto" and has_amx_bf16():
             logger.info(
                 "This CPU has AMX bfloat16 units: RERANK_DTYPE=bfloat16 scores 2-3.6x faster, rankings kept "
                 "(docs/benchmarks.md, CPU backends)"
             )
-        return scorer
+        return model
 
     # --- the budget --------------------------------------------------------------------------------------------------
 
@@ -233,12 +233,12 @@ class ModelRegistry:
             return used + self._expected_bytes(incoming) <= self.settings.max_model_memory_mb * 2**20
         return True
 
-    def _make_room(self, incoming: StoredReranker) -> tuple[bool, list[Scorer]]:
+    def _make_room(self, incoming: StoredReranker) -> tuple[bool, list[LoadedReranker]]:
         """Unload idle models, least recently used first, until `incoming` fits (call holding the condition).
 
         The default model is never unloaded, and it loads even when it alone exceeds the budget.
         """
-        evicted: list[Scorer] = []
+        evicted: list[LoadedReranker] = []
         while not self._fits(incoming) and incoming.model_id != self.default_model_id:
             idle = [m for m in self._loaded if m != self.default_model_id and not self._in_use.get(m)]
             if not idle:
@@ -255,19 +255,17 @@ class ModelRegistry:
             f"{self.settings.max_loaded_models} / RERANK_MAX_MODEL_MEMORY_MB={self.settings.max_model_memory_mb}"
         )
 
-    def _unload(self, evicted: list[Scorer]) -> None:
+    def _unload(self, evicted: list[LoadedReranker]) -> None:
         """Free unloaded models' memory: drop the weights, collect, and only then return the cache to the device."""
         if not evicted:
             return
-        for scorer in evicted:
-            scorer.release()
+        for model in evicted:
+            model.release()
             if self._metrics:
                 self._metrics.models_loaded.labels(worker_label()).dec()
         evicted.clear()
         gc.collect()
         torch.cuda.empty_cache()  # a no-op without CUDA
 
-    def _load_scorer(self, stored: StoredReranker) -> Scorer:
-        return load_scorer(
-            stored, device=self.device, dtype=self.settings.dtype, token_budget=self.settings.token_budget
-        )
+    def _load_model(self, stored: StoredReranker) -> LoadedReranker:
+        return load_reranker(stored, device=self.device, dtype=self.settings.dtype, tokenizers=self.settings.tokenizers)

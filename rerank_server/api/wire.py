@@ -1,7 +1,8 @@
-"""Every request and response body the server speaks, in one module (as Infinity keeps its schemas).
+"""Every request and response body the server speaks, in one module (as text-embeddings-inference keeps its wire
+types apart from its handlers). A leaf: nothing here knows the engine, the models or BentoML.
 
-The HTTP shapes follow vLLM's `/v1/rerank` (which Jina and Cohere clients also read); the batch shapes are what
-BentoML's adaptive batcher merges across requests.
+The HTTP shapes follow vLLM's `/v1/rerank` (which Jina and Cohere clients also read), Cohere's, TEI's and vLLM's
+`/score`; the pair shapes are the items of BentoML's batchable `/score_pairs` API.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ import uuid
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
-
-from rerank_server.recipes import TextOptions
 
 
 def _well_formed(text: str) -> str:
@@ -39,10 +38,14 @@ def _positive_or_model_limit(tokens: int) -> int:
     return tokens
 
 
+# A model name as a request gives it: an id, alias, store name or tag. Ids are at most 96 characters per part on the
+# Hub; the cap keeps a hostile name from filling logs.
+ModelName = Annotated[str, Field(max_length=256)]
+
 # How small a positive cap may be depends on the model's template: its recipe refuses what leaves no room.
 TruncatePromptTokens = Annotated[int, Field(ge=-1), AfterValidator(_positive_or_model_limit)]
 
-# --- The batchable BentoML API: one item per (query, document) pair -------------------------------------------------
+# --- BentoML's batchable API: one item per (query, document) pair --------------------------------------------------
 
 
 Instruction = Annotated[
@@ -55,10 +58,10 @@ Instruction = Annotated[
 ]
 
 
-class ScorePair(BaseModel):
+class PairToScore(BaseModel):
     """One (query, document) pair to score with one model: the item of BentoML's `/score_pairs` API."""
 
-    model: str = Field(description="Model id or alias, e.g. BAAI/bge-reranker-base.")
+    model: ModelName = Field(description="Model id or alias, e.g. BAAI/bge-reranker-base.")
     query: Text
     document: Text
     max_length: int | None = Field(None, ge=1, description="Token cap for the pair, below the model's max_length.")
@@ -66,17 +69,15 @@ class ScorePair(BaseModel):
     max_document_tokens: int | None = Field(None, ge=1, description="Token cap for the document alone.")
     instruction: Instruction = None
 
-    def options(self) -> TextOptions:
-        return TextOptions(self.max_length, self.truncation_side, self.max_document_tokens, self.instruction)
 
-
-class PairScore(BaseModel):
+class PairResult(BaseModel):
     """The score of one pair, or why it could not be scored (so one bad pair never fails its batch neighbours)."""
 
     score: float | None = Field(None, description="Sigmoid of the logit: the relevance score, 0..1.")
     logit: float | None = Field(None, description="The model's raw output.")
     tokens: int = Field(0, description="Tokens the model saw for this pair, after truncation.")
     error: str | None = None
+    model: str | None = Field(None, description="The model id that scored the pair (absent with an `error`).")
 
 
 # --- POST /v1/rerank ------------------------------------------------------------------------------------------------
@@ -100,7 +101,7 @@ class RerankRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    model: str | None = Field(None, description="Model id or alias; the server's default model when absent.")
+    model: ModelName | None = Field(None, description="Model id or alias; the server's default model when absent.")
     query: Text
     documents: list[Text | TextDocument] = Field(description="Texts (or `{text}` objects) to rank against the query.")
     top_n: int | None = Field(None, ge=0, description="Return only the best n; absent, null or 0 returns all.")
@@ -130,7 +131,7 @@ class TEIRerankRequest(BaseModel):
     return_text: bool = False
     truncate: bool = Field(True, description="Cut long inputs to the model's limit; false rejects them with 413.")
     truncation_direction: Literal["Right", "Left", "right", "left"] = "Right"
-    model: str | None = None
+    model: ModelName | None = None
     instruction: Instruction = None
 
 
@@ -152,7 +153,7 @@ class ScoreRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    model: str | None = None
+    model: ModelName | None = None
     text_1: Text | list[Text]
     text_2: Text | list[Text]
     truncate_prompt_tokens: TruncatePromptTokens | None = None

@@ -16,25 +16,18 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rerank_server.batcher import ContinuousBatcher
-from rerank_server.cache import ScoreCache, cache_key
-from rerank_server.errors import (
-    DeadlineExceededError,
-    InputTooLongError,
-    InvalidInputError,
-    ModelLoadError,
-    UnknownModelError,
-)
+from rerank_server.engine.batcher import ContinuousBatcher
+from rerank_server.engine.cache import ScoreCache, cache_key
+from rerank_server.errors import DeadlineExceededError, InputTooLongError
 from rerank_server.metrics import RerankMetrics, get_metrics
-from rerank_server.model_store import StoredReranker
+from rerank_server.models.registry import ModelRegistry
+from rerank_server.models.store import StoredReranker
 from rerank_server.recipes import DEFAULT_OPTIONS, TextOptions
-from rerank_server.registry import ModelRegistry
-from rerank_server.schemas import PairScore, ScorePair
 from rerank_server.settings import Settings
 
 
 @dataclass(frozen=True)
-class Scored:
+class DocumentScores:
     """A request's result: each document's logit (its best window's, when chunked), in document order."""
 
     model_id: str
@@ -49,6 +42,15 @@ class Scored:
     def scores(self) -> list[float]:
         """Sigmoid of each logit: the relevance score in 0..1."""
         return torch.sigmoid(torch.tensor(self.logits, dtype=torch.float32)).tolist()
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A stored reranker as the server sees it: whether it is loaded now, and whether it is the default."""
+
+    stored: StoredReranker
+    loaded: bool
+    default: bool
 
 
 @dataclass
@@ -68,7 +70,7 @@ class _Work:
             self.future.cancel()
 
 
-class ScoringEngine:
+class RerankEngine:
     """The registry of models, the batcher that feeds them, and the result cache of one worker process."""
 
     def __init__(
@@ -82,12 +84,31 @@ class ScoringEngine:
         self.metrics = metrics or get_metrics()
         self.registry = registry or ModelRegistry(settings, metrics=self.metrics, device=device)
         self.batcher = ContinuousBatcher(
-            max_batch_pairs=settings.max_batch_pairs, max_queue_pairs=settings.max_queue_pairs, metrics=self.metrics
-        )
+            max_batch_pairs=settings.max_batch_pairs, max_queue_pairs=settings.max_queue_pairs,
+            token_budget=settings.token_budget, metrics=self.metrics,
+        )  # fmt: skip
         self.cache = ScoreCache(settings.cache_size) if settings.cache_size else None
         # Resolving, loading and tokenizing block: they get threads of their own, so a slow model load never takes
         # the event loop's default pool from other work.
         self._preparing = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="rerank-prepare")
+
+    @property
+    def max_documents(self) -> int:
+        """Most documents (or pairs) one request may bring (RERANK_MAX_DOCUMENTS)."""
+        return self.settings.max_documents
+
+    def served_models(self) -> list[ServedModel]:
+        """Every stored reranker, read from the store now (blocking), with whether it is loaded and the default."""
+        loaded = set(self.registry.loaded_ids())
+        default = self.registry.default_model_id
+        return [ServedModel(s, s.model_id in loaded, s.model_id == default) for s in self.registry.refresh()]
+
+    def loaded_ids(self) -> list[str]:
+        return self.registry.loaded_ids()
+
+    @property
+    def default_model_id(self) -> str:
+        return self.registry.default_model_id
 
     async def score(
         self,
@@ -97,7 +118,7 @@ class ScoringEngine:
         options: TextOptions = DEFAULT_OPTIONS,
         *,
         max_chunks: int | None = None,
-    ) -> Scored:
+    ) -> DocumentScores:
         """Score each (queries[i], documents[i]) pair with `model` (the default model when None).
 
         With `max_chunks` > 1 a document too long for the model is split into up to that many windows and keeps its
@@ -124,32 +145,6 @@ class ScoringEngine:
                 ) from None
         return self._finish(work, len(documents))
 
-    async def score_pairs(self, pairs: Sequence[ScorePair]) -> list[PairScore]:
-        """Scores in the order of `pairs`, which may name different models and options (BentoML's `/score_pairs`).
-
-        A pair whose model cannot be used, or whose options do not fit its model, gets an `error` instead of a score;
-        the queue's and the deadline's refusals fail the whole call.
-        """
-        groups: dict[tuple[str, TextOptions], list[int]] = {}
-        for position, pair in enumerate(pairs):
-            groups.setdefault((pair.model, pair.options()), []).append(position)
-        results: list[PairScore | None] = [None] * len(pairs)
-
-        async def one_group(model: str, options: TextOptions, positions: list[int]) -> None:
-            try:
-                scored = await self.score(
-                    model, [pairs[i].query for i in positions], [pairs[i].document for i in positions], options
-                )
-            except (UnknownModelError, ModelLoadError, InvalidInputError) as exc:
-                for i in positions:
-                    results[i] = PairScore(error=str(exc))
-                return
-            for i, logit, tokens in zip(positions, scored.logits, scored.document_tokens, strict=True):
-                results[i] = PairScore(score=_sigmoid(logit), logit=logit, tokens=tokens)
-
-        await asyncio.gather(*(one_group(model, options, positions) for (model, options), positions in groups.items()))
-        return [result for result in results if result is not None]
-
     def close(self, timeout: float | None = None) -> None:
         """Finish queued work and stop the model thread."""
         self.batcher.close(timeout)
@@ -166,14 +161,13 @@ class ScoringEngine:
     ) -> _Work:
         """Resolve and pin the model, cut windows, answer what the cache knows, tokenize and queue the rest."""
         stored = self.registry.resolve(model)
-        scorer = self.registry.acquire(stored, timeout=max(deadline - time.monotonic(), 0.0))
+        loaded = self.registry.acquire(stored, timeout=max(deadline - time.monotonic(), 0.0))
         queued = False
         try:
-            recipe = scorer.recipe
-            recipe.limit(options)  # a bad truncate_prompt_tokens is refused before any work
+            limit = loaded.limit(options)  # a bad truncate_prompt_tokens is refused before any work
             chunks = max_chunks if max_chunks is not None else self.settings.max_chunks_per_doc
             if chunks and chunks > 1:
-                pieces = [recipe.windows(q, d, chunks, options) for q, d in zip(queries, documents, strict=True)]
+                pieces = [loaded.windows(q, d, chunks, options) for q, d in zip(queries, documents, strict=True)]
             else:
                 pieces = [[d] for d in documents]
             owners = [i for i, windows in enumerate(pieces) for _ in windows]
@@ -181,22 +175,23 @@ class ScoringEngine:
             pair_documents = [window for windows in pieces for window in windows]
             work = _Work(stored, owners, [None] * len(owners), [0] * len(owners))
             version = self.registry.version(stored.model_id)
-            self._look_up(work, version, recipe.uses_instruction, options, pair_queries, pair_documents)
+            self._look_up(work, version, loaded.recipe.uses_instruction, options, pair_queries, pair_documents)
             if work.computed:
-                encoded = scorer.encode(
+                encoded = loaded.encode(
                     [pair_queries[i] for i in work.computed], [pair_documents[i] for i in work.computed], options
                 )
                 for position, length in zip(work.computed, encoded.lengths, strict=True):
                     work.tokens[position] = length
                 longest = max(encoded.lengths)
-                if not options.truncate and longest > recipe.max_length:
+                if not options.truncate and longest > loaded.recipe.max_length:
                     raise InputTooLongError(
-                        f"`inputs` must have less than {recipe.max_length} tokens. Given: {longest}", "texts"
+                        f"`inputs` must have less than {loaded.recipe.max_length} tokens. Given: {longest}", "texts"
                     )
                 work.future = self.batcher.submit(
-                    stored.model_id, scorer, encoded, on_finished=lambda: self.registry.release(stored.model_id)
+                    stored.model_id, loaded, encoded, on_finished=lambda: self.registry.release(stored.model_id)
                 )
                 queued = True
+            del limit
             return work
         finally:
             if not queued:
@@ -229,7 +224,7 @@ class ScoringEngine:
         self.metrics.cache_hits.inc(len(queries) - len(work.computed))
         self.metrics.cache_misses.inc(len(work.computed))
 
-    def _finish(self, work: _Work, documents: int) -> Scored:
+    def _finish(self, work: _Work, documents: int) -> DocumentScores:
         if work.future is not None:
             computed = work.future.result().tolist()
             for j, (position, logit) in enumerate(zip(work.computed, computed, strict=True)):
@@ -242,9 +237,4 @@ class ScoringEngine:
             assert logit is not None
             best[owner] = max(best[owner], logit)
             tokens[owner] += count
-        return Scored(work.stored.model_id, best, tokens)
-
-
-def _sigmoid(logit: float) -> float:
-    # Same value as torch.sigmoid on the float32 logit, without a tensor for one number.
-    return float(torch.sigmoid(torch.tensor(logit, dtype=torch.float32)))
+        return DocumentScores(work.stored.model_id, best, tokens)

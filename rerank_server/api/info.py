@@ -1,0 +1,64 @@
+"""What the server holds: `/v1/models` (OpenAI-style) and the status document at `/`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, Response
+
+from rerank_server.api.dependencies import Engine
+from rerank_server.api.wire import ErrorResponse, ModelCard, ModelList, ServerStatus, unix_time
+from rerank_server.engine.engine import ServedModel
+
+router = APIRouter()
+
+
+def _card(served: ServedModel) -> ModelCard:
+    stored = served.stored
+    return ModelCard(
+        id=stored.model_id,
+        created=unix_time(stored.created.timestamp()),
+        owned_by=stored.owned_by,
+        max_length=stored.max_length,
+        loaded=served.loaded,
+        default=served.default,
+        tag=stored.tag,
+        recipe=stored.recipe,
+        backend=stored.backend,
+    )
+
+
+@router.get("/v1/models", response_model=ModelList, responses={401: {"model": ErrorResponse}})
+async def list_models(engine: Engine) -> ModelList:
+    """Every reranker in the model store (OpenAI-style list), with whether it is loaded and its max_length."""
+    served = await anyio.to_thread.run_sync(engine.served_models)
+    return ModelList(data=[_card(model) for model in served])
+
+
+def _bentoml_index_page() -> Path | None:
+    # BentoML's UI page, from its package: our status route at `/` takes the path from BentoML's own index, so
+    # browsers are handed BentoML's page here (a private module: the page has no public accessor).
+    import _bentoml_impl.server as bentoml_server
+
+    page = Path(bentoml_server.__file__).parent / "main-openapi.html"
+    return page if page.is_file() else None
+
+
+@router.get("/", response_model=ServerStatus, responses={200: {"content": {"text/html": {}}}})
+async def status(request: Request, engine: Engine) -> Response | ServerStatus:
+    """Server status for programs: loaded models, the default model and every servable model.
+
+    A browser (asking for HTML) gets BentoML's API UI instead.
+    """
+    if "text/html" in request.headers.get("accept", ""):
+        page = _bentoml_index_page()
+        if page is not None:
+            return FileResponse(page, media_type="text/html")
+    served = await anyio.to_thread.run_sync(engine.served_models)
+    return ServerStatus(
+        loaded_models=engine.loaded_ids(),
+        default_model=engine.default_model_id,
+        supported_models=[model.stored.model_id for model in served],
+    )

@@ -1,0 +1,233 @@
+"""Rerank and score routes: vLLM / Jina / Cohere (`/v1/rerank`, `/v2/rerank`), TEI (`/rerank` with `texts`), and
+vLLM's `/score`. Each parses its format, asks the engine, and writes its format's answer; a client that disconnects
+cancels its request's queued work."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Body, Request
+from pydantic import ValidationError
+
+from rerank_server.api.dependencies import Engine
+from rerank_server.api.errors import ErrorFormat, describe, from_failure, invalid
+from rerank_server.api.tracking import current_request
+from rerank_server.api.wire import (
+    ErrorResponse,
+    RerankDocument,
+    RerankRequest,
+    RerankResponse,
+    RerankResult,
+    ScoreData,
+    ScoreRequest,
+    ScoreResponse,
+    TEIError,
+    TEIRank,
+    TEIRerankRequest,
+    Usage,
+)
+from rerank_server.engine.engine import DocumentScores, RerankEngine
+from rerank_server.recipes import TextOptions
+
+T = TypeVar("T")
+# Status written to the access log for a request whose client left before the answer (nginx's convention).
+CLIENT_CLOSED_REQUEST = 499
+
+router = APIRouter()
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready."""
+
+
+async def _disconnected(request: Request) -> None:
+    # The body has been read: the next message the server sends the app is the client's disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
+    """`work`, cancelled (and its queued pairs dropped) when the client disconnects first."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise ClientGone
+    return task.result()
+
+
+def check_count(count: int, field: str, engine: RerankEngine, error_format: ErrorFormat = "vllm") -> None:
+    """Refuse an empty list, or one longer than RERANK_MAX_DOCUMENTS, naming the field."""
+    if not count:
+        raise invalid(f"`{field}` must not be empty", field, error_format)
+    limit = engine.max_documents
+    if count > limit:
+        raise invalid(f"`{field}` has {count} items, over the limit of {limit} per request", field, error_format)
+
+
+async def _score(
+    request: Request,
+    engine: RerankEngine,
+    model: str | None,
+    queries: list[str],
+    documents: list[str],
+    options: TextOptions,
+    *,
+    max_chunks: int | None = None,
+    error_format: ErrorFormat = "vllm",
+) -> DocumentScores:
+    """The engine's scores; its failures as the format's HTTP errors; cancelled when the client leaves."""
+    context = current_request()
+    context.pairs = len(documents)
+    try:
+        scored = await _unless_client_leaves(
+            request, engine.score(model, queries, documents, options, max_chunks=max_chunks)
+        )
+    except ClientGone:
+        raise
+    except Exception as exc:
+        error = from_failure(exc, error_format)
+        if error is None:
+            raise
+        raise error from exc
+    context.model = scored.model_id
+    return scored
+
+
+def _ranked(scores: list[float], top_n: int | None) -> list[int]:
+    order = sorted(range(len(scores)), key=scores.__getitem__, reverse=True)
+    return order[:top_n] if top_n else order
+
+
+# --- Rerank: vLLM / Jina / Cohere ------------------------------------------------------------------------------------
+
+
+async def _rerank(http: Request, request: RerankRequest, engine: RerankEngine) -> RerankResponse:
+    texts = request.texts()
+    check_count(len(texts), "documents", engine)
+    options = TextOptions(
+        max_length=request.truncate_prompt_tokens, max_document_tokens=request.max_tokens_per_doc,
+        instruction=request.instruction,
+    )  # fmt: skip
+    scored = await _score(
+        http, engine, request.model, [request.query] * len(texts), texts, options, max_chunks=request.max_chunks_per_doc
+    )
+    values = scored.scores if request.use_activation else scored.logits
+    results = [
+        RerankResult(
+            index=i,
+            relevance_score=values[i],
+            document=RerankDocument(text=texts[i]) if request.return_documents else None,
+        )
+        for i in _ranked(values, request.top_n)
+    ]
+    usage = Usage(prompt_tokens=scored.tokens, total_tokens=scored.tokens)
+    return RerankResponse(id=current_request().request_id, model=scored.model_id, usage=usage, results=results)
+
+
+RERANK_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse},
+    401: {"model": ErrorResponse},
+    404: {"model": ErrorResponse},
+    413: {"model": ErrorResponse},
+    429: {"model": ErrorResponse},
+    503: {"model": ErrorResponse},
+    504: {"model": ErrorResponse},
+}
+
+
+@router.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True, responses=RERANK_RESPONSES)
+async def rerank_v1(http: Request, request: RerankRequest, engine: Engine) -> RerankResponse:
+    """Rank `documents` by relevance to `query`, best first (vLLM, Jina and Cohere v1 request and answer).
+
+    `relevance_score` is the sigmoid of the model's logit, as `sentence_transformers.CrossEncoder.predict` returns it
+    (the raw logit with `use_activation: false`); for LLM rerankers it is their published probability of "yes".
+    `usage` counts the tokens the model saw, after truncation, prompt templates included.
+    """
+    return await _rerank(http, request, engine)
+
+
+@router.post("/v2/rerank", response_model=RerankResponse, response_model_exclude_none=True, responses=RERANK_RESPONSES)
+async def rerank_v2(http: Request, request: RerankRequest, engine: Engine) -> RerankResponse:
+    """Cohere v2 rerank (and vLLM's `/v2/rerank`): the same request and answer as `/v1/rerank`."""
+    return await _rerank(http, request, engine)
+
+
+async def _rerank_tei(http: Request, request: TEIRerankRequest, engine: RerankEngine) -> list[TEIRank]:
+    check_count(len(request.texts), "texts", engine, "tei")
+    options = TextOptions(
+        side="left" if request.truncation_direction.lower() == "left" else "right", instruction=request.instruction,
+        truncate=request.truncate,
+    )  # fmt: skip
+    scored = await _score(
+        http, engine, request.model, [request.query] * len(request.texts), request.texts, options, error_format="tei"
+    )
+    values = scored.logits if request.raw_scores else scored.scores
+    return [
+        TEIRank(index=i, score=values[i], text=request.texts[i] if request.return_text else None)
+        for i in _ranked(values, None)
+    ]
+
+
+@router.post(
+    "/rerank",
+    response_model=RerankResponse | list[TEIRank],
+    response_model_exclude_none=True,
+    # A TEI body gets TEI's error shape, any other body vLLM's: both are documented for the codes they share.
+    responses={
+        **{code: {"model": ErrorResponse | TEIError} for code in RERANK_RESPONSES},
+        422: {"model": TEIError},
+    },
+)
+async def rerank(
+    http: Request,
+    engine: Engine,
+    body: Annotated[
+        Any, Body(description="A Jina / Cohere / vLLM rerank body, or TEI's `{query, texts, raw_scores, ...}`.")
+    ] = None,
+) -> RerankResponse | list[TEIRank]:
+    """Rerank in either format: a body with `texts` is a text-embeddings-inference request and gets TEI's answer (a
+    bare list of `{index, score, text?}` sorted by score); a body with `documents` is handled as `/v1/rerank`."""
+    if isinstance(body, dict) and "texts" in body:
+        http.state.error_format = "tei"
+        try:
+            tei_request = TEIRerankRequest.model_validate(body)
+        except ValidationError as exc:
+            raise describe(exc.errors(), "tei") from exc
+        return await _rerank_tei(http, tei_request, engine)
+    try:
+        request = RerankRequest.model_validate(body)
+    except ValidationError as exc:
+        raise describe(exc.errors()) from exc
+    return await _rerank(http, request, engine)
+
+
+# --- vLLM score -----------------------------------------------------------------------------------------------------
+
+
+@router.post("/score", response_model=ScoreResponse, responses=RERANK_RESPONSES)
+@router.post("/v1/score", response_model=ScoreResponse, responses=RERANK_RESPONSES, include_in_schema=False)
+async def score(http: Request, request: ScoreRequest, engine: Engine) -> ScoreResponse:
+    """vLLM's score API: `text_1` against each `text_2` (or pairwise for two lists), scores in input order."""
+    firsts = [request.text_1] if isinstance(request.text_1, str) else request.text_1
+    seconds = [request.text_2] if isinstance(request.text_2, str) else request.text_2
+    check_count(len(firsts), "text_1", engine)
+    check_count(len(seconds), "text_2", engine)
+    if len(firsts) == 1:
+        firsts = firsts * len(seconds)
+    if len(firsts) != len(seconds):
+        message = f"`text_1` has {len(firsts)} items and `text_2` {len(seconds)}: give one text_1 or as many as text_2"
+        raise invalid(message, "text_1")
+    options = TextOptions(max_length=request.truncate_prompt_tokens, instruction=request.instruction)
+    scored = await _score(http, engine, request.model, firsts, seconds, options)
+    values = scored.scores if request.use_activation else scored.logits
+    data = [ScoreData(index=i, score=s) for i, s in enumerate(values)]
+    usage = Usage(prompt_tokens=scored.tokens, total_tokens=scored.tokens)
+    return ScoreResponse(id=current_request().request_id, model=scored.model_id, data=data, usage=usage)

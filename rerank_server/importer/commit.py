@@ -1,0 +1,123 @@
+"""Storing a checked model folder in the BentoML model store, converted for its backend, committed only once its
+stored copy has run."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import bentoml
+
+from rerank_server import backends
+from rerank_server.backends import BackendName
+from rerank_server.catalog import canonical_id, model_id_problem, store_name
+from rerank_server.importer.check import check_runs, check_vocabulary, first_line
+from rerank_server.importer.folder import WEIGHT_FILES, ModelImportError, inspect_folder
+from rerank_server.models.store import APP_LABEL, StoredReranker, as_stored, find_reranker, list_rerankers
+
+logger = logging.getLogger("bentoml")
+
+# Files a model folder may hold that the server never needs (VCS and huggingface_hub's local-dir bookkeeping).
+_IGNORED = shutil.ignore_patterns(
+    ".git", ".cache", ".gitattributes", "onnx", "openvino", "*.onnx", "*.h5", "*.msgpack", "*.ot", "*.gguf"
+)
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    stored: StoredReranker
+    skipped: bool
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    """How a model is imported, whatever its source."""
+
+    force: bool = False  # store a new version even when the same source is stored
+    backend: BackendName = "torch"
+    recipe: str | None = None  # the scoring recipe, when neither the catalogue, the id nor the folder tells it
+    check: bool = True  # load the stored copy and score a pair before committing it
+
+
+DEFAULT_IMPORT = ImportOptions()
+
+
+def store_folder(
+    model_id: str,
+    folder: Path,
+    *,
+    source: str,
+    revision: str | None,
+    fingerprint: str,
+    options: ImportOptions = DEFAULT_IMPORT,
+) -> ImportResult:
+    """Copy a checked model folder into the store (converted for `backend`), or do nothing when the same source is
+    stored already. With `check`, the stored copy must load and score a pair before it is committed.
+
+    `bentoml.models.create` only commits the model when its block exits cleanly, so a failed import leaves nothing.
+    """
+    model_id = canonical_id(model_id)
+    problem = model_id_problem(model_id)
+    if problem:
+        raise ModelImportError(f"{model_id!r} cannot be imported: {problem}")
+    backend = options.backend
+    info = inspect_folder(folder, model_id, options.recipe)
+    if backends.is_cpu_runtime(backend) and info.recipe != "cross-encoder":
+        raise ModelImportError(
+            f"{model_id}: --backend {backend} runs cross-encoders only; a {info.recipe} reranker runs with --backend "
+            "torch (on a GPU, or on the CPU)"
+        )
+    check_vocabulary(folder, model_id)
+    if backend != "torch":
+        fingerprint = f"{fingerprint}+{backend}"  # the same source for another backend is a new version
+    if info.recipe != "cross-encoder":
+        fingerprint = f"{fingerprint}+{info.recipe}"
+    existing = next((s for s in list_rerankers() if s.store_name == store_name(model_id)), None)
+    if existing and existing.fingerprint == fingerprint and not options.force:
+        return ImportResult(existing, skipped=True)
+    metadata = {
+        "model_id": existing.model_id if existing else model_id,  # one spelling per model, whatever the case typed
+        "source": source,
+        "revision": revision or "",
+        "fingerprint": fingerprint,
+        "max_length": info.max_length,
+        "architecture": info.architecture,
+        "num_labels": info.num_labels,
+        "backend": backend,
+        "recipe": info.recipe,
+        "checkpoint_dtype": info.checkpoint_dtype or "",
+        "parameters": info.parameters,
+    }
+    labels = {**APP_LABEL, "model-id": metadata["model_id"]}
+    with bentoml.models.create(store_name(model_id), labels=labels, metadata=metadata) as model:
+        target = Path(model.path)
+        shutil.copytree(folder, target, ignore=_IGNORED, dirs_exist_ok=True)
+        if backend != "torch":
+            _convert(target, backend, model_id)
+        # What was kept, not what the folder held (other runtimes' files and, once converted, the torch weights).
+        size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file() and p.name != "model.yaml")
+        model.info.metadata["size_bytes"] = size
+        if options.check:
+            draft = as_stored(model)
+            assert draft is not None
+            check_runs(draft)
+    stored = find_reranker(metadata["model_id"])
+    assert stored is not None  # just created
+    logger.info("Stored %s as %s", model_id, stored.tag)
+    return ImportResult(stored, skipped=False)
+
+
+def _convert(target: Path, backend: BackendName, model_id: str) -> None:
+    """Convert the stored copy for a CPU runtime and keep only what that runtime loads."""
+    logger.info("Converting %s for %s", model_id, backend)
+    try:
+        backends.convert(target, backend)
+    except Exception as exc:  # noqa: BLE001 - an exporter's traceback is no help to the user
+        raise ModelImportError(
+            f"{model_id}: converting it for {backend} failed ({first_line(exc)}); import it with --backend torch"
+        ) from exc
+    for pattern in WEIGHT_FILES:
+        for weights in target.glob(pattern):
+            weights.unlink()  # the runtime has its own copy of the weights; the torch one would double the size

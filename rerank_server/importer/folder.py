@@ -1,0 +1,171 @@
+"""What a Hugging Face model folder says about itself, and whether this server can run it as a reranker."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rerank_server.catalog import known_model
+from rerank_server.recipes import RECIPES, recipe_from_id, recipe_from_prompt
+
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
+# Rerankers whose scoring lives only in their repository's own Python code (`trust_remote_code`), which this server
+# does not run: what they need, in one line each.
+_CUSTOM_CODE = {
+    "minicpm": "per-layer score heads and a `cutoff_layers` argument that exist only in the repository's own code",
+    "cost_wise_gemma": "token compression and layer-wise heads that exist only in the repository's own code",
+}
+
+
+class ModelImportError(Exception):
+    """An import that cannot go on; the message is meant for the user as it is."""
+
+
+@dataclass(frozen=True)
+class FolderInfo:
+    """What a Hugging Face model folder says about itself."""
+
+    architecture: str
+    num_labels: int
+    max_length: int
+    recipe: str
+    checkpoint_dtype: str | None
+    parameters: int
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON file's object ({} when the file is missing); ModelImportError when it is not readable JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelImportError(f"{path} is not readable JSON: {exc}") from exc
+
+
+def _chat_template(folder: Path) -> str:
+    template = (
+        (folder / "chat_template.jinja").read_text(encoding="utf-8", errors="replace")
+        if (folder / "chat_template.jinja").is_file()
+        else ""
+    )
+    configured = read_json(folder / "tokenizer_config.json").get("chat_template") or ""
+    return template + (configured if isinstance(configured, str) else json.dumps(configured))
+
+
+def _recipe_for(folder: Path, model_id: str, architecture: str, chosen: str | None) -> str:
+    """The recipe `--recipe` names, else the catalogue's, else one the id or the folder's prompt shows."""
+    if chosen:
+        if chosen not in RECIPES:
+            raise ModelImportError(f"{model_id}: unknown recipe {chosen!r}; recipes: {', '.join(RECIPES)}")
+        return chosen
+    known = known_model(model_id)
+    found = (known.recipe if known else None) or recipe_from_id(model_id) or recipe_from_prompt(_chat_template(folder))
+    if found:
+        return found
+    if architecture.endswith("ForSequenceClassification"):
+        return "cross-encoder"
+    llm_recipes = ", ".join(name for name in RECIPES if name != "cross-encoder")
+    raise ModelImportError(
+        f"{model_id}: a {architecture} is scored from its next-token logits with a prompt of its own, and none is "
+        f"known for it; name one with --recipe ({llm_recipes})"
+    )
+
+
+def _parameters(folder: Path) -> int:
+    """Parameter count from the safetensors headers (0 when the weights are pickles, whose size is read instead)."""
+    from safetensors import safe_open
+
+    total = 0
+    for path in folder.glob("*.safetensors"):
+        try:
+            with safe_open(str(path), framework="numpy") as weights:
+                for key in weights.keys():  # noqa: SIM118 - safe_open is not a mapping
+                    shape = weights.get_slice(key).get_shape()
+                    count = 1
+                    for dim in shape:
+                        count *= dim
+                    total += count
+        except Exception as exc:  # noqa: BLE001 - a corrupt header is one clear line, not a traceback
+            raise ModelImportError(f"{path} is not a readable safetensors file ({exc})") from exc
+    return total
+
+
+def inspect_folder(folder: Path, model_id: str, recipe: str | None = None) -> FolderInfo:
+    """Check that `folder` holds a reranker we can run and read its properties.
+
+    A reranker is a one-logit `*ForSequenceClassification` (a cross-encoder, or a converted LLM reranker) or a
+    `*ForCausalLM` with a known scoring recipe. Raises ModelImportError saying what is missing, so a wrong folder is
+    caught before anything is stored.
+    """
+    from transformers import CONFIG_MAPPING
+
+    if not folder.is_dir():
+        raise ModelImportError(f"{folder} is not a folder")
+    config = read_json(folder / "config.json")
+    if not config:
+        raise ModelImportError(f"{folder} is not a Hugging Face model folder (no config.json)")
+    architectures = config.get("architectures") or []
+    architecture = str(architectures[0] if architectures else config.get("model_type", "unknown"))
+    model_type = str(config.get("model_type", ""))
+    if model_type in _CUSTOM_CODE or (config.get("auto_map") and model_type not in CONFIG_MAPPING):
+        why = _CUSTOM_CODE.get(model_type, "modelling code that only its repository ships")
+        raise ModelImportError(
+            f"{model_id} ({architecture}) needs {why} (trust_remote_code), which this server does not run; use a "
+            "reranker that stock transformers loads"
+        )
+    if not architecture.endswith(("ForSequenceClassification", "ForCausalLM")):
+        raise ModelImportError(
+            f"{folder} is not a reranker: its architecture is {architecture}, a reranker is a "
+            "*ForSequenceClassification cross-encoder or a *ForCausalLM LLM reranker"
+        )
+    num_labels = len(config.get("id2label") or {}) or int(config.get("num_labels", 1))
+    if architecture.endswith("ForSequenceClassification") and num_labels != 1:
+        raise ModelImportError(
+            f"{folder} is not a reranker cross-encoder: it has {num_labels} output labels, a reranker has 1"
+        )
+    if not any(next(folder.glob(pattern), None) for pattern in WEIGHT_FILES):
+        raise ModelImportError(f"{folder} holds no model weights (*.safetensors or pytorch_model.bin)")
+    if not any((folder / name).exists() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
+        raise ModelImportError(f"{folder} holds no tokenizer files")
+    chosen = _recipe_for(folder, model_id, architecture, recipe)
+    if chosen == "cross-encoder" and architecture.endswith("ForCausalLM"):
+        raise ModelImportError(f"{model_id}: the cross-encoder recipe needs a *ForSequenceClassification model")
+    dtype = config.get("dtype") or config.get("torch_dtype")
+    return FolderInfo(
+        architecture, num_labels, _max_length(folder, model_id, config, chosen), chosen,
+        str(dtype) if dtype else None, _parameters(folder),
+    )  # fmt: skip
+
+
+def _max_length(folder: Path, model_id: str, config: dict[str, Any], recipe: str) -> int:
+    """The catalogue's max_length, else the recipe's reference value, else what sentence-transformers would use."""
+    known = known_model(model_id)
+    if known:
+        return known.max_length
+    positions = config.get("max_position_embeddings")
+    if recipe != "cross-encoder":
+        default = RECIPES[recipe].reference_max_length
+        return min(default, positions) if isinstance(positions, int) and positions > 0 else default
+    candidates = [
+        read_json(folder / "sentence_bert_config.json").get("max_seq_length"),
+        read_json(folder / "tokenizer_config.json").get("model_max_length"),
+    ]
+    limit = next((int(c) for c in candidates if isinstance(c, (int, float)) and 0 < c < 1_000_000), 512)
+    # RoBERTa-family models reserve two positions for the padding offset, as sentence-transformers accounts for.
+    if isinstance(positions, int) and positions > 0:
+        offset = 2 if config.get("model_type") in ("roberta", "xlm-roberta", "camembert") else 0
+        limit = min(limit, positions - offset)
+    return limit
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """A cheap identity of a folder's contents (names, sizes, modification times) to detect re-imports."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and ".git" not in p.parts):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,198 @@
+"""One loaded reranker: its recipe (text → token ids) and its backend (token ids → logits).
+
+Hand-written rather than `CrossEncoder.predict` because the server needs what predict does not give: the token count
+of every pair (for `usage`) from the same tokenization the model consumes, tokenizing on several threads while the
+model computes, and forward passes that the batcher plans (`rerank_server.engine.batcher`). Tokenization and weights
+are the reference's: each recipe re-implements its family's published code, and the tests compare the two.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from rerank_server.backends import Backend, is_cpu_runtime, load_backend
+from rerank_server.cpu import usable_cpus
+from rerank_server.recipes import DEFAULT_OPTIONS, RECIPES, EncodedPairs, Recipe, TextOptions
+
+if TYPE_CHECKING:
+    import torch
+
+    from rerank_server.models.store import StoredReranker
+
+
+def default_tokenizer_copies(device: str) -> int:
+    """Tokenizer copies per model when RERANK_TOKENIZERS is unset: on a GPU one per usable CPU, at most 4; on a CPU
+    one, since there the forward pass needs every core and tokenizing is a small part of the work.
+
+    One fast tokenizer on one thread makes a few thousand pairs/s of 256 tokens (docs/benchmarks.md, Tokenization):
+    less than a GPU forwards bge-reranker-base. Copies tokenize in parallel (the Rust tokenizer releases the GIL while
+    it encodes).
+    """
+    return max(1, min(4, usable_cpus())) if device.startswith("cuda") else 1
+
+
+class RecipePool:
+    """Copies of one recipe, each with a tokenizer of its own, lent to one thread at a time.
+
+    A Hugging Face tokenizer cannot be shared between threads (its truncation and padding settings are state), so
+    instead of one lock per model each tokenizing thread borrows a copy. Copies are made when all are busy, up to
+    `size`: a model that is only ever asked by one thread at a time keeps one.
+    """
+
+    def __init__(self, make: Callable[[Any], Recipe], tokenizer: Any, size: int) -> None:
+        self._make = make
+        self.first = make(tokenizer)
+        self.size = max(1, size)
+        self._free = [self.first]
+        self._copies = 1
+        self._changed = threading.Condition()
+
+    @property
+    def copies(self) -> int:
+        return self._copies
+
+    @contextmanager
+    def borrow(self) -> Iterator[Recipe]:
+        """A recipe no other thread uses until the block ends (waits while `size` copies are all lent)."""
+        with self._changed:
+            while not self._free and self._copies >= self.size:
+                self._changed.wait()
+            recipe = self._free.pop() if self._free else None
+            if recipe is None:
+                self._copies += 1
+        if recipe is None:
+            try:
+                recipe = self._make(copy.deepcopy(self.first.tokenizer))
+            except BaseException:
+                with self._changed:
+                    self._copies -= 1
+                    self._changed.notify()
+                raise
+        try:
+            yield recipe
+        finally:
+            with self._changed:
+                self._free.append(recipe)
+                self._changed.notify()
+
+
+def pad(rows: Sequence[list[int]], value: int, side: str) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of token ids as one int64 matrix, padded with `value` on `side`, and its attention mask."""
+    width = max(len(row) for row in rows)
+    ids = np.full((len(rows), width), value, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+        ids[i, span] = row
+        mask[i, span] = 1
+    return ids, mask
+
+
+class LoadedReranker:
+    """A reranker ready to score: text → tokens on any thread (a recipe copy each), tokens → logits a pass at a time."""
+
+    def __init__(self, recipes: RecipePool, backend: Backend) -> None:
+        self.recipes = recipes
+        self.backend = backend
+        # One forward at a time keeps the accelerator's memory use predictable (the batcher's thread is the only
+        # caller while serving; tools may call from anywhere).
+        self._forward_lock = threading.Lock()
+
+    @property
+    def recipe(self) -> Recipe:
+        """The recipe's first copy, for what does not tokenize: its name, limits, padding and instruction use."""
+        return self.recipes.first
+
+    @property
+    def device(self) -> str:
+        return self.backend.device
+
+    @property
+    def weight_bytes(self) -> int:
+        return self.backend.weight_bytes
+
+    def limit(self, options: TextOptions) -> int:
+        """Most tokens of one pair under `options`; refuses options the model cannot apply (RecipeError)."""
+        return self.recipe.limit(options)
+
+    def windows(self, query: str, document: str, max_windows: int, options: TextOptions) -> list[str]:
+        """`document` cut into at most `max_windows` pieces that each fit beside `query` (see Recipe.windows)."""
+        with self.recipes.borrow() as recipe:
+            return recipe.windows(query, document, max_windows, options)
+
+    def encode(
+        self, queries: Sequence[str], documents: Sequence[str], options: TextOptions = DEFAULT_OPTIONS
+    ) -> EncodedPairs:
+        """Token ids of each (queries[i], documents[i]) pair, as the model's reference code makes them."""
+        if not documents:
+            return EncodedPairs([])
+        with self.recipes.borrow() as recipe:
+            return recipe.encode(queries, documents, options)
+
+    def forward(self, encoded: EncodedPairs) -> torch.Tensor:
+        """One forward pass over `encoded`, padded as the recipe pads: a float32 logit per pair, possibly still on
+        the device (the caller copies the passes of a batch back together, once)."""
+        side, pad_id = self.recipe.padding_side, self.recipe.pad_id
+        ids, mask = pad(encoded.input_ids, pad_id, side)
+        types = pad(encoded.token_type_ids, 0, side)[0] if encoded.token_type_ids is not None else None
+        with self._forward_lock:
+            return self.backend.logits(ids, mask, types)
+
+    def release(self) -> None:
+        """Drop the weights (the caller frees accelerator memory once nothing refers to them)."""
+        self.backend.release()
+
+
+def load_tokenizer(path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def load_reranker(
+    stored: StoredReranker, *, device: str, dtype: str = "auto", threads: int = 0, tokenizers: int = 0
+) -> LoadedReranker:
+    """A stored reranker loaded with its recipe on its backend (`device` and `dtype` are torch's; a CPU runtime
+    ignores them). `dtype` is a RERANK_DTYPE choice."""
+    return load_folder(
+        stored.path, recipe=stored.recipe, max_length=stored.max_length, causal=stored.causal, backend=stored.backend,
+        device=device, dtype=dtype, checkpoint_dtype=stored.checkpoint_dtype, threads=threads, tokenizers=tokenizers,
+    )  # fmt: skip
+
+
+def load_folder(
+    path: Path,
+    *,
+    recipe: str = "cross-encoder",
+    max_length: int = 512,
+    causal: bool = False,
+    backend: str = "torch",
+    device: str = "cpu",
+    dtype: str = "auto",
+    checkpoint_dtype: str | None = None,
+    threads: int = 0,
+    tokenizers: int = 0,
+) -> LoadedReranker:
+    """A model folder loaded as `load_reranker` loads a stored one (for tools, benchmarks and tests)."""
+    from rerank_server.backends.torch_backend import resolve_dtype
+
+    if is_cpu_runtime(backend):
+        device = "cpu"
+    recipe_class = RECIPES[recipe]
+    recipes = RecipePool(
+        lambda tokenizer: recipe_class(tokenizer, max_length), load_tokenizer(path),
+        tokenizers or default_tokenizer_copies(device),
+    )  # fmt: skip
+    model = load_backend(
+        backend, path, causal=causal, head=recipes.first.last_token_head() if causal else None,
+        pad_id=recipes.first.pad_id, device=device, dtype=resolve_dtype(dtype, device, checkpoint_dtype),
+        threads=threads or usable_cpus(),
+    )  # fmt: skip
+    return LoadedReranker(recipes, model)

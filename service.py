@@ -43,7 +43,9 @@ Pairs = Annotated[list[CallerPair], Field(max_length=settings.max_documents), Af
     resources={"gpu": max(1, GPUS)},
     workers=WORKERS,
     http={"port": 8000},
-    traffic={"timeout": 300},
+    # BentoML's own limit on a request stays above RERANK_REQUEST_TIMEOUT_S, so that a slow request ends in the
+    # engine's 504 (its queued pairs dropped), never in BentoML cutting it first.
+    traffic={"timeout": max(300.0, settings.request_timeout_s + 30)},
     # The server writes its own access line per request (request id, model, pairs; control characters escaped):
     # BentoML's would repeat it, with the path as the client sent it.
     logging={"access": {"enabled": False}},
@@ -78,8 +80,14 @@ class Reranker:
         return self.readiness.all_ready()
 
     def __is_alive__(self) -> bool:
-        """/livez: 503 when a worker was killed (inside a container BentoML does not restart it: the pod must be)."""
-        return not self.readiness.lost_a_worker()
+        """/livez: 503 when a worker was killed (inside a container BentoML does not restart it: the pod must be), or
+        when this worker's model thread is stuck or its device fails every call (rerank_server.engine.liveness)."""
+        if self.readiness.lost_a_worker():
+            return False
+        problem = self.engine.liveness.problem()
+        if problem:
+            logger.error("Worker %d is not alive: %s", self.worker or 1, problem)
+        return problem is None
 
     @bentoml.on_deployment
     def check_default_model() -> None:

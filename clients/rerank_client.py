@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import os
 import random
 import time
@@ -76,11 +77,12 @@ class RetryPolicy:
 
     def _delay(self, attempt: int, response: httpx.Response | None) -> float:
         retry_after = response.headers.get("retry-after") if response is not None else None
-        if retry_after:
-            try:
-                return min(float(retry_after), self.max_delay)
-            except ValueError:
-                pass  # an HTTP date: fall back to backoff
+        try:
+            seconds = float(retry_after) if retry_after else math.nan
+        except ValueError:
+            seconds = math.nan  # an HTTP date: fall back to backoff
+        if math.isfinite(seconds) and seconds >= 0:  # a proxy's "-1" or "nan" is no delay to sleep
+            return min(seconds, self.max_delay)
         return min(self.backoff * 2**attempt * (1 + random.random() / 4), self.max_delay)
 
 
@@ -98,15 +100,33 @@ def _rerank_body(
     return body
 
 
-def _parse_results(payload: dict[str, Any]) -> list[RerankResult]:
-    return [
-        RerankResult(
-            index=item["index"],
-            relevance_score=item["relevance_score"],
-            document=(item.get("document") or {}).get("text"),
-        )
-        for item in payload["results"]
-    ]
+def _parse_results(payload: Any, status: int) -> list[RerankResult]:
+    try:
+        return [
+            RerankResult(
+                index=int(item["index"]),
+                relevance_score=float(item["relevance_score"]),
+                document=(item.get("document") or {}).get("text"),
+            )
+            for item in payload["results"]
+        ]
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise RerankError(f"the answer is not a rerank result ({exc!r}): {str(payload)[:200]}", status) from exc
+
+
+def _json(response: httpx.Response) -> Any:
+    """A successful answer's JSON; a body that is not JSON (a captive portal's or a proxy's page) is a RerankError."""
+    try:
+        return response.json()
+    except ValueError as exc:
+        message = f"the answer is not JSON ({response.headers.get('content-type', 'no content type')}): "
+        raise RerankError(message + response.text[:200], response.status_code) from exc
+
+
+def _field(payload: Any, key: str, status: int) -> Any:
+    if not isinstance(payload, dict) or key not in payload:
+        raise RerankError(f"the answer has no `{key}`: {str(payload)[:200]}", status)
+    return payload[key]
 
 
 def _error_from(response: httpx.Response) -> RerankError:
@@ -160,17 +180,18 @@ class RerankClient(_BaseClient):
         """Rank `documents` against `query`, best first (all of them unless `top_n`); `instruction` for LLM
         rerankers such as Qwen3-Reranker."""
         body = _rerank_body(query, documents, top_n, model, return_documents, instruction)
-        return _parse_results(await self._call("POST", "/v1/rerank", json=body))
+        return _parse_results(*await self._call("POST", "/v1/rerank", json=body))
 
     async def models(self) -> list[dict[str, Any]]:
         """The server's models (`GET /v1/models` data)."""
-        return (await self._call("GET", "/v1/models"))["data"]
+        payload, status = await self._call("GET", "/v1/models")
+        return _field(payload, "data", status)
 
     async def health(self) -> dict[str, Any]:
         """The server's status document (`GET /`): loaded, default and supported models."""
-        return await self._call("GET", "/", headers={"Accept": "application/json"})
+        return (await self._call("GET", "/", headers={"Accept": "application/json"}))[0]
 
-    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    async def _call(self, method: str, path: str, **kwargs: Any) -> tuple[Any, int]:
         for attempt in itertools.count():
             try:
                 response = await self._http.request(method, path, **kwargs)
@@ -178,7 +199,7 @@ class RerankClient(_BaseClient):
                 await asyncio.sleep(self.retry.settle(attempt, error=exc, url=self.base_url))
                 continue
             if response.status_code < 400:
-                return response.json()
+                return _json(response), response.status_code
             await asyncio.sleep(self.retry.settle(attempt, response=response))
 
     async def close(self) -> None:
@@ -211,17 +232,18 @@ class SyncRerankClient(_BaseClient):
         """Rank `documents` against `query`, best first (all of them unless `top_n`); `instruction` for LLM
         rerankers such as Qwen3-Reranker."""
         body = _rerank_body(query, documents, top_n, model, return_documents, instruction)
-        return _parse_results(self._call("POST", "/v1/rerank", json=body))
+        return _parse_results(*self._call("POST", "/v1/rerank", json=body))
 
     def models(self) -> list[dict[str, Any]]:
         """The server's models (`GET /v1/models` data)."""
-        return self._call("GET", "/v1/models")["data"]
+        payload, status = self._call("GET", "/v1/models")
+        return _field(payload, "data", status)
 
     def health(self) -> dict[str, Any]:
         """The server's status document (`GET /`): loaded, default and supported models."""
-        return self._call("GET", "/", headers={"Accept": "application/json"})
+        return self._call("GET", "/", headers={"Accept": "application/json"})[0]
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _call(self, method: str, path: str, **kwargs: Any) -> tuple[Any, int]:
         for attempt in itertools.count():
             try:
                 response = self._http.request(method, path, **kwargs)
@@ -229,7 +251,7 @@ class SyncRerankClient(_BaseClient):
                 time.sleep(self.retry.settle(attempt, error=exc, url=self.base_url))
                 continue
             if response.status_code < 400:
-                return response.json()
+                return _json(response), response.status_code
             time.sleep(self.retry.settle(attempt, response=response))
 
     def close(self) -> None:

@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(
         60.0, gt=0, description="Time a request may take, queueing included; past it the answer is 504."
     )
+    stall_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="A model call running longer than this makes /livez and /health answer 503: a hung model thread "
+        "(a stuck kernel) that only a restart clears.",
+    )
     token_budget: int | None = Field(
         None,
         ge=512,

@@ -85,10 +85,11 @@ def stored_llms(stored_fixture, qwen3_dir: Path, bge_gemma_dir: Path) -> tuple[s
 def routes_client(engine, raise_server_exceptions: bool = True) -> Iterator[TestClient]:
     """A TestClient on the HTTP routes, served by `engine` instead of the BentoML service's."""
     from rerank_server.api.app import app
-    from rerank_server.api.dependencies import current_engine
+    from rerank_server.api.dependencies import current_engine, current_health
     from rerank_server.api.tracking import RequestTracking
 
     app.dependency_overrides[current_engine] = lambda: engine
+    app.dependency_overrides[current_health] = lambda: lambda: engine.liveness.problem() is None
     try:
         with TestClient(RequestTracking(app), raise_server_exceptions=raise_server_exceptions) as client:
             yield client

@@ -48,9 +48,13 @@ def test_any_configured_key_is_accepted(header: str) -> None:
 
 def test_probes_metrics_and_status_stay_open() -> None:
     client = guarded()
-    for path in ("/readyz", "/metrics", "/"):
+    for path in ("/readyz", "/metrics"):
         assert client.get(path).status_code == 200, path
+    assert client.get("/", headers={"accept": "text/html"}).status_code == 200  # the page a browser gets
     assert client.post("/", json={}).status_code == 401  # only reading the status page is open
+    # The status document lists the models, as /v1/models does: it needs the key too (#23.14).
+    assert client.get("/").status_code == 401
+    assert client.get("/", headers={"authorization": "Bearer key-one"}).status_code == 200
 
 
 def test_without_keys_everything_is_open() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rerank_server import scorer
+from rerank_server.models import loaded
 
 
 class ZeroCostForward:
@@ -35,4 +35,4 @@ def _load_backend(backend: str, path: Path, **_: Any) -> ZeroCostForward:
     return ZeroCostForward()
 
 
-scorer.load_backend = _load_backend
+loaded.load_backend = _load_backend

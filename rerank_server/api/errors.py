@@ -1,8 +1,8 @@
 """Errors as clients see them: every failure mapped once to a status code and the error shape of the client's format.
 
-vLLM, Jina and Cohere clients read vLLM's (OpenAI's) `{"error": {"message", "type", "param", "code"}}`;
-text-embeddings-inference clients read TEI's `{"error", "error_type"}`. A route says which format it speaks; the
-failure says what went wrong; this module decides the rest.
+vLLM, Jina and Cohere clients read vLLM's (OpenAI's) `{"error": {"message", "type", "param", "code"}}`, Jina's
+clients a top-level `"detail"` beside it; text-embeddings-inference clients read TEI's `{"error", "error_type"}`. A
+route says which format it speaks; the failure says what went wrong; this module decides the rest.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class HTTPError(Exception):
         if error_format == "tei":
             return TEIError(error=self.message, error_type=self.tei_type).model_dump()
         info = ErrorInfo(message=self.message, type=self.vllm_type, param=self.param, code=self.status)
-        return ErrorResponse(error=info).model_dump()
+        return ErrorResponse(error=info, detail=self.message).model_dump()
 
 
 def invalid(message: str, param: str | None = None, error_format: ErrorFormat = "vllm") -> HTTPError:

@@ -15,10 +15,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rerank_server.api.errors import ErrorFormat, HTTPError, looks_like_tei
 
-# Probes and metrics stay open for orchestrators; documentation and the status page hold no secrets.
-OPEN_PATHS = frozenset({"/readyz", "/livez", "/healthz", "/metrics"})
-OPEN_GET_PATHS = frozenset({"/", "/docs", "/docs.json", "/openapi.json", "/schema.json"})
+# Probes and metrics stay open for orchestrators, for GET and HEAD only: any other method is refused before its body
+# is read, so that a caller without a key cannot make the server buffer bodies on them.
+PROBE_PATHS = frozenset({"/readyz", "/livez", "/healthz", "/health", "/metrics"})
+# Documentation and pages for browsers hold no secrets. The status document at `/` lists the models, as `/v1/models`
+# does, so it needs a key like `/v1/models` when keys are set; the page a browser gets at `/` does not.
+OPEN_GET_PATHS = frozenset({"/docs", "/docs.json", "/openapi.json", "/schema.json"})
 OPEN_GET_PREFIXES = ("/static_content/", "/assets/", "/docs-assets/")
+_READ_METHODS = frozenset({"GET", "HEAD"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # How much of a refused body is read to tell a TEI request from a vLLM one (a refusal answers in the client's format).
 _SNIFF_BYTES = 65536
@@ -26,10 +30,12 @@ _SNIFF_BYTES = 65536
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
-def _is_open(method: str, path: str) -> bool:
-    if path in OPEN_PATHS:
+def _is_open(method: str, path: str, headers: dict[bytes, bytes]) -> bool:
+    if method not in _READ_METHODS:
+        return False
+    if path in PROBE_PATHS or path in OPEN_GET_PATHS or path.startswith(OPEN_GET_PREFIXES):
         return True
-    return method in ("GET", "HEAD") and (path in OPEN_GET_PATHS or path.startswith(OPEN_GET_PREFIXES))
+    return path == "/" and b"text/html" in headers.get(b"accept", b"")
 
 
 async def _reject(send: Send, error: HTTPError, error_format: ErrorFormat = "vllm") -> None:
@@ -107,12 +113,19 @@ class RequestGuard:
     async def _guard(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = dict(scope["headers"])
         path, method = scope["path"], scope["method"]
+        if path in PROBE_PATHS and method not in _READ_METHODS:
+            error = HTTPError(
+                405, f"{path} answers GET and HEAD only", "MethodNotAllowedError", "MethodNotAllowed",
+                headers={"Allow": "GET, HEAD", "Connection": "close"},
+            )  # fmt: skip
+            await _reject(send, error)  # at once, the body unread: the connection closes after the answer
+            return
         if b"content-length" in headers and b"transfer-encoding" in headers:
             # Two framings for one body: proxies and servers may each read a different body (request smuggling).
             message = "The request declares both Content-Length and Transfer-Encoding; send one of them"
             await _reject(send, HTTPError(400, message, "BadRequestError", "Validation"), "vllm")
             return
-        if self.api_keys and not _is_open(method, path) and not self._authorized(headers):
+        if self.api_keys and not _is_open(method, path, headers) and not self._authorized(headers):
             start, _ = await self._read(receive, _SNIFF_BYTES)
             error = HTTPError(
                 401, "Missing or invalid API key: send `Authorization: Bearer <key>`", "AuthenticationError",

@@ -1,4 +1,5 @@
-"""What the server holds: `/v1/models` (OpenAI-style) and the status document at `/`."""
+"""What the server holds and whether it can serve: `/v1/models` (OpenAI-style), the status document at `/`, and
+`/health` as text-embeddings-inference and vLLM answer it."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ from pathlib import Path
 
 import anyio
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 
-from rerank_server.api.dependencies import Engine
-from rerank_server.api.wire import ErrorResponse, ModelCard, ModelList, ServerStatus, unix_time
+from rerank_server.api.dependencies import Engine, Health
+from rerank_server.api.wire import ErrorResponse, ModelCard, ModelList, ServerStatus, TEIError, unix_time
 from rerank_server.engine.engine import ServedModel
 
 router = APIRouter()
@@ -62,3 +63,14 @@ async def status(request: Request, engine: Engine) -> Response | ServerStatus:
         default_model=engine.default_model_id,
         supported_models=[model.stored.model_id for model in served],
     )
+
+
+@router.api_route("/health", methods=["GET", "HEAD"], responses={200: {"content": {}}, 503: {"model": TEIError}})
+async def health(healthy: Health) -> Response:
+    """200 with an empty body when the server can serve (every worker ready, the model thread alive), else 503: what
+    text-embeddings-inference and vLLM answer, for clients that probe `/health` (AstrBot's TEI provider does before
+    it uses a server). Open without a key, like `/readyz`."""
+    if await anyio.to_thread.run_sync(healthy):
+        return Response(status_code=200)
+    body = TEIError(error="The server is not ready or a worker is not alive", error_type="Unhealthy")
+    return JSONResponse(body.model_dump(), status_code=503)

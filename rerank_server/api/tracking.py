@@ -24,8 +24,9 @@ logger = logging.getLogger("bentoml")
 TRACKED_ROUTES = frozenset(
     {"/v1/rerank", "/v2/rerank", "/rerank", "/score", "/v1/score", "/score_pairs", "/v1/models", "/"}
 )
-# Probes and scrapes would drown the access log and the request metrics.
-UNTRACKED_PATHS = frozenset({"/readyz", "/livez", "/healthz", "/metrics"})
+# Probes and scrapes would drown the access log and the request metrics (other methods on them are refused, and
+# tracked like any refusal).
+UNTRACKED_PATHS = frozenset({"/readyz", "/livez", "/healthz", "/health", "/metrics"})
 # An incoming id is reused only when it is short and plain, so it cannot forge log lines or bloat labels.
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 # Characters that would let a client-controlled string (a path, a model name) start a new log line or hide text:
@@ -76,7 +77,7 @@ class RequestTracking:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or path in UNTRACKED_PATHS:
+        if scope["type"] != "http" or (path in UNTRACKED_PATHS and scope["method"] in ("GET", "HEAD")):
             await self.app(scope, receive, send)
             return
         incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1").strip()

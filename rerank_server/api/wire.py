@@ -209,6 +209,8 @@ class ModelCard(BaseModel):
     loaded: bool
     default: bool = False
     tag: str = Field(description="The BentoML model store tag it is served from.")
+    recipe: str = Field(description="How pairs are scored: cross-encoder, qwen3, bge-gemma, ... (README, Models).")
+    backend: str = Field(description="What runs the model: torch, openvino-int8, openvino, onnx-int8 or onnx.")
 
 
 class ModelList(BaseModel):
@@ -236,9 +238,11 @@ class ErrorInfo(BaseModel):
 
 
 class ErrorResponse(BaseModel):
-    """vLLM's (and OpenAI's) error body."""
+    """vLLM's (and OpenAI's) error body, with Jina's top-level `detail`: the Jina rerank clients of LlamaIndex,
+    LangChain and Haystack raise `RuntimeError(body["detail"])` on a failed call."""
 
     error: ErrorInfo
+    detail: str = Field(description="The same message as `error.message`, where Jina clients read it.")
 
 
 def unix_time(seconds: float | None = None) -> int:

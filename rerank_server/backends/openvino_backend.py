@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -83,18 +85,19 @@ def compile_model(xml: Path, threads: int, cache: Path):
     return core.compile_model(str(xml), "CPU", _config(threads))
 
 
-def _writable_cache(model_dir: Path) -> Path:
+def _writable_cache(model_dir: Path) -> tuple[Path, bool]:
+    """Where OpenVINO keeps the compiled model, and whether that is a scratch folder of this load alone."""
     cache = model_dir / OPENVINO_DIR / CACHE_DIR
     try:
         cache.mkdir(exist_ok=True)
         probe = cache / ".writable"
         probe.touch()
         probe.unlink()
-        return cache
+        return cache, False
     except OSError:
         # A read-only store (a container image): compile into a scratch cache, as a CPU unlike the import's would.
         logger.info("%s is read-only: OpenVINO compiles the model into a scratch cache", cache.parent)
-        return Path(tempfile.mkdtemp(prefix="rerank-openvino-cache-"))
+        return Path(tempfile.mkdtemp(prefix="rerank-openvino-cache-")), True
 
 
 class OpenVinoBackend:
@@ -104,7 +107,11 @@ class OpenVinoBackend:
 
     def __init__(self, path: Path, *, backend: str, threads: int) -> None:
         xml = model_file(path, backend)
-        self.compiled = compile_model(xml, threads, _writable_cache(path))
+        cache, scratch = _writable_cache(path)
+        # A scratch cache lives as long as this load: models swapped under the loaded-model budget would otherwise
+        # leave a compiled copy in /tmp at every load.
+        self._scratch = weakref.finalize(self, shutil.rmtree, cache, True) if scratch else None
+        self.compiled = compile_model(xml, threads, cache)
         self.request = self.compiled.create_infer_request()
         self.input_names = [port.get_any_name() for port in self.compiled.inputs]
         self.weight_bytes = xml.with_suffix(".bin").stat().st_size
@@ -120,3 +127,5 @@ class OpenVinoBackend:
     def release(self) -> None:
         del self.request
         del self.compiled
+        if self._scratch is not None:
+            self._scratch()

@@ -22,7 +22,6 @@ import logging
 import threading
 import time
 import traceback
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -160,9 +159,13 @@ class ContinuousBatcher:
         self.max_queue_pairs = max_queue_pairs
         self.token_budget = token_budget  # None: the device's default
         self._metrics = metrics
-        self._queue: deque[_Piece] = deque()
+        # Pieces in queue order. A dict rather than a deque: a piece leaves from anywhere (a cancelled request, a
+        # failed one) in O(1), so that thousands of one-pair requests never cost a quadratic number of removals.
+        self._queue: dict[_Piece, None] = {}
         self._queued_pairs = 0
         self._closed = False
+        self._busy_since: float | None = None  # when the running batch started (None: idle)
+        self._last_call_failed = False
         self._ready = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="rerank-batcher", daemon=True)
         self._thread.start()
@@ -170,6 +173,21 @@ class ContinuousBatcher:
     @property
     def queued_pairs(self) -> int:
         return self._queued_pairs
+
+    @property
+    def thread_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
+    def busy_for(self) -> float:
+        """Seconds the running batch has taken so far (0 when the model is idle)."""
+        since = self._busy_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    @property
+    def last_call_failed(self) -> bool:
+        """Whether the model's most recent call raised (a bad request, or a device that fails every call)."""
+        return self._last_call_failed
 
     def submit(
         self,
@@ -200,7 +218,7 @@ class ContinuousBatcher:
                     f"{self._queued_pairs} pairs are queued and {len(encoded)} more would exceed the limit of "
                     f"{self.max_queue_pairs} (RERANK_MAX_QUEUE_PAIRS)"
                 )
-            self._queue.extend(request.queued)
+            self._queue.update(dict.fromkeys(request.queued))
             self._change_queued(len(encoded))
             self._ready.notify()
         request.future.add_done_callback(lambda _: self._forget(request))
@@ -224,7 +242,7 @@ class ContinuousBatcher:
         """Take a finished request's pieces that have not started out of the queue; finish it if none is running."""
         with self._ready:
             for piece in request.queued:
-                self._queue.remove(piece)
+                del self._queue[piece]
                 self._change_queued(-len(piece.encoded))
             request.queued.clear()
             finished = self._finishing(request)
@@ -254,30 +272,34 @@ class ContinuousBatcher:
                 if self._closed:
                     return None
                 self._ready.wait()
-            head = self._queue[0].request.model
+            head = next(iter(self._queue)).request.model
             taken: list[_Piece] = []
             pairs = 0
-            for piece in list(self._queue):
+            for piece in self._queue:
                 if piece.request.model is not head:
                     continue
                 if taken and pairs + len(piece.encoded) > self.max_batch_pairs:
                     break
-                self._queue.remove(piece)
+                taken.append(piece)
+                pairs += len(piece.encoded)
+            for piece in taken:
+                del self._queue[piece]
                 piece.request.queued.remove(piece)
                 piece.request.running += 1
                 self._change_queued(-len(piece.encoded))
-                taken.append(piece)
-                pairs += len(piece.encoded)
             return taken
 
     def _run(self) -> None:
         while (batch := self._take()) is not None:
+            self._busy_since = time.monotonic()
             try:
                 self._score(batch)
             except Exception as exc:  # a dead model thread would hang every request after it: log, fail, go on
                 logger.exception("The batcher failed outside a model call")
                 for piece in batch:
                     self._done(piece, error=RuntimeError(f"internal batcher error: {exc!r}"))
+            finally:
+                self._busy_since = None
 
     def _score(self, pieces: list[_Piece]) -> None:
         if not pieces:
@@ -289,6 +311,7 @@ class ContinuousBatcher:
             logits = run_passes(pieces[0].request.model, merged, self.token_budget)
         except Exception as exc:  # any failure: retry the halves so that only the failing request fails
             failure = exc
+        self._last_call_failed = failure is not None
         if failure is not None:
             # Outside the except block, and with the failed pass's frames cleared: the traceback would otherwise keep
             # its activations (all of a GPU's memory after an out-of-memory error) alive through the retries, and the
@@ -325,7 +348,7 @@ class ContinuousBatcher:
             request.running -= 1
             if error is not None:
                 for queued in request.queued:  # the rest of a failed request is not worth scoring
-                    self._queue.remove(queued)
+                    del self._queue[queued]
                     self._change_queued(-len(queued.encoded))
                 request.queued.clear()
                 outcome = ("error", error)

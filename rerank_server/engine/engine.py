@@ -13,17 +13,21 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 
 from rerank_server.engine.batcher import ContinuousBatcher
 from rerank_server.engine.cache import ScoreCache, cache_key
+from rerank_server.engine.liveness import CHECK_DOCUMENT, CHECK_QUERY, Liveness
 from rerank_server.errors import DeadlineExceededError, InputTooLongError
 from rerank_server.metrics import RerankMetrics, get_metrics
 from rerank_server.models.registry import ModelRegistry
 from rerank_server.models.store import StoredReranker
 from rerank_server.recipes import DEFAULT_OPTIONS, TextOptions
 from rerank_server.settings import Settings
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -88,9 +92,16 @@ class RerankEngine:
             token_budget=settings.token_budget, metrics=self.metrics,
         )  # fmt: skip
         self.cache = ScoreCache(settings.cache_size) if settings.cache_size else None
-        # Resolving, loading and tokenizing block: they get threads of their own, so a slow model load never takes
-        # the event loop's default pool from other work.
+        # Resolving and tokenizing block: they get threads of their own, so they never take the event loop's default
+        # pool from other work. Waiting for a model to load (or for room to load it) gets a pool of its own, so that
+        # requests waiting on a slow load never hold up requests for loaded models.
         self._preparing = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="rerank-prepare")
+        self._loading = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="rerank-load")
+        self.liveness = Liveness(
+            thread_alive=lambda: self.batcher.thread_alive, busy_for=lambda: self.batcher.busy_for,
+            last_call_failed=lambda: self.batcher.last_call_failed, run_check=self._check_model,
+            stall_timeout_s=settings.stall_timeout_s,
+        )  # fmt: skip
 
     @property
     def max_documents(self) -> int:
@@ -126,29 +137,56 @@ class RerankEngine:
         call (a client that went away) takes its pairs that have not started out of the queue.
         """
         deadline = time.monotonic() + self.settings.request_timeout_s
-        prepared = self._preparing.submit(self._start, model, queries, documents, options, max_chunks, deadline)
-        try:
-            work = await asyncio.wrap_future(prepared)
-        except asyncio.CancelledError:
-            prepared.add_done_callback(lambda done: done.exception() is None and done.result().cancel())
-            raise
+        arguments = (model, queries, documents, options, max_chunks, deadline)
+        # Preparing counts against the deadline too: a first load, or a wait for room, is part of the request's time.
+        work = await self._within(deadline, self._preparing.submit(self._start, *arguments, False))
+        if work is None:  # the model must be loaded first (or room made for it)
+            work = await self._within(deadline, self._loading.submit(self._start, *arguments, True))
         if work.future is not None:
-            try:
-                async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
-                    await asyncio.wrap_future(work.future)  # cancelling this cancels the batcher's future too
-            except TimeoutError:
-                work.cancel()
-                self.metrics.rejected.labels("timeout").inc()
-                limit = self.settings.request_timeout_s
-                raise DeadlineExceededError(
-                    f"The request was not scored within {limit:g} s (RERANK_REQUEST_TIMEOUT_S)"
-                ) from None
+            await self._within(deadline, work.future)  # cancelling this wait cancels the batcher's future too
         return self._finish(work, len(documents))
+
+    async def _within(self, deadline: float, pending: concurrent.futures.Future[T]) -> T:
+        """`pending`'s result, or DeadlineExceededError once `deadline` passes; on either that or the caller's
+        cancellation, work it prepares is cancelled as soon as it exists (its queued pairs leave the queue)."""
+        try:
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+                return await asyncio.wrap_future(pending)
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            pending.add_done_callback(_cancel_prepared_work)
+            if not isinstance(exc, TimeoutError):
+                raise
+        self.metrics.rejected.labels("timeout").inc()
+        limit = self.settings.request_timeout_s
+        raise DeadlineExceededError(f"The request was not scored within {limit:g} s (RERANK_REQUEST_TIMEOUT_S)")
+
+    def _check_model(self) -> concurrent.futures.Future:
+        """Score one pair with the default model through the queue, for `Liveness`: a future of its logit."""
+        outcome: concurrent.futures.Future = concurrent.futures.Future()
+
+        def prepare() -> None:
+            stored = self.registry.resolve(None)
+            model = self.registry.acquire(stored, timeout=self.settings.request_timeout_s)
+            try:
+                encoded = model.encode([CHECK_QUERY], [CHECK_DOCUMENT])
+                scored = self.batcher.submit(
+                    stored.model_id, model, encoded, on_finished=lambda: self.registry.release(model)
+                )
+            except BaseException:
+                self.registry.release(model)
+                raise
+            scored.add_done_callback(lambda done: _copy_outcome(done, outcome))
+
+        self._preparing.submit(prepare).add_done_callback(
+            lambda done: done.exception() is not None and _copy_outcome(done, outcome)
+        )
+        return outcome
 
     def close(self, timeout: float | None = None) -> None:
         """Finish queued work and stop the model thread."""
         self.batcher.close(timeout)
         self._preparing.shutdown(wait=False)
+        self._loading.shutdown(wait=False)
 
     def _start(
         self,
@@ -158,13 +196,20 @@ class RerankEngine:
         options: TextOptions,
         max_chunks: int | None,
         deadline: float,
-    ) -> _Work:
-        """Resolve and pin the model, cut windows, answer what the cache knows, tokenize and queue the rest."""
+        wait_for_load: bool,
+    ) -> _Work | None:
+        """Resolve and pin the model, cut windows, answer what the cache knows, tokenize and queue the rest.
+
+        None when the model is not loaded and `wait_for_load` is false: the caller waits for it on the load pool.
+        """
         stored = self.registry.resolve(model)
-        loaded = self.registry.acquire(stored, timeout=max(deadline - time.monotonic(), 0.0))
+        if wait_for_load:
+            loaded = self.registry.acquire(stored, timeout=max(deadline - time.monotonic(), 0.0))
+        elif (loaded := self.registry.try_acquire(stored)) is None:
+            return None
         queued = False
         try:
-            limit = loaded.limit(options)  # a bad truncate_prompt_tokens is refused before any work
+            loaded.limit(options)  # a bad truncate_prompt_tokens is refused before any work
             chunks = max_chunks if max_chunks is not None else self.settings.max_chunks_per_doc
             if chunks and chunks > 1:
                 pieces = [loaded.windows(q, d, chunks, options) for q, d in zip(queries, documents, strict=True)]
@@ -174,7 +219,7 @@ class RerankEngine:
             pair_queries = [queries[i] for i in owners]
             pair_documents = [window for windows in pieces for window in windows]
             work = _Work(stored, owners, [None] * len(owners), [0] * len(owners))
-            version = self.registry.version(stored.model_id)
+            version = self.registry.version(loaded)
             self._look_up(work, version, loaded.recipe.uses_instruction, options, pair_queries, pair_documents)
             if work.computed:
                 encoded = loaded.encode(
@@ -188,14 +233,13 @@ class RerankEngine:
                         f"`inputs` must have less than {loaded.recipe.max_length} tokens. Given: {longest}", "texts"
                     )
                 work.future = self.batcher.submit(
-                    stored.model_id, loaded, encoded, on_finished=lambda: self.registry.release(stored.model_id)
+                    stored.model_id, loaded, encoded, on_finished=lambda: self.registry.release(loaded)
                 )
                 queued = True
-            del limit
             return work
         finally:
             if not queued:
-                self.registry.release(stored.model_id)
+                self.registry.release(loaded)
 
     def _look_up(
         self,
@@ -238,3 +282,22 @@ class RerankEngine:
             best[owner] = max(best[owner], logit)
             tokens[owner] += count
         return DocumentScores(work.stored.model_id, best, tokens)
+
+
+def _cancel_prepared_work(done: concurrent.futures.Future) -> None:
+    """Cancel the work a preparation made for a caller that has gone (timed out, or its client left)."""
+    if done.cancelled() or done.exception() is not None:
+        return
+    if isinstance(work := done.result(), _Work):
+        work.cancel()
+
+
+def _copy_outcome(source: concurrent.futures.Future, target: concurrent.futures.Future) -> None:
+    if target.done():
+        return
+    if source.cancelled():
+        target.cancel()
+    elif (error := source.exception()) is not None:
+        target.set_exception(error)
+    else:
+        target.set_result(source.result())

@@ -1,8 +1,9 @@
 """Which rerankers are loaded: loads on first use (once), keeps within a budget of loaded models (least recently used
-first out, never one in use or loading), and remembers a model that failed to load until it is imported again.
+first out, never one in use or loading), replaces a model by its newer import without a gap, and retries a model that
+failed to load after a growing back-off.
 
 Every name is resolved once, by `resolve` (through `store.find_reranker`), before anything is keyed by it:
-everything here is keyed by the stored model's canonical id.
+everything here is keyed by the stored model's canonical id, and each loaded copy is pinned by whoever uses it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 
@@ -29,9 +31,19 @@ logger = logging.getLogger("bentoml")
 # How often the registry reads the store again: an import (or re-import) made while the server runs is served within
 # a second, and a flood of requests (bogus names included) costs one store scan a second, not one each.
 STORE_RESCAN_S = 1.0
-
+# Seconds before a model that failed to load is tried again, after 1, 2, 3, ... failures in a row: a passing fault
+# (weights briefly unreadable, a GPU out of memory while another model runs a large batch) heals by itself.
+LOAD_RETRY_BACKOFF_S = (2.0, 5.0, 15.0, 30.0, 60.0)
 
 ModelLoader = Callable[[StoredReranker], LoadedReranker]
+
+
+@dataclass(frozen=True)
+class _Failure:
+    tag: str  # the stored version that failed
+    message: str
+    failures: int  # in a row
+    retry_at: float  # time.monotonic() from which a request tries again
 
 
 class ModelRegistry:
@@ -48,12 +60,15 @@ class ModelRegistry:
         self._metrics = metrics
         self.device = device or resolve_device(settings.device)
         self._factory = factory or self._load_model
-        self._loaded: dict[str, LoadedReranker] = {}
-        self._versions: dict[str, str] = {}  # model id → the stored tag its loaded model came from
+        self._loaded: dict[str, LoadedReranker] = {}  # model id → the copy new requests get
+        self._versions: dict[LoadedReranker, str] = {}  # each copy → the stored tag it came from
+        self._ids: dict[LoadedReranker, str] = {}  # each copy → its model id
         self._loading: dict[str, int] = {}  # model id → the bytes its weights are expected to take
         self._last_used: dict[str, float] = {}
-        self._in_use: dict[str, int] = {}
-        self._failed: dict[str, tuple[str, str]] = {}  # model id → (stored tag that failed, why)
+        self._in_use: dict[str, int] = {}  # model id → callers holding or getting one of its copies
+        self._pins: dict[LoadedReranker, int] = {}  # each copy → callers holding it
+        self._retiring: set[LoadedReranker] = set()  # copies replaced by a newer import, unloaded once unpinned
+        self._failed: dict[str, _Failure] = {}
         self._changed = threading.Condition()
         self._stored: list[StoredReranker] = list_rerankers()
         self._scanned_at = time.monotonic()
@@ -91,20 +106,31 @@ class ModelRegistry:
         with self._changed:
             return list(self._loaded)
 
-    def version(self, model_id: str) -> str:
-        """The stored tag the loaded `model_id` came from (its scores belong to that version)."""
+    def version(self, model: LoadedReranker) -> str:
+        """The stored tag `model` was loaded from (its scores belong to that version)."""
         with self._changed:
-            return self._versions[model_id]
+            return self._versions[model]
 
     def get(self, name: str | None, timeout: float | None = None) -> LoadedReranker:
         """The loaded model `name` means, loading it first if needed (not pinned: for tools and tests)."""
         with self.using(self.resolve(name), timeout) as model:
             return model
 
-    def acquire(self, stored: StoredReranker, timeout: float | None = None) -> LoadedReranker:
-        """`stored`, loaded if needed, protected from unloading until `release(stored.model_id)`.
+    def try_acquire(self, stored: StoredReranker) -> LoadedReranker | None:
+        """`stored`'s loaded copy, pinned, when it can be had without waiting; None when it must be loaded first."""
+        with self._changed:
+            model = self._loaded.get(stored.model_id)
+            if model is None or (self._versions[model] != stored.tag and stored.model_id not in self._loading):
+                return None
+            self._in_use[stored.model_id] = self._in_use.get(stored.model_id, 0) + 1
+            self._pin(model)
+            return model
 
-        Waits up to `timeout` seconds for room under the loaded-model budget while other models are busy.
+    def acquire(self, stored: StoredReranker, timeout: float | None = None) -> LoadedReranker:
+        """`stored`, loaded if needed, protected from unloading until `release(model)`.
+
+        Waits up to `timeout` seconds for room under the loaded-model budget while other models are busy, or for
+        another caller's load of the same model.
         """
         model_id = stored.model_id
         with self._changed:
@@ -112,18 +138,22 @@ class ModelRegistry:
         try:
             return self._loaded_model(stored, timeout)
         except BaseException:
-            self.release(model_id)
+            with self._changed:
+                self._put_down(model_id)
             raise
 
-    def release(self, model_id: str) -> None:
-        """End one `acquire`: the model may be unloaded to make room once nothing uses it."""
+    def release(self, model: LoadedReranker) -> None:
+        """End one `acquire`: the copy may be unloaded to make room (or, replaced, is unloaded) once nothing uses it."""
+        unload: list[LoadedReranker] = []
         with self._changed:
-            remaining = self._in_use.get(model_id, 0) - 1
-            if remaining > 0:
-                self._in_use[model_id] = remaining
-            else:
-                self._in_use.pop(model_id, None)
-                self._changed.notify_all()
+            self._put_down(self._ids[model])
+            self._pins[model] -= 1
+            if not self._pins[model]:
+                del self._pins[model]
+                if model in self._retiring:
+                    self._retiring.discard(model)
+                    unload.append(model)
+        self._unload(unload)
 
     @contextmanager
     def using(self, stored: StoredReranker, timeout: float | None = None) -> Iterator[LoadedReranker]:
@@ -132,11 +162,11 @@ class ModelRegistry:
         try:
             yield model
         finally:
-            self.release(stored.model_id)
+            self.release(model)
 
     def preload(self, default: str, others: Sequence[str] = ()) -> list[str]:
         """Load the default model (its failure is raised) and each of `others` (a failure is logged, and that model
-        answers 503 until it is imported again). The names of the models that failed."""
+        answers 503 until a retry after its back-off loads it). The names of the models that failed."""
         self.get(default or None)
         failed = []
         for name in others:
@@ -147,41 +177,73 @@ class ModelRegistry:
                 failed.append(name)
         return failed
 
+    def _pin(self, model: LoadedReranker) -> None:
+        self._pins[model] = self._pins.get(model, 0) + 1
+        self._last_used[self._ids[model]] = time.monotonic()
+
+    def _put_down(self, model_id: str) -> None:
+        remaining = self._in_use.get(model_id, 0) - 1
+        if remaining > 0:
+            self._in_use[model_id] = remaining
+        else:
+            self._in_use.pop(model_id, None)
+        self._changed.notify_all()
+
     def _loaded_model(self, stored: StoredReranker, timeout: float | None) -> LoadedReranker:
         model_id = stored.model_id
         deadline = None if timeout is None else time.monotonic() + timeout
         evicted: list[LoadedReranker] = []
         with self._changed:
             while True:
-                loaded = self._loaded.get(model_id)
-                # A newer import of a loaded model replaces it once nothing else uses the old one.
-                if loaded is not None and (self._versions[model_id] == stored.tag or self._in_use[model_id] > 1):
-                    self._last_used[model_id] = time.monotonic()
-                    return loaded
-                if loaded is not None:
-                    logger.info(
-                        "Replacing %s %s by its newer import %s", model_id, self._versions[model_id], stored.tag
-                    )
-                    evicted.append(self._loaded.pop(model_id))
+                current = self._loaded.get(model_id)
+                # The copy in service is returned when it is this version, or while its newer import is being loaded
+                # by another caller (no gap) or cannot be loaded yet (the old version keeps serving).
+                if current is not None and (
+                    self._versions[current] == stored.tag or model_id in self._loading or self._waiting(stored)
+                ):
+                    self._pin(current)
+                    return current
                 failure = self._failed.get(model_id)
-                if failure and failure[0] == stored.tag:
-                    raise ModelLoadError(failure[1])
+                if failure and failure.tag == stored.tag and time.monotonic() < failure.retry_at:
+                    retry = failure.retry_at - time.monotonic()
+                    raise ModelLoadError(f"{failure.message}; the next try is in {max(retry, 1):.0f} s")
                 if model_id not in self._loading:
-                    room, evicted = self._make_room(stored)
+                    room, freed = self._make_room(stored)
+                    evicted += freed
                     if room:
                         self._loading[model_id] = self._expected_bytes(stored)
                         break
+                    if current is not None:  # no room for the newer import yet: the old copy keeps serving
+                        self._pin(current)
+                        return current
                     if not self._in_use.keys() - {model_id} and not self._loading:
                         raise ModelLoadError(self._no_room(stored))
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
-                    raise ModelLoadError(
-                        f"The model `{model_id}` cannot be loaded now: the loaded-model budget is full of models "
-                        "in use; retry shortly"
-                    )
+                    raise ModelLoadError(self._still_waiting(stored))
                 self._changed.wait(left)
         self._unload(evicted)
-        return self._load(stored)
+        try:
+            return self._load(stored)
+        except ModelLoadError:
+            with self._changed:  # a newer import that does not load: the old copy, still loaded, keeps serving
+                if (current := self._loaded.get(model_id)) is not None:
+                    self._pin(current)
+                    return current
+            raise
+
+    def _waiting(self, stored: StoredReranker) -> bool:
+        """Whether `stored` is a newer import whose load failed recently: the old copy serves until a retry works."""
+        failure = self._failed.get(stored.model_id)
+        return bool(failure and failure.tag == stored.tag and time.monotonic() < failure.retry_at)
+
+    def _still_waiting(self, stored: StoredReranker) -> str:
+        if stored.model_id in self._loading:
+            return f"The model `{stored.model_id}` is still loading; retry shortly"
+        return (
+            f"The model `{stored.model_id}` cannot be loaded now: the loaded-model budget is full of models in use; "
+            "retry shortly"
+        )
 
     def _load(self, stored: StoredReranker) -> LoadedReranker:
         model_id = stored.model_id
@@ -189,21 +251,27 @@ class ModelRegistry:
         try:
             model = self._factory(stored)
         except Exception as exc:
-            message = f"The model `{model_id}` could not be loaded: {type(exc).__name__}: {str(exc)[:500]}"
-            logger.error("%s (from %s)", message, stored.path)
-            logger.debug("Loading %s failed", model_id, exc_info=True)
-            with self._changed:
-                self._loading.pop(model_id, None)
-                self._failed[model_id] = (stored.tag, message)
-                self._changed.notify_all()
-            raise ModelLoadError(message) from exc
+            backoff = self._remember_failure(stored, exc)
+            raise ModelLoadError(
+                f"{self._failed[model_id].message}; the next try is in {max(backoff, 1):.0f} s"
+            ) from exc
         with self._changed:
             self._loading.pop(model_id, None)
             self._failed.pop(model_id, None)
+            replaced = self._loaded.get(model_id)
             self._loaded[model_id] = model
-            self._versions[model_id] = stored.tag
-            self._last_used[model_id] = time.monotonic()
+            self._versions[model] = stored.tag
+            self._ids[model] = model_id
+            self._pin(model)
+            unload = []
+            if replaced is not None:
+                logger.info("Replaced %s %s by its newer import %s", model_id, self._versions[replaced], stored.tag)
+                if self._pins.get(replaced):
+                    self._retiring.add(replaced)  # unloaded when its last user releases it
+                else:
+                    unload.append(replaced)
             self._changed.notify_all()
+        self._unload(unload)
         elapsed = time.perf_counter() - started
         if self._metrics:
             self._metrics.model_load.labels(model_id).observe(elapsed)
@@ -219,34 +287,66 @@ class ModelRegistry:
             )
         return model
 
+    def _remember_failure(self, stored: StoredReranker, exc: Exception) -> float:
+        """Record a failed load; the seconds until the next try."""
+        model_id = stored.model_id
+        with self._changed:
+            earlier = self._failed.get(model_id)
+            failures = earlier.failures + 1 if earlier and earlier.tag == stored.tag else 1
+            backoff = LOAD_RETRY_BACKOFF_S[min(failures, len(LOAD_RETRY_BACKOFF_S)) - 1]
+            message = f"The model `{model_id}` could not be loaded: {type(exc).__name__}: {str(exc)[:500]}"
+            self._failed[model_id] = _Failure(stored.tag, message, failures, time.monotonic() + backoff)
+            self._loading.pop(model_id, None)
+            self._changed.notify_all()
+        logger.error("%s (from %s; failure %d, next try in %g s)", message, stored.path, failures, backoff)
+        logger.debug("Loading %s failed", model_id, exc_info=True)
+        return backoff
+
     # --- the budget --------------------------------------------------------------------------------------------------
 
     def _expected_bytes(self, stored: StoredReranker) -> int:
         return stored.memory_bytes(resolve_dtype(self.settings.dtype, self.device, stored.checkpoint_dtype).itemsize)
 
-    def _fits(self, incoming: StoredReranker) -> bool:
-        count = len(self._loaded) + len(self._loading) + 1
+    def _fits(self, incoming: StoredReranker, leaving: Sequence[str] = ()) -> bool:
+        loaded = [m for m in self._loaded if m not in leaving]
+        count = len(loaded) + len(self._loading) + 1
         if self.settings.max_loaded_models and count > self.settings.max_loaded_models:
             return False
         if self.settings.max_model_memory_mb:
-            used = sum(s.weight_bytes for s in self._loaded.values()) + sum(self._loading.values())
+            used = sum(self._loaded[m].weight_bytes for m in loaded) + sum(self._loading.values())
             return used + self._expected_bytes(incoming) <= self.settings.max_model_memory_mb * 2**20
         return True
 
     def _make_room(self, incoming: StoredReranker) -> tuple[bool, list[LoadedReranker]]:
-        """Unload idle models, least recently used first, until `incoming` fits (call holding the condition).
+        """Unload idle models, least recently used first, until `incoming` fits (call holding the condition); nothing
+        is unloaded when that cannot make enough room. A newer import of a loaded model loads beside the old copy when
+        the budget allows, else in its place once that copy is idle.
 
         The default model is never unloaded, and it loads even when it alone exceeds the budget.
         """
-        evicted: list[LoadedReranker] = []
-        while not self._fits(incoming) and incoming.model_id != self.default_model_id:
-            idle = [m for m in self._loaded if m != self.default_model_id and not self._in_use.get(m)]
+        if incoming.model_id == self.default_model_id:
+            return True, []
+        idle = sorted(
+            (m for m in self._loaded if m != self.default_model_id and not self._in_use.get(m)),
+            key=lambda m: self._last_used.get(m, 0.0),
+        )
+        leaving: list[str] = []
+        while not self._fits(incoming, leaving):
             if not idle:
-                return False, evicted
-            victim = min(idle, key=lambda m: self._last_used.get(m, 0.0))
-            evicted.append(self._loaded.pop(victim))
-            self._last_used.pop(victim, None)
-            logger.info("Unloading %s (least recently used; loaded-model budget)", victim)
+                old = self._loaded.get(incoming.model_id)
+                # Only the caller holds the old copy: it gives way to the new one (replaced, not served twice).
+                if old is not None and self._in_use.get(incoming.model_id) == 1 and not self._pins.get(old):
+                    leaving.append(incoming.model_id)
+                    if self._fits(incoming, leaving):
+                        break
+                return False, []
+            leaving.append(idle.pop(0))
+        evicted = []
+        for model_id in leaving:
+            model = self._loaded.pop(model_id)
+            self._last_used.pop(model_id, None)
+            evicted.append(model)
+            logger.info("Unloading %s (least recently used; loaded-model budget)", model_id)
         return True, evicted
 
     def _no_room(self, stored: StoredReranker) -> str:
@@ -261,6 +361,9 @@ class ModelRegistry:
             return
         for model in evicted:
             model.release()
+            with self._changed:
+                self._versions.pop(model, None)
+                self._ids.pop(model, None)
             if self._metrics:
                 self._metrics.models_loaded.labels(worker_label()).dec()
         evicted.clear()

@@ -35,6 +35,7 @@ class BgeGemmaRecipe(Recipe):
         self.passage_max_length = max_length
         self.sep_ids: list[int] = tokenizer(SEP, add_special_tokens=False)["input_ids"]
         self.default_prompt_ids: list[int] = tokenizer(DEFAULT_PROMPT, add_special_tokens=False)["input_ids"]
+        self.passage_prefix_ids: list[int] = tokenizer(PASSAGE_PREFIX, add_special_tokens=False)["input_ids"]
         bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
         self.bos_ids = [bos] if bos is not None and bos != pad else []
         # What the model sees at most: FlagEmbedding caps BOS + query + separator + passage at max_length + separator +
@@ -72,7 +73,9 @@ class BgeGemmaRecipe(Recipe):
         encode_max_length = max_length + len(self.sep_ids) + len(prompt_ids)
         query_texts = [QUERY_PREFIX + self.long_text.cut(q, query_max_length + _SLACK)[0] for q in queries]
         if options.side == "left" or options.max_document_tokens:
-            room = min(max_length, options.max_document_tokens or max_length)
+            # The document is cut to what fits beside "B: " in the passage's max_length, so that the passage is never
+            # cut again from its end (which would drop the tail a left truncation keeps, or the head's last tokens).
+            room = self._document_limit(max_length, options)
             documents = self.cut_documents(documents, room, options.side)
         passage_texts = [PASSAGE_PREFIX + self.long_text.cut(d, max_length + _SLACK)[0] for d in documents]
         self.tokenizer.truncation_side = "right"
@@ -97,9 +100,11 @@ class BgeGemmaRecipe(Recipe):
         return EncodedPairs(pairs)
 
     def document_room(self, query: str, options: TextOptions) -> int:
-        max_length = self._passage_limit(options, self._prompt_ids(options))
-        passage_prefix = len(self.tokenizer(PASSAGE_PREFIX, add_special_tokens=False)["input_ids"])
-        room = max_length - passage_prefix
+        return self._document_limit(self._passage_limit(options, self._prompt_ids(options)), options)
+
+    def _document_limit(self, max_length: int, options: TextOptions) -> int:
+        """Document tokens that fit in a passage of `max_length` tokens after "B: ", within max_tokens_per_doc."""
+        room = max_length - len(self.passage_prefix_ids)
         return min(room, options.max_document_tokens or room)
 
 

@@ -13,7 +13,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from rerank_server.api.app import app
-from rerank_server.api.dependencies import current_engine
+from rerank_server.api.dependencies import current_engine, current_health
 from rerank_server.api.tracking import RequestTracking
 from tests.conftest import scoring_engine
 
@@ -32,6 +32,7 @@ def test_generated_requests_get_schema_conformant_answers(case, stored_fixture) 
     # Small limits keep generated batches cheap; the engine is the production one.
     with scoring_engine(max_documents=64) as engine:
         app.dependency_overrides[current_engine] = lambda: engine
+        app.dependency_overrides[current_health] = lambda: lambda: engine.liveness.problem() is None
         try:
             case.call_and_validate(checks=CHECKS)
         finally:

@@ -65,7 +65,12 @@ async def status(request: Request, engine: Engine) -> Response | ServerStatus:
     )
 
 
-@router.api_route("/health", methods=["GET", "HEAD"], responses={200: {"content": {}}, 503: {"model": TEIError}})
+@router.head("/health", include_in_schema=False)
+@router.get(
+    "/health",
+    response_class=Response,
+    responses={200: {"description": "Ready: an empty body"}, 503: {"model": TEIError}},
+)
 async def health(healthy: Health) -> Response:
     """200 with an empty body when the server can serve (every worker ready, the model thread alive), else 503: what
     text-embeddings-inference and vLLM answer, for clients that probe `/health` (AstrBot's TEI provider does before

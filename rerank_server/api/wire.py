@@ -209,6 +209,8 @@ class ModelCard(BaseModel):
     loaded: bool
     default: bool = False
     tag: str = Field(description="The BentoML model store tag it is served from.")
+    recipe: str = Field(description="How the model is scored: cross-encoder, qwen3 or bge-gemma (LLM rerankers).")
+    backend: str = Field(description="What runs its forward pass: torch, openvino, openvino-int8, onnx or onnx-int8.")
 
 
 class ModelList(BaseModel):

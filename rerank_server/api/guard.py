@@ -15,10 +15,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rerank_server.api.errors import ErrorFormat, HTTPError, looks_like_tei
 
-# Probes and metrics stay open for orchestrators; documentation and the status page hold no secrets.
+# Probes and metrics stay open for orchestrators; documentation, the status page and the browser pages hold no secrets
+# (the playground asks for a key itself, and sends it with the API calls it makes).
 OPEN_PATHS = frozenset({"/readyz", "/livez", "/healthz", "/metrics"})
-OPEN_GET_PATHS = frozenset({"/", "/docs", "/docs.json", "/openapi.json", "/schema.json"})
-OPEN_GET_PREFIXES = ("/static_content/", "/assets/", "/docs-assets/")
+OPEN_GET_PATHS = frozenset({"/", "/docs", "/docs.json", "/openapi.json", "/schema.json", "/playground", "/bentoml"})
+OPEN_GET_PREFIXES = ("/static_content/", "/assets/", "/docs-assets/", "/playground-assets/")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # How much of a refused body is read to tell a TEI request from a vLLM one (a refusal answers in the client's format).
 _SNIFF_BYTES = 65536

@@ -262,6 +262,7 @@ async function run(event) {
   try {
     if (!modelsLoaded) await loadModels();
     const chosen = SIDES.map((side) => [side, byId(`model-${side}`)]).filter(([, select]) => select.value);
+    if (chosen.length === 0) throw new ApiError(0, "the server's store holds no model: import one (import_models.py)");
     const shown = [];
     // One model after the other: each latency is then its own, not shared with the other model's work.
     for (const [side, select] of chosen) {

@@ -47,8 +47,10 @@ def test_the_bento_names_the_preloaded_model_and_is_configured_for_gpus(bento_di
     dockerfile = (bento_dir / "env" / "docker" / "Dockerfile").read_text()
     assert "FROM nvidia/cuda:12.8.1" in dockerfile
     assert "python3.11" in dockerfile
-    sources = {p.relative_to(bento_dir / "src").as_posix() for p in (bento_dir / "src").rglob("*.py")}
+    sources = {p.relative_to(bento_dir / "src").as_posix() for p in (bento_dir / "src").rglob("*") if p.is_file()}
     assert {"service.py", "import_models.py", "rerank_server/models/loaded.py"} <= sources
+    static = REPO_ROOT / "rerank_server" / "api" / "static"
+    assert {p.relative_to(REPO_ROOT).as_posix() for p in static.rglob("*") if p.is_file()} <= sources
     assert not any(s.startswith("tests/") for s in sources)
 
 
@@ -75,3 +77,5 @@ def test_the_shipped_bento_carries_its_model_and_serves_it(shipped_bento, refere
         assert result["relevance_score"] == pytest.approx(float(reference[result["index"]]), abs=1e-5)
     models = httpx.get(f"{shipped_bento.url}/v1/models").json()["data"]
     assert [m["id"] for m in models] == [FIXTURE_MODEL_ID]  # the empty home holds only what the Bento brought
+    for page in ("/playground", "/playground-assets/playground.js"):
+        assert httpx.get(f"{shipped_bento.url}{page}").status_code == 200, page

@@ -111,10 +111,11 @@ def test_status_document_for_programs(client) -> None:
     assert client.get("/").json()["status"] == "running"  # curl sends Accept: */*
 
 
-def test_browsers_get_the_api_ui_at_the_root(client) -> None:
+def test_browsers_get_a_page_of_links_at_the_root(client) -> None:
     response = client.get("/", headers={"accept": "text/html,application/xhtml+xml"})
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
+    assert all(f'href="{page}"' in response.text for page in ("playground", "docs", "bentoml"))
 
 
 def test_every_pair_of_a_request_goes_to_the_batcher_in_one_call(client) -> None:

@@ -44,7 +44,7 @@ def test_top_n_and_models_and_status(server) -> None:
 
 
 def test_bentoml_endpoints_keep_working(server) -> None:
-    for path in ("/readyz", "/livez", "/healthz", "/metrics", "/docs", "/docs.json"):
+    for path in ("/readyz", "/livez", "/healthz", "/metrics", "/docs", "/docs.json", "/bentoml"):
         assert httpx.get(f"{server.url}{path}").status_code == 200, path
     assert "text/html" in httpx.get(f"{server.url}/", headers={"accept": "text/html"}).headers["content-type"]
 

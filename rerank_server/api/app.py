@@ -1,5 +1,6 @@
 """The HTTP face of the server: one FastAPI app, mounted by `service.py`, with its routes (`rerank.py`, `info.py`),
-Swagger UI served from local files, and every failure answered in the client's error format.
+the browser pages (`playground.py`), Swagger UI served from local files, and every failure answered in the client's
+error format.
 
 The routes know nothing of BentoML or of models: they parse a format, call the engine (the service's in production,
 one of their own in unit tests), and write the format's answer. Statuses come from `api/errors.py`.
@@ -17,7 +18,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from rerank_server.api import info, rerank
+from rerank_server.api import info, playground, rerank
 from rerank_server.api.errors import ErrorFormat, HTTPError, describe, looks_like_tei
 from rerank_server.api.rerank import CLIENT_CLOSED_REQUEST, ClientGone
 
@@ -40,8 +41,10 @@ app = FastAPI(
     strict_content_type=False,
 )
 app.mount("/docs-assets", StaticFiles(directory=_docs_assets()), name="docs-assets")
+app.mount(playground.ASSETS_PATH, playground.assets(), name="playground-assets")
 app.include_router(rerank.router)
 app.include_router(info.router)
+app.include_router(playground.router)
 
 
 @app.get("/docs", include_in_schema=False)

@@ -18,10 +18,11 @@ from rerank_server.api.errors import ErrorFormat, HTTPError, looks_like_tei
 # Probes and metrics stay open for orchestrators, for GET and HEAD only: any other method is refused before its body
 # is read, so that a caller without a key cannot make the server buffer bodies on them.
 PROBE_PATHS = frozenset({"/readyz", "/livez", "/healthz", "/health", "/metrics"})
-# Documentation and pages for browsers hold no secrets. The status document at `/` lists the models, as `/v1/models`
-# does, so it needs a key like `/v1/models` when keys are set; the page a browser gets at `/` does not.
-OPEN_GET_PATHS = frozenset({"/docs", "/docs.json", "/openapi.json", "/schema.json"})
-OPEN_GET_PREFIXES = ("/static_content/", "/assets/", "/docs-assets/")
+# Documentation and pages for browsers hold no secrets (the playground asks for a key itself, and sends it with the
+# API calls it makes). The status document at `/` lists the models, as `/v1/models` does, so it needs a key like
+# `/v1/models` when keys are set; the page a browser gets at `/` does not.
+OPEN_GET_PATHS = frozenset({"/docs", "/docs.json", "/openapi.json", "/schema.json", "/playground", "/bentoml"})
+OPEN_GET_PREFIXES = ("/static_content/", "/assets/", "/docs-assets/", "/playground-assets/")
 _READ_METHODS = frozenset({"GET", "HEAD"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # How much of a refused body is read to tell a TEI request from a vLLM one (a refusal answers in the client's format).

@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import anyio
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 
 from rerank_server.api.dependencies import Engine, Health
+from rerank_server.api.playground import home_page
 from rerank_server.api.wire import ErrorResponse, ModelCard, ModelList, ServerStatus, TEIError, unix_time
 from rerank_server.engine.engine import ServedModel
 
@@ -38,25 +37,14 @@ async def list_models(engine: Engine) -> ModelList:
     return ModelList(data=[_card(model) for model in served])
 
 
-def _bentoml_index_page() -> Path | None:
-    # BentoML's UI page, from its package: our status route at `/` takes the path from BentoML's own index, so
-    # browsers are handed BentoML's page here (a private module: the page has no public accessor).
-    import _bentoml_impl.server as bentoml_server
-
-    page = Path(bentoml_server.__file__).parent / "main-openapi.html"
-    return page if page.is_file() else None
-
-
 @router.get("/", response_model=ServerStatus, responses={200: {"content": {"text/html": {}}}})
 async def status(request: Request, engine: Engine) -> Response | ServerStatus:
     """Server status for programs: loaded models, the default model and every servable model.
 
-    A browser (asking for HTML) gets BentoML's API UI instead.
+    A browser (asking for HTML) gets a page of links instead: the playground, the API docs and BentoML's UI.
     """
     if "text/html" in request.headers.get("accept", ""):
-        page = _bentoml_index_page()
-        if page is not None:
-            return FileResponse(page, media_type="text/html")
+        return home_page()
     served = await anyio.to_thread.run_sync(engine.served_models)
     return ServerStatus(
         loaded_models=engine.loaded_ids(),

@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Evaluate rerankers on labelled data through POST /v1/rerank: quality, cost and threshold.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Scores are relevance_score as the endpoint returns it (0-1 by default here):\nthe number a RAG "
-        "front-end's score threshold (Dify, Open WebUI, RAGFlow) is compared with.\nSee the README, \"Which reranker "
+        "front-end's score threshold (Dify, Open WebUI) is compared with.\nSee the README, \"Which reranker "
         'for my data?"',
     )
     parser.add_argument("data", type=Path, metavar="DATA", help="a JSONL file, or a BEIR folder with --candidates")

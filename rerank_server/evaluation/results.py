@@ -6,7 +6,7 @@ from pydantic import BaseModel
 
 SCORE_NOTE = (
     "Thresholds and histograms are on relevance_score as the endpoint returns it: by default a 0-1 score (the sigmoid "
-    "of the model's logit), the number Dify, Open WebUI and RAGFlow compare their score threshold with."
+    "of the model's logit), the number Dify's and Open WebUI's score thresholds are compared with."
 )
 
 

@@ -1,6 +1,7 @@
 """The house rules of docs/architecture.md, checked on the source: dependencies run one way, nothing imports the API
-layer, the store never imports the runtime, the server never imports the importer, no import cycle (counting every
-import: module level, inside functions and under TYPE_CHECKING), and no module of the server over 400 lines."""
+layer, the store never imports the runtime, the server never imports the importer or the evaluation (which reaches the
+server over HTTP only), no import cycle (counting every import: module level, inside functions and under
+TYPE_CHECKING), and no module of the server over 400 lines."""
 
 from __future__ import annotations
 
@@ -108,9 +109,28 @@ def test_the_store_never_imports_the_runtime(graph) -> None:
     assert not [t for t in graph[store] if any(_inside(t, r) for r in runtime)], graph[store]
 
 
+TOOLS = (f"{PACKAGE}.importer", f"{PACKAGE}.evaluation")  # what the command lines use, never the server
+
+
+def _server(graph: dict[str, set[str]]) -> list[str]:
+    return [n for n in graph if n == "service" or (_inside(n, PACKAGE) and not any(_inside(n, t) for t in TOOLS))]
+
+
 def test_the_server_never_imports_the_importer(graph) -> None:
-    server = [n for n in graph if n == "service" or (_inside(n, PACKAGE) and not _inside(n, f"{PACKAGE}.importer"))]
-    wrong = {name for name in server if any(_inside(t, f"{PACKAGE}.importer") for t in graph[name])}
+    wrong = {name for name in _server(graph) if any(_inside(t, f"{PACKAGE}.importer") for t in graph[name])}
+    assert not wrong, wrong
+
+
+def test_the_server_never_imports_the_evaluation(graph) -> None:
+    wrong = {name for name in _server(graph) if any(_inside(t, f"{PACKAGE}.evaluation") for t in graph[name])}
+    assert not wrong, wrong
+
+
+def test_the_evaluation_reaches_the_server_only_over_http(graph) -> None:
+    """evaluate.py scores through `POST /v1/rerank`, so it works the same against another vendor's endpoint."""
+    evaluation = [name for name in graph if _inside(name, f"{PACKAGE}.evaluation")]
+    assert evaluation
+    wrong = {n: t for n in evaluation for t in graph[n] if not _inside(t, f"{PACKAGE}.evaluation") and t != PACKAGE}
     assert not wrong, wrong
 
 

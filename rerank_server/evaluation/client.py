@@ -1,0 +1,151 @@
+"""Scoring through any vLLM / Jina / Cohere compatible `POST /v1/rerank`, the way a RAG app calls it: one request per
+query with all its candidates, `concurrency` requests in flight, each request's latency measured."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ValidationError
+from tqdm import tqdm
+
+from clients.rerank_client import DEFAULT_TIMEOUT_S, RerankError, RetryPolicy
+from rerank_server.evaluation.data import EvalData, Query
+from rerank_server.evaluation.errors import EvaluationError
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and how to ask: the base URL (`/v1/rerank` is added), an API key, an instruction for LLM rerankers."""
+
+    base_url: str
+    api_key: str | None = None
+    instruction: str | None = None
+    concurrency: int = 1
+    timeout_s: float = DEFAULT_TIMEOUT_S
+
+
+@dataclass(frozen=True)
+class Scores:
+    """One model's scores on every query (in candidate order) and what they cost."""
+
+    model: str
+    by_query: dict[str, list[float]]
+    latencies_ms: list[float]
+    seconds: float
+    pairs: int
+
+
+_NO_RETRY = RetryPolicy(attempts=0)
+
+
+class _Result(BaseModel):
+    index: int
+    relevance_score: float
+
+
+class _Answer(BaseModel):
+    model: str | None = None
+    results: list[_Result]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:500]
+
+
+class _Scorer:
+    def __init__(self, endpoint: Endpoint, model: str | None) -> None:
+        self.endpoint = endpoint
+        self.model = model
+        headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
+        self.http = httpx.AsyncClient(base_url=endpoint.base_url, headers=headers, timeout=endpoint.timeout_s)
+        # The Python clients' policy: a full queue (429) or a restarting replica (502, 503) is waited for, as an app
+        # would; any other refusal ends the run.
+        self.retry = RetryPolicy()
+
+    def _who(self) -> str:
+        return f"{self.endpoint.base_url}/v1/rerank" + (f" (model {self.model})" if self.model else "")
+
+    async def _post(self, body: dict[str, Any], retry: RetryPolicy) -> httpx.Response:
+        for attempt in itertools.count():
+            try:
+                response = await self.http.post("/v1/rerank", json=body)
+            except httpx.TransportError as exc:
+                delay = retry.settle(attempt, error=exc, url=self.endpoint.base_url)
+            else:
+                if response.status_code < 400:
+                    return response
+                delay = retry.settle(attempt, response=response)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def rank(self, query: Query, retry: bool = True) -> tuple[list[float], str | None, float]:
+        """The scores of `query`'s candidates in their order, the model the endpoint named, and the milliseconds."""
+        body: dict[str, Any] = {"query": query.text, "documents": list(query.documents), "return_documents": False}
+        body |= {
+            key: value for key, value in (("model", self.model), ("instruction", self.endpoint.instruction)) if value
+        }
+        started = time.perf_counter()
+        try:
+            response = await self._post(body, self.retry if retry else _NO_RETRY)
+        except RerankError as exc:
+            if exc.status_code is None:  # never answered
+                raise EvaluationError(f"{_one_line(exc.message)} (sending {query.origin} to {self._who()})") from None
+            raise EvaluationError(f"{self._who()} refused {query.origin}: {_one_line(str(exc))}") from None
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        try:
+            answer = _Answer.model_validate(response.json())
+        except (ValueError, ValidationError):
+            raise EvaluationError(
+                f"{self._who()} answered {query.origin} with no rerank results ({_one_line(response.text)[:200]})"
+            ) from None
+        scores = [math.nan] * len(query.documents)
+        for result in answer.results:
+            if 0 <= result.index < len(scores):
+                scores[result.index] = result.relevance_score
+        if len(answer.results) != len(scores) or not all(math.isfinite(score) for score in scores):
+            raise EvaluationError(
+                f"{self._who()} did not score each of the {len(scores)} documents of {query.origin} once "
+                f"({len(answer.results)} results): an endpoint that cuts to a top_n cannot be evaluated"
+            )
+        return scores, answer.model, elapsed_ms
+
+
+async def _score(data: EvalData, endpoint: Endpoint, model: str | None, progress: bool) -> Scores:
+    scorer = _Scorer(endpoint, model)
+    try:
+        # Untimed: a model loaded on first use, connections opened and caches warmed are no per-request cost. Not
+        # retried either: an endpoint that is not there, or refuses the model, is reported at once.
+        _, named, _ = await scorer.rank(data.queries[0], retry=False)
+        label = model or named or "default model"
+        by_query: dict[str, list[float]] = {}
+        latencies: list[float] = []
+        pending: Iterator[Query] = iter(data.queries)
+        with tqdm(
+            total=len(data.queries), desc=label, unit="query", disable=None if progress else True, leave=False
+        ) as bar:
+
+            async def worker() -> None:
+                for query in pending:  # shared: each query is taken by one worker
+                    by_query[query.qid], _, elapsed_ms = await scorer.rank(query)
+                    latencies.append(elapsed_ms)
+                    bar.update()
+
+            started = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(min(endpoint.concurrency, len(data.queries)))))
+            seconds = time.perf_counter() - started
+    finally:
+        await scorer.http.aclose()
+    return Scores(label, by_query, latencies, seconds, data.pairs)
+
+
+def score(data: EvalData, endpoint: Endpoint, model: str | None, progress: bool = True) -> Scores:
+    """Every query of `data` scored by `model` (None: the endpoint's default) at `endpoint`; raises EvaluationError
+    with the endpoint's own message when it refuses."""
+    return asyncio.run(_score(data, endpoint, model, progress))

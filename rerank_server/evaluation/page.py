@@ -1,0 +1,148 @@
+"""The `--report` page: one self-contained HTML file (figures embedded as PNG data, no outside URL) with the table,
+the paired tests, metrics per model, quality against latency, and each model's score histograms with its threshold."""
+
+from __future__ import annotations
+
+import base64
+import io
+from html import escape
+from pathlib import Path
+
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from rerank_server.evaluation.errors import EvaluationError
+from rerank_server.evaluation.report import HEADLINE, describe, metric_label, rows
+from rerank_server.evaluation.results import Evaluation, ModelResult
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border-bottom: 1px solid #ddd; padding: .3em .7em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+img { max-width: 100%; }
+.note { color: #555; }
+"""
+
+
+def _png(figure: Figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    return f'<img alt="" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode("ascii")}">'
+
+
+def _legend_below(axes: Axes) -> None:
+    # Below the plot: inside it, the legend would hide bars and points near 1.0.
+    axes.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.18), ncols=2, frameon=False)
+
+
+def _metrics_figure(evaluation: Evaluation) -> Figure:
+    systems = ([("baseline", evaluation.baseline.metrics)] if evaluation.baseline else []) + [
+        (model.model, model.metrics) for model in evaluation.models
+    ]
+    names = list(evaluation.models[0].metrics)
+    figure = Figure(figsize=(max(6.0, 1.1 * len(names)), 3.5))
+    axes = figure.subplots()
+    width = 0.8 / len(systems)
+    for number, (label, metrics) in enumerate(systems):
+        positions = [index + (number - (len(systems) - 1) / 2) * width for index in range(len(names))]
+        axes.bar(positions, [metrics[name] for name in names], width, label=label)
+    axes.set_xticks(range(len(names)), [metric_label(name) for name in names])
+    axes.set_ylim(0, 1.05)
+    axes.set_title("Ranking quality per model")
+    _legend_below(axes)
+    return figure
+
+
+def _cost_figure(evaluation: Evaluation) -> Figure:
+    figure = Figure(figsize=(6, 4))
+    axes = figure.subplots()
+    for model in evaluation.models:
+        label = f"{model.model} ({model.pairs_per_second:,.0f} pairs/s)"
+        axes.scatter(model.latency_ms.p50, model.metrics[HEADLINE], label=label)
+    if evaluation.baseline:
+        axes.axhline(
+            evaluation.baseline.metrics[HEADLINE], linestyle="--", color="grey", label="baseline (input order)"
+        )
+    # From zero on both axes, so that distances read as ratios.
+    axes.set_xlim(0, 1.1 * max(model.latency_ms.p50 for model in evaluation.models))
+    axes.set_ylim(0, 1.05)
+    _legend_below(axes)
+    axes.set_xlabel("latency p50 per request (ms)")
+    axes.set_ylabel(metric_label(HEADLINE))
+    axes.set_title("Quality against latency")
+    return figure
+
+
+def _histogram_figure(model: ModelResult) -> Figure:
+    figure = Figure(figsize=(6, 3))
+    axes = figure.subplots()
+    spread = model.score_distribution
+    axes.stairs(spread.non_relevant_counts, spread.edges, fill=True, alpha=0.5, label="non-relevant")
+    axes.stairs(spread.relevant_counts, spread.edges, fill=True, alpha=0.5, label="relevant")
+    threshold = model.threshold
+    if threshold.score is not None:
+        axes.axvline(threshold.score, color="black", linestyle="--",
+                     label=f"threshold {threshold.score:.3f} (P≥{threshold.target_precision:g})")  # fmt: skip
+    axes.set_xlabel("relevance_score")
+    axes.set_ylabel("pairs")
+    axes.set_title(model.model)
+    axes.legend(fontsize="small")
+    return figure
+
+
+def _table(header: list[str], cells: list[list[str]]) -> str:
+    head = "".join(f"<th>{escape(cell)}</th>" for cell in header)
+    body = "".join("<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in row) + "</tr>" for row in cells)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _threshold_text(model: ModelResult) -> str:
+    threshold = model.threshold
+    if threshold.score is None:
+        return f"{escape(model.model)}: no score reaches precision {threshold.target_precision:g}."
+    return (
+        f"{escape(model.model)}: keep documents scored ≥ <b>{threshold.score:.4f}</b> — precision "
+        f"{threshold.precision:.3f}, recall {threshold.recall:.3f} of the relevant pairs."
+    )
+
+
+def render(evaluation: Evaluation) -> str:
+    """The report as one HTML document."""
+    data = evaluation.data
+    significance = [
+        [f"{c.b} vs {c.a}", metric_label(c.metric), f"{c.mean_difference:+.4f}", "–" if c.t is None else f"{c.t:.3f}",
+         "–" if c.p_value is None else f"{c.p_value:.3g}"]
+        for c in evaluation.significance
+    ]  # fmt: skip
+    parts = [
+        "<!DOCTYPE html>",
+        '<html><head><meta charset="utf-8"><title>Reranker evaluation</title>',
+        f"<style>{_STYLE}</style></head><body>",
+        "<h1>Reranker evaluation</h1>",
+        f"<p>{escape(data.source)} ({escape(data.kind)}): {data.queries} queries, {data.evaluated_queries} with a "
+        f"relevant document (metrics average over these), {data.pairs} pairs; scored by "
+        f"<code>{escape(evaluation.base_url)}</code>, {evaluation.concurrency} request(s) at a time.</p>",
+        _table(*rows(evaluation)),
+        '<p class="note">Metrics follow trec_eval (linear-gain nDCG); the baseline is the order the candidates came '
+        "in (the retriever's ranking), absent for positive/negative data, which has no order.</p>",
+        "<h2>Threshold</h2>",
+        "<ul>" + "".join(f"<li>{_threshold_text(model)}</li>" for model in evaluation.models) + "</ul>",
+        f'<p class="note">{escape(evaluation.score_note)}</p>',
+    ]
+    if significance:
+        parts += ["<h2>Paired t-tests (per query, two-sided)</h2>"]
+        parts += [f"<p>{escape(describe(c))}</p>" for c in evaluation.significance if c.metric == HEADLINE]
+        parts += [_table(["systems", "metric", "mean difference", "t", "p"], significance)]
+    parts += ["<h2>Figures</h2>", _png(_metrics_figure(evaluation)), _png(_cost_figure(evaluation))]
+    parts += [_png(_histogram_figure(model)) for model in evaluation.models]
+    parts += ["</body></html>"]
+    return "\n".join(parts) + "\n"
+
+
+def write_page(evaluation: Evaluation, path: Path) -> None:
+    """The report page at `path`."""
+    try:
+        path.write_text(render(evaluation), encoding="utf-8")
+    except OSError as exc:
+        raise EvaluationError(f"cannot write {path}: {exc.strerror or exc}") from None

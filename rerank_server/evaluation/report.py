@@ -1,0 +1,79 @@
+"""The terminal table and the `--json` file of an evaluation."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+from rerank_server.evaluation.errors import EvaluationError
+from rerank_server.evaluation.results import Comparison, Evaluation
+
+BASELINE = "baseline"
+HEADLINE = "ndcg@10"
+_NAMES = {"ndcg": "nDCG", "mrr": "MRR", "map": "MAP", "recall": "R"}
+
+
+def metric_label(name: str) -> str:
+    """`ndcg@10` → `nDCG@10`, `map` → `MAP`."""
+    base, at, cutoff = name.partition("@")
+    return f"{_NAMES.get(base, base)}{at}{cutoff}"
+
+
+def _number(value: float | None, digits: int = 4) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def rows(evaluation: Evaluation) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the summary table, baseline first: what the terminal and the HTML page both show."""
+    names = list(evaluation.models[0].metrics) if evaluation.models else []
+    target = evaluation.models[0].threshold.target_precision if evaluation.models else 0.0
+    header = ["model", *map(metric_label, names), "p50 ms", "p95 ms", "pairs/s", f"score at P≥{target:g}", "recall"]
+    cells = []
+    if evaluation.baseline is not None:
+        cells.append(["baseline (input order)", *(_number(evaluation.baseline.metrics[n]) for n in names)] + ["–"] * 5)
+    for model in evaluation.models:
+        cells.append(
+            [model.model, *(_number(model.metrics[n]) for n in names)]
+            + [_number(model.latency_ms.p50, 1), _number(model.latency_ms.p95, 1), f"{model.pairs_per_second:,.0f}"]
+            + [_number(model.threshold.score), _number(model.threshold.recall, 3)]
+        )
+    return header, cells
+
+
+def headline_tests(evaluation: Evaluation) -> list[Comparison]:
+    """The paired tests on nDCG@10, the ones the table's reader wants first."""
+    return [comparison for comparison in evaluation.significance if comparison.metric == HEADLINE]
+
+
+def describe(comparison: Comparison) -> str:
+    p = "p = n/a (no variation)" if comparison.p_value is None else f"p = {comparison.p_value:.3g}"
+    return f"{comparison.b} vs {comparison.a}: {comparison.mean_difference:+.4f} ({p})"
+
+
+def table(evaluation: Evaluation) -> str:
+    """The summary as fixed-width text: data, the table, the paired tests on nDCG@10, and what the scores are."""
+    header, cells = rows(evaluation)
+    widths = [max(len(row[column]) for row in [header, *cells]) for column in range(len(header))]
+    lines = [
+        f"{evaluation.data.source}: {evaluation.data.queries} queries ({evaluation.data.evaluated_queries} with a "
+        f"relevant document), {evaluation.data.pairs} pairs, scored by {evaluation.base_url} "
+        f"(concurrency {evaluation.concurrency})",
+        "",
+    ]
+    for index, row in enumerate([header, *cells]):
+        lines.append("  ".join(cell.ljust(width) if i == 0 else cell.rjust(width) for i, (cell, width) in
+                               enumerate(zip(row, widths, strict=True))).rstrip())  # fmt: skip
+        if index == 0:
+            lines.append("  ".join("-" * width for width in widths))
+    if tests := headline_tests(evaluation):
+        lines += ["", "Paired t-test on nDCG@10 per query (two-sided):", *(f"  {describe(c)}" for c in tests)]
+    lines += ["", *textwrap.wrap(evaluation.score_note, 100)]
+    return "\n".join(lines)
+
+
+def write_json(evaluation: Evaluation, path: Path) -> None:
+    """The evaluation as JSON at `path`."""
+    try:
+        path.write_text(evaluation.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise EvaluationError(f"cannot write {path}: {exc.strerror or exc}") from None

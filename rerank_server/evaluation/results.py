@@ -1,0 +1,91 @@
+"""What an evaluation found, as written to `--json` and read by the table and the HTML page."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+SCORE_NOTE = (
+    "Thresholds and histograms are on relevance_score as the endpoint returns it: by default a 0-1 score (the sigmoid "
+    "of the model's logit), the number Dify's and Open WebUI's score thresholds are compared with."
+)
+
+
+class Latency(BaseModel):
+    """Milliseconds per request (one query with all its candidates), as the client saw them."""
+
+    p50: float
+    p95: float
+
+
+class Threshold(BaseModel):
+    """The lowest score at which precision over all labelled pairs reaches `target_precision`, and the precision and
+    recall of keeping the pairs scored at or above it; all None when no score reaches the target."""
+
+    target_precision: float
+    score: float | None
+    precision: float | None
+    recall: float | None
+
+
+class ScoreSummary(BaseModel):
+    count: int
+    mean: float | None
+    p10: float | None
+    p50: float | None
+    p90: float | None
+
+
+class ScoreDistribution(BaseModel):
+    """Scores of relevant (label >= 1) and non-relevant pairs, with a histogram over shared bin edges."""
+
+    relevant: ScoreSummary
+    non_relevant: ScoreSummary
+    edges: list[float]
+    relevant_counts: list[int]
+    non_relevant_counts: list[int]
+
+
+class ModelResult(BaseModel):
+    model: str
+    metrics: dict[str, float]
+    latency_ms: Latency
+    pairs_per_second: float
+    requests: int
+    pairs: int
+    threshold: Threshold
+    score_distribution: ScoreDistribution
+
+
+class Baseline(BaseModel):
+    """The candidates' input order (the retriever's ranking) scored as a run."""
+
+    metrics: dict[str, float]
+
+
+class Comparison(BaseModel):
+    """A two-sided paired t-test on per-query values of one metric: `b` minus `a`."""
+
+    a: str
+    b: str
+    metric: str
+    mean_difference: float
+    t: float | None
+    p_value: float | None
+
+
+class DataSummary(BaseModel):
+    source: str
+    kind: str
+    queries: int
+    evaluated_queries: int
+    pairs: int
+
+
+class Evaluation(BaseModel):
+    data: DataSummary
+    base_url: str
+    concurrency: int
+    score_note: str = SCORE_NOTE
+    models: list[ModelResult]
+    baseline: Baseline | None
+    significance: list[Comparison]

@@ -69,9 +69,12 @@ def chromium() -> str:
     return found
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(chromium: str) -> Iterator[Any]:
-    """One headless Chromium for the session (each test gets a fresh context: no storage shared between tests)."""
+    """One headless Chromium for this module (each test gets a fresh context: no storage shared between tests).
+
+    Module-scoped: Playwright's sync API keeps an event loop running in the thread while it is open, and later test
+    modules call asyncio.run."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

@@ -126,8 +126,8 @@ def inspect_folder(
     model_type = str(config.get("model_type", ""))
     if model_type in _CUSTOM_CODE:
         raise ModelImportError(
-            f"{model_id} ({architecture}) needs {_CUSTOM_CODE[model_type]}, which no recipe of this server scores; "
-            "use a reranker scored by its logit"
+            f"{model_id} ({architecture}) needs {_CUSTOM_CODE[model_type]} (trust_remote_code), which no recipe of "
+            "this server scores, even with --trust-remote-code; use a reranker scored by its logit"
         )
     if ships_own_code(folder) and not trust_remote_code:
         raise ModelImportError(

@@ -6,6 +6,7 @@
     python import_models.py BAAI/bge-reranker-base --source modelscope
     python import_models.py my-org/my-reranker --from-dir ./my-reranker
     python import_models.py my-org/my-qwen3-finetune --from-dir ./ft --recipe qwen3
+    python import_models.py Alibaba-NLP/gte-multilingual-reranker-base --trust-remote-code
     python import_models.py --list
     python import_models.py --verify              # load every stored reranker and score one pair
 
@@ -68,6 +69,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(a *ForSequenceClassification), qwen3 (Qwen3-Reranker and fine-tunes), bge-gemma (bge-reranker-v2-gemma)",
     )  # fmt: skip
     parser.add_argument(
+        "--trust-remote-code", action="store_true",
+        help="for a model that ships its own modelling code (auto_map in its config): store that code with the weights "
+        "and let the server run it (only for code you trust; without this flag such models are refused)",
+    )  # fmt: skip
+    parser.add_argument(
         "--no-check", action="store_true", help="store without loading the model and scoring a test pair first"
     )
     parser.add_argument("--list", action="store_true", help="print the stored rerankers and exit")
@@ -85,11 +91,12 @@ def print_stored() -> None:
     if not stored:
         print("No rerankers in the store yet: run `python import_models.py`.")
         return
-    print(f"{'MODEL':40} {'TAG':50} {'RECIPE':13} {'BACKEND':9} {'MAX_LEN':>7} {'SIZE':>8}  SOURCE")
+    print(f"{'MODEL':40} {'TAG':50} {'RECIPE':13} {'BACKEND':9} {'MAX_LEN':>7} {'SIZE':>8}  {'CODE':4}  SOURCE")
     for s in stored:
+        code = "own" if s.remote_code else "-"
         print(
             f"{s.model_id:40} {s.tag:50} {s.recipe:13} {s.backend:9} {s.max_length:>7} {_size(s.size_bytes):>8}  "
-            f"{s.source}"
+            f"{code:4}  {s.source}"
         )
 
 
@@ -99,7 +106,8 @@ def choose_from_menu(ask: Callable[[str], str] = input) -> list[str]:
     for number, model in enumerate(KNOWN_MODELS, start=1):
         default = "  (default)" if model.model_id == DEFAULT_MODEL_ID else ""
         stored = "  [stored]" if find_reranker(model.model_id) else ""
-        print(f"  {number}) {model.model_id:28} {model.size:>8}  {model.good_for}{default}{stored}")
+        code = "  (its own code: --trust-remote-code)" if model.remote_code else ""
+        print(f"  {number}) {model.model_id:42} {model.size:>8}  {model.good_for}{default}{code}{stored}")
     all_bge = len(KNOWN_MODELS) + 1
     print(f"  {all_bge}) the {len(BGE_MODELS)} BGE cross-encoders")
     while True:
@@ -158,7 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         # The menu only when someone can answer it; scripts and containers get the default.
         menu = sys.stdin.isatty() and sys.stdout.isatty()
         wanted = choose_from_menu() if menu else [DEFAULT_MODEL_ID]
-    options = ImportOptions(force=args.force, backend=args.backend, recipe=args.recipe, check=not args.no_check)
+    options = ImportOptions(
+        force=args.force, backend=args.backend, recipe=args.recipe, check=not args.no_check,
+        trust_remote_code=args.trust_remote_code,
+    )  # fmt: skip
     failures = 0
     for model_id in wanted:
         # A model chosen from the menu that the store holds (from a folder, say) is not downloaded again.
@@ -177,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         s = result.stored
         verb = "already stored (same source; --force to re-import)" if result.skipped else "imported"
         print(f"{s.model_id}: {verb} as {s.tag}, {_size(s.size_bytes)}, {s.recipe} recipe, {s.backend}, {s.path}")
+        for name, digest in s.remote_code.items():
+            print(f"  its own code, stored with it and run by the server: {name} sha256 {digest}")
     return 1 if failures else 0
 
 

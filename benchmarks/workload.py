@@ -24,6 +24,9 @@ QUERY = "how does a cross encoder rerank passages for retrieval augmented genera
 
 # hidden, layers, heads, intermediate: the published configs of BAAI/bge-reranker-base and -large (XLM-RoBERTa).
 BGE_SHAPES = {"bge-base-shape": (768, 12, 12, 3072), "bge-large-shape": (1024, 24, 16, 4096)}
+# Alibaba-NLP/gte-reranker-modernbert-base (ModernBERT-base: 22 layers, hidden 768, 12 heads, intermediate 1152,
+# a 50,368-row embedding, 8,192 positions, global attention every third layer, local windows of 128 elsewhere).
+MODERNBERT_BASE = {"hidden_size": 768, "num_hidden_layers": 22, "num_attention_heads": 12, "intermediate_size": 1152}
 
 
 def documents(count: int, tokenizer, seed: int = 0, low: int = 32, high: int = 480) -> list[str]:
@@ -45,6 +48,8 @@ def build_model(name: str, target: Path) -> Path:
         return target
     if name == "minilm":
         return build_minilm_cross_encoder(target)
+    if name == "modernbert-base-shape":
+        return _build_modernbert(target)
     hidden, layers, heads, intermediate = BGE_SHAPES[name]
     config = transformers.XLMRobertaConfig(
         vocab_size=250002, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
@@ -59,5 +64,20 @@ def build_model(name: str, target: Path) -> Path:
         str(minilm_source()), model_input_names=["input_ids", "attention_mask"]
     )
     model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+def _build_modernbert(target: Path) -> Path:
+    tokenizer = transformers.AutoTokenizer.from_pretrained(
+        str(minilm_source()), model_input_names=["input_ids", "attention_mask"]
+    )  # ids within the real 50,368-row vocabulary; the same pair template ([CLS] q [SEP] d [SEP])
+    config = transformers.ModernBertConfig(
+        vocab_size=50368, max_position_embeddings=8192, num_labels=1, pad_token_id=tokenizer.pad_token_id,
+        cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id, bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id, architectures=["ModernBertForSequenceClassification"], **MODERNBERT_BASE,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    transformers.ModernBertForSequenceClassification(config).save_pretrained(target)
     tokenizer.save_pretrained(target)
     return target

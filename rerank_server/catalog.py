@@ -23,6 +23,7 @@ class KnownModel:
     good_for: str
     recipe: str = "cross-encoder"
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    remote_code: bool = False  # ships its own modelling code: imported only with --trust-remote-code
 
     @property
     def short_name(self) -> str:
@@ -38,9 +39,32 @@ KNOWN_MODELS: tuple[KnownModel, ...] = (
     KnownModel("Qwen/Qwen3-Reranker-0.6B", 8192, "~1.2 GB", "LLM reranker, instructions, 100+ languages", "qwen3"),
     KnownModel("Qwen/Qwen3-Reranker-4B", 8192, "~8 GB", "LLM reranker, higher accuracy", "qwen3"),
     KnownModel("Qwen/Qwen3-Reranker-8B", 8192, "~16 GB", "LLM reranker, best accuracy", "qwen3"),
+    # max_length is mixedbread's package default for query and document; its ~90-token prompt comes on top.
+    KnownModel("mixedbread-ai/mxbai-rerank-base-v2", 8192, "~1.0 GB", "LLM reranker (Qwen2 0.5B), English", "mxbai-v2"),
+    KnownModel("mixedbread-ai/mxbai-rerank-large-v2", 8192, "~3.1 GB", "LLM reranker (Qwen2 1.5B), strong", "mxbai-v2"),
+    KnownModel("Alibaba-NLP/gte-reranker-modernbert-base", 8192, "~0.6 GB", "ModernBERT 149M, long documents, English"),
+    # The Ettin rerankers: ModernBERT-style encoders with a sentence-transformers score head (raw scores).
+    KnownModel("cross-encoder/ettin-reranker-17m-v1", 7999, "~70 MB", "Ettin 17M: the smallest, fast on a CPU"),
+    KnownModel("cross-encoder/ettin-reranker-32m-v1", 7999, "~130 MB", "Ettin 32M"),
+    KnownModel("cross-encoder/ettin-reranker-68m-v1", 7999, "~0.3 GB", "Ettin 68M"),
+    KnownModel("cross-encoder/ettin-reranker-150m-v1", 7999, "~0.6 GB", "Ettin 150M, long documents"),
+    KnownModel("cross-encoder/ettin-reranker-400m-v1", 7999, "~1.6 GB", "Ettin 400M"),
+    KnownModel("cross-encoder/ettin-reranker-1b-v1", 7999, "~4 GB", "Ettin 1B: near mxbai-rerank-large-v2"),
+    KnownModel(
+        "jinaai/jina-reranker-v2-base-multilingual",
+        1024,
+        "~0.6 GB",
+        "multilingual; CC-BY-NC-4.0: non-commercial use only",
+        remote_code=True,
+    ),  # fmt: skip
+    KnownModel(
+        "Alibaba-NLP/gte-multilingual-reranker-base", 8192, "~0.6 GB", "multilingual, long documents", remote_code=True
+    ),
 )
 # `--all` and the menu's "all of them": the BGE cross-encoders, which every deployment can run.
-BGE_MODELS = tuple(model for model in KNOWN_MODELS if model.recipe == "cross-encoder")
+BGE_MODELS = tuple(
+    model for model in KNOWN_MODELS if model.model_id.startswith("BAAI/") and model.recipe == "cross-encoder"
+)
 
 _STORE_NAME_INVALID = re.compile(r"[^a-z0-9._-]+")
 # The Hub's own rules for a repository name part: letters, digits, '-', '_', '.'; no '--' or '..'; no '-' or '.'

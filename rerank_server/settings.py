@@ -72,6 +72,11 @@ class Settings(BaseSettings):
 
     max_loaded_models: int = Field(0, ge=0, description="Most models loaded at once (0: no limit); LRU unloads.")
     max_model_memory_mb: int = Field(0, ge=0, description="Most MiB of loaded weights (0: no limit); LRU unloads.")
+    allow_remote_code: bool = Field(
+        True,
+        description="Serve models that run their own modelling code (imported with --trust-remote-code). false: "
+        "such models are refused (503) on this host.",
+    )
     api_key: str = Field("", description="One key or several, comma-separated; set, every API call needs one.")
     max_documents: int = Field(1000, ge=1, description="Most documents in one request.")
     max_body_bytes: int = Field(32 * 2**20, ge=1024, description="Largest request body accepted.")

@@ -73,14 +73,11 @@ QWEN3_SHAPES = {
 QWEN3_VOCABULARY = 151_936
 
 
-def build_qwen3_reranker(target: Path, *, shape: str = "tiny", answer_std: float = 0.1) -> Path:
-    """A Qwen3 causal LM shaped like Qwen3-Reranker (random weights) with a Qwen2Tokenizer: byte-level BPE, the
-    Qwen regex, no BOS, `<|endoftext|>` / `<|im_start|>` / `<|im_end|>` special, `<think>` tokens, "yes" and "no" one
-    token each. A real `shape` has the real model's size, embedding of 151,936 rows included (the small tokenizer's ids
-    stay below it), so that a forward costs what the real model's does."""
+def qwen_tokenizer(template: tuple[str, ...], answers: tuple[str, ...]) -> transformers.Qwen2Tokenizer:
+    """A Qwen2Tokenizer like Qwen's: byte-level BPE, the Qwen regex, no BOS, `<|endoftext|>` / `<|im_start|>` /
+    `<|im_end|>` special, `<think>` tokens; trained on a corpus holding `template`'s texts; each of `answers` one
+    token."""
     from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
-
-    from rerank_server.recipes.qwen3 import DEFAULT_INSTRUCTION, PREFIX, SUFFIX
 
     bpe = Tokenizer(models.BPE())
     bpe.normalizer = normalizers.NFC()
@@ -90,15 +87,25 @@ def build_qwen3_reranker(target: Path, *, shape: str = "tiny", answer_std: float
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
-    template = (PREFIX, SUFFIX, DEFAULT_INSTRUCTION, "<Instruct>: \n<Query>: \n<Document>: ")
     vocab, merges = _train_bpe(bpe, 900, _corpus(template * 3), [], pre_tokenizers.ByteLevel.alphabet())
     tokenizer = transformers.Qwen2Tokenizer(
         vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>",
         additional_special_tokens=["<|im_start|>", "<|im_end|>"],
     )  # fmt: skip
     tokenizer.add_tokens(["<think>", "</think>"])  # added, not special, as in Qwen3's tokenizer
-    for word in ("yes", "no"):
+    for word in answers:
         assert len(tokenizer(word, add_special_tokens=False)["input_ids"]) == 1, word
+    return tokenizer
+
+
+def build_qwen3_reranker(target: Path, *, shape: str = "tiny", answer_std: float = 0.1) -> Path:
+    """A Qwen3 causal LM shaped like Qwen3-Reranker (random weights) with a Qwen2Tokenizer (see `qwen_tokenizer`),
+    "yes" and "no" one token each. A real `shape` has the real model's size, embedding of 151,936 rows included (the
+    small tokenizer's ids stay below it), so that a forward costs what the real model's does."""
+    from rerank_server.recipes.qwen3 import DEFAULT_INSTRUCTION, PREFIX, SUFFIX
+
+    template = (PREFIX, SUFFIX, DEFAULT_INSTRUCTION, "<Instruct>: \n<Query>: \n<Document>: ")
+    tokenizer = qwen_tokenizer(template, ("yes", "no"))
     torch.manual_seed(0)
     layers, hidden, heads, kv_heads, intermediate = QWEN3_SHAPES[shape]
     config = transformers.Qwen3Config(
@@ -113,6 +120,34 @@ def build_qwen3_reranker(target: Path, *, shape: str = "tiny", answer_std: float
         for word in ("yes", "no"):
             model.model.embed_tokens.weight[tokenizer.convert_tokens_to_ids(word)].normal_(std=answer_std)
     model.to(torch.bfloat16).save_pretrained(target)  # Qwen3 ships in bfloat16
+    tokenizer.save_pretrained(target)
+    return target
+
+
+# mxbai-rerank v2 shapes (Qwen2 0.5B / 1.5B configs): layers, hidden, heads, kv heads, intermediate.
+MXBAI_SHAPES = {"tiny": (2, 64, 4, 2, 192), "base-v2": (24, 896, 14, 2, 4864), "large-v2": (28, 1536, 12, 2, 8960)}
+
+
+def build_mxbai_v2_reranker(target: Path, *, shape: str = "tiny", answer_std: float = 1.0) -> Path:
+    """A Qwen2 causal LM shaped like mxbai-rerank-v2 (random weights) with a Qwen2Tokenizer (see `qwen_tokenizer`),
+    "1" and "0" one token each, 32,768 positions as the real models have. A real `shape` has the real model's size."""
+    from rerank_server.recipes.mxbai_v2 import PREFIX, SUFFIX, TASK_PROMPT
+
+    tokenizer = qwen_tokenizer((PREFIX, SUFFIX, TASK_PROMPT, "query: \ndocument: \ninstruction: "), ("1", "0"))
+    torch.manual_seed(0)
+    layers, hidden, heads, kv_heads, intermediate = MXBAI_SHAPES[shape]
+    config = transformers.Qwen2Config(
+        vocab_size=len(tokenizer) + 7 if shape == "tiny" else QWEN3_VOCABULARY, hidden_size=hidden,
+        intermediate_size=intermediate, num_hidden_layers=layers, num_attention_heads=heads,
+        num_key_value_heads=kv_heads, max_position_embeddings=32768, tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+        architectures=["Qwen2ForCausalLM"],
+    )  # fmt: skip
+    model = transformers.Qwen2ForCausalLM(config)
+    with torch.no_grad():  # the answer tokens apart from the rest, so that scores spread widely
+        for digit in ("1", "0"):
+            model.model.embed_tokens.weight[tokenizer.convert_tokens_to_ids(digit)].normal_(std=answer_std)
+    model.to(torch.bfloat16).save_pretrained(target)
     tokenizer.save_pretrained(target)
     return target
 
@@ -146,3 +181,125 @@ def build_bge_gemma_reranker(target: Path, *, layers: int = 2, hidden: int = 64,
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
     return target
+
+
+# --- Encoders of 2025-26 and rerankers with their own code ------------------------------------------------------------
+
+
+def _bert_tokenizer_without_types() -> transformers.PreTrainedTokenizerBase:
+    # ModernBERT's real tokenizer makes `[CLS] q [SEP] d [SEP]` too, and no token types.
+    return transformers.AutoTokenizer.from_pretrained(
+        str(minilm_source()), model_input_names=["input_ids", "attention_mask"]
+    )
+
+
+def _modernbert_config(tokenizer, **extra) -> transformers.ModernBertConfig:
+    return transformers.ModernBertConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=8192, pad_token_id=tokenizer.pad_token_id, cls_token_id=tokenizer.cls_token_id,
+        sep_token_id=tokenizer.sep_token_id, bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
+        initializer_range=0.5, **extra,  # wide random weights: different pairs get clearly different scores
+    )  # fmt: skip
+
+
+def build_modernbert_cross_encoder(target: Path) -> Path:
+    """A tiny ModernBertForSequenceClassification cross-encoder (one label, random weights, a spread-out head), as
+    gte-reranker-modernbert-base is shaped."""
+    tokenizer = _bert_tokenizer_without_types()
+    torch.manual_seed(0)
+    config = _modernbert_config(tokenizer, num_labels=1, architectures=["ModernBertForSequenceClassification"])
+    model = transformers.ModernBertForSequenceClassification(config)
+    torch.nn.init.normal_(model.classifier.weight, std=0.15)
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+def build_ettin_reranker(target: Path) -> Path:
+    """A tiny cross-encoder shaped as the Ettin rerankers are: a ModernBERT encoder, then sentence-transformers modules
+    (CLS pooling, dense + GELU, layer norm, dense to one raw score), saved by sentence-transformers itself."""
+    from sentence_transformers import CrossEncoder
+    from sentence_transformers.base.modules import Dense, Transformer
+    from sentence_transformers.sentence_transformer.modules import LayerNorm, Pooling
+
+    encoder = target.parent / f"{target.name}-encoder"
+    tokenizer = _bert_tokenizer_without_types()
+    torch.manual_seed(0)
+    transformers.ModernBertModel(_modernbert_config(tokenizer, architectures=["ModernBertModel"])).save_pretrained(
+        encoder
+    )
+    tokenizer.save_pretrained(encoder)
+    hidden = 64
+    score = Dense(hidden, 1, activation_function=None, module_output_name="scores")
+    torch.nn.init.normal_(score.linear.weight, std=0.4)  # raw scores spread over several units, as the real ones do
+    modules = [
+        Transformer(str(encoder), max_seq_length=7999),
+        Pooling(hidden, "cls"),
+        Dense(hidden, hidden, bias=False, activation_function=torch.nn.GELU()),
+        LayerNorm(hidden),
+        score,
+    ]
+    CrossEncoder(modules=modules, activation_fn=torch.nn.Identity()).save(str(target))
+    return target
+
+
+_CUSTOM_HEAD = '''"""A fixture's own code, imported relatively by modeling_custom.py."""
+
+
+def shift(logits, token_type_ids):
+    # Depends on the token types: a server that drops them scores differently.
+    return logits + 0.15 + 0.01 * token_type_ids.sum(dim=-1, keepdim=True)
+'''
+_CUSTOM_CONFIGURATION = """from transformers import BertConfig
+
+
+class CustomBertConfig(BertConfig):
+    model_type = "custom-bert"
+"""
+_CUSTOM_MODELING = """from transformers import BertForSequenceClassification
+
+from .custom_head import shift
+{config_import}
+
+class CustomBertForSequenceClassification(BertForSequenceClassification):
+    {config_class}
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, **kwargs):
+        output = super().forward(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                                 **kwargs)
+        types = token_type_ids if token_type_ids is not None else input_ids * 0
+        output.logits = shift(output.logits, types)
+        return output
+"""
+
+
+def build_remote_code_reranker(target: Path, code_repo: str | None = None) -> tuple[Path, Path | None]:
+    """A MiniLM cross-encoder whose config maps its class to its own modelling file, which shifts the logit (by 0.15
+    and by the token types): served with the stock class its scores are wrong. Without `code_repo` the code is in
+    the folder (`modeling_custom.CustomBertForSequenceClassification`, model_type "bert", as jina-reranker-v2 keeps
+    its code); with it, the code lives in that repository (`org/repo--modeling_custom...`, a model_type stock
+    transformers does not know, as gte-multilingual-reranker-base takes its code from Alibaba-NLP/new-impl): the
+    second folder returned holds that repository."""
+    build_minilm_cross_encoder(target)
+    config_path = target / "config.json"
+    config = json.loads(config_path.read_text())
+    code = target if code_repo is None else target.parent / f"{target.name}-code"
+    code.mkdir(parents=True, exist_ok=True)
+    (code / "custom_head.py").write_text(_CUSTOM_HEAD)
+    if code_repo is None:
+        modeling = _CUSTOM_MODELING.format(config_import="", config_class="")
+        auto_map = {"AutoModelForSequenceClassification": "modeling_custom.CustomBertForSequenceClassification"}
+    else:
+        (code / "configuration_custom.py").write_text(_CUSTOM_CONFIGURATION)
+        modeling = _CUSTOM_MODELING.format(
+            config_import="from .configuration_custom import CustomBertConfig\n",
+            config_class="config_class = CustomBertConfig\n",
+        )
+        auto_map = {
+            "AutoConfig": f"{code_repo}--configuration_custom.CustomBertConfig",
+            "AutoModelForSequenceClassification": f"{code_repo}--modeling_custom.CustomBertForSequenceClassification",
+        }
+        config["model_type"] = "custom-bert"
+    (code / "modeling_custom.py").write_text(modeling)
+    config.update(architectures=["CustomBertForSequenceClassification"], auto_map=auto_map)
+    config_path.write_text(json.dumps(config, indent=2))
+    return target, None if code_repo is None else code

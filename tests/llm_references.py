@@ -6,6 +6,9 @@ the server is compared with. Nothing here comes from `rerank_server`: a typo in 
 - bge-reranker-v2-gemma: FlagEmbedding's FlagLLMReranker (`inference/reranker/decoder_only/base.py`,
   `compute_score_single_gpu` with `normalize=True`), its transformers-4 `prepare_for_model(truncation="only_second")`
   spelled out, since transformers 5 has no such method.
+- mxbai-rerank v2: mixedbread's `mxbai-rerank` 0.1.6 (`mxbai_rerank/mxbai_rerank_v2.py`, `MxbaiRerankV2`:
+  `prepare_predefined_inputs`, `prepare_inputs`, `forward`, `predict`), the same `prepare_for_model` spelled out (the
+  package itself calls it, so it does not run on transformers 5's fast tokenizers).
 """
 
 from __future__ import annotations
@@ -157,3 +160,96 @@ class BgeGemmaReference:
         all_scores = scores.cpu().float().tolist()
         # normalize=True
         return [float(1 / (1 + np.exp(-score))) for score in all_scores]
+
+
+# --- mxbai-rerank v2 -----------------------------------------------------------------------------------------------
+
+
+class MxbaiV2Reference:
+    sep = "\n"
+    instruction_prompt = "instruction: {instruction}"
+    query_prompt = "query: {query}"
+    doc_prompt = "document: {document}"
+    task_prompt = "You are a search relevance expert who evaluates how well documents match search queries. For each query-document pair, carefully analyze the semantic relationship between them, then provide your binary relevance judgment (0 for not relevant, 1 for relevant).\nRelevance:"  # noqa: E501
+    chat_template = {
+        "prefix": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n<|im_start|>user\n",  # noqa: E501
+        "suffix": "<|im_end|>\n<|im_start|>assistant\n",
+    }
+
+    def __init__(self, folder: Path, max_length: int = 8192) -> None:
+        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left")
+        self.max_length = max_length or self.model.config.max_position_embeddings
+        self.model_max_length = self.model.config.max_position_embeddings
+        self.prepare_predefined_inputs()
+
+    def prepare_predefined_inputs(self) -> None:
+        def get_input_ids(x):
+            return self.tokenizer(x, return_tensors=None, add_special_tokens=False)["input_ids"]
+
+        self.yes_loc = get_input_ids("1")[0]
+        self.no_loc = get_input_ids("0")[0]
+        self.task_prompt_inputs = get_input_ids(self.task_prompt)
+        self.sep_inputs = get_input_ids(self.sep)
+        self.chat_template_prefix_inputs = get_input_ids(self.chat_template["prefix"])
+        self.chat_template_suffix_inputs = get_input_ids(self.chat_template["suffix"])
+        self.predefined_length = (
+            len(self.chat_template_prefix_inputs)
+            + len(self.task_prompt_inputs)
+            + len(self.chat_template_suffix_inputs)
+            + len(self.sep_inputs)
+        )
+        if self.max_length + self.predefined_length > self.model_max_length:
+            self.max_length = self.model_max_length - self.predefined_length
+
+    def concat_input_ids(self, input_ids: list[int]) -> list[int]:
+        return (
+            self.chat_template_prefix_inputs
+            + input_ids
+            + self.sep_inputs
+            + self.task_prompt_inputs
+            + self.chat_template_suffix_inputs
+        )
+
+    def prepare_inputs(self, queries: list[str], documents: list[str], *, instruction: str | None = None):
+        inputs = []
+        instruction_prompt = self.instruction_prompt.format(instruction=instruction) if instruction else None
+        for query, document in zip(queries, documents, strict=True):
+            query_prompt = self.query_prompt.format(query=query)
+            if instruction_prompt:
+                query_prompt = "".join([instruction_prompt, self.sep, query_prompt])
+            query_inputs = self.tokenizer(
+                query_prompt, return_tensors=None, add_special_tokens=False, max_length=self.max_length * 3 // 4,
+                truncation=True,
+            )  # fmt: skip
+            available_tokens = self.model_max_length - len(query_inputs["input_ids"]) - self.predefined_length
+            doc_maxlen = min(available_tokens, self.max_length)
+            document_inputs = self.tokenizer(
+                self.doc_prompt.format(document=document), return_tensors=None, add_special_tokens=False,
+                max_length=doc_maxlen, truncation=True,
+            )  # fmt: skip
+            item = prepare_for_model_only_second(
+                query_inputs["input_ids"], self.sep_inputs + document_inputs["input_ids"], self.max_length
+            )
+            item = self.concat_input_ids(item)
+            inputs.append({"input_ids": item, "attention_mask": [1] * len(item)})
+        return self.tokenizer.pad(inputs, padding="longest", pad_to_multiple_of=8, return_tensors="pt")
+
+    def token_ids(self, queries: list[str], documents: list[str], instruction: str | None = None) -> list[list[int]]:
+        inputs = self.prepare_inputs(queries, documents, instruction=instruction)
+        return [
+            ids[mask.bool()].tolist() for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"], strict=True)
+        ]
+
+    @torch.no_grad()
+    def predict(self, queries: list[str], documents: list[str], *, instruction: str | None = None) -> list[float]:
+        """The raw scores `rank()` returns (normalize=False): logit("1") - logit("0") at the last position, one pair
+        at a time (the package batches; one at a time keeps padding out of the comparison)."""
+        scores = []
+        for query, document in zip(queries, documents, strict=True):
+            inputs = self.prepare_inputs([query], [document], instruction=instruction)
+            outputs = self.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+            yes_logits = outputs.logits[:, -1, self.yes_loc]
+            no_logits = outputs.logits[:, -1, self.no_loc]
+            scores.append(float((yes_logits - no_logits).float()[0]))
+        return scores

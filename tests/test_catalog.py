@@ -53,3 +53,22 @@ def test_two_valid_ids_never_share_a_store_name_unless_they_differ_only_in_case(
     for first, second in itertools.combinations(ids, 2):
         if first.lower() != second.lower():
             assert store_name(first) != store_name(second), (first, second)
+
+
+def test_the_catalogue_holds_the_rerankers_of_2025_26() -> None:
+    mxbai = known_model("mxbai-rerank-large-v2")
+    assert (mxbai.model_id, mxbai.recipe, mxbai.max_length) == ("mixedbread-ai/mxbai-rerank-large-v2", "mxbai-v2", 8192)
+    assert known_model("gte-reranker-modernbert-base").max_length == 8192
+    ettin = [m for m in KNOWN_MODELS if m.model_id.startswith("cross-encoder/ettin-reranker-")]
+    assert [m.short_name for m in ettin] == [
+        f"ettin-reranker-{size}-v1" for size in ("17m", "32m", "68m", "150m", "400m", "1b")
+    ]
+    assert all(m.max_length == 7999 and m.size and m.recipe == "cross-encoder" for m in ettin)
+    jina = known_model("jina-reranker-v2-base-multilingual")
+    assert jina.remote_code and "CC-BY-NC" in jina.good_for, "its licence is said where it is chosen"
+    assert known_model("gte-multilingual-reranker-base").remote_code
+    assert [m.model_id for m in BGE_MODELS] == [
+        "BAAI/bge-reranker-base",
+        "BAAI/bge-reranker-large",
+        "BAAI/bge-reranker-v2-m3",
+    ]

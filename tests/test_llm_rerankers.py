@@ -224,7 +224,7 @@ def _copy(source: Path, target: Path) -> Path:
 
 def test_a_causal_lm_with_no_known_recipe_is_refused_and_one_can_be_named(qwen3_dir, tmp_path) -> None:
     folder = _copy(qwen3_dir, tmp_path / "my-finetune")
-    with pytest.raises(ModelImportError, match=r"name one with --recipe \(qwen3, bge-gemma\)"):
+    with pytest.raises(ModelImportError, match=r"name one with --recipe \(qwen3, bge-gemma, mxbai-v2"):
         import_from_folder("my-org/my-finetune", folder)
     run = subprocess.run(
         [sys.executable, "import_models.py", "my-org/my-finetune", "--from-dir", str(folder), "--recipe", "qwen3"],

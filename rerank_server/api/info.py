@@ -27,6 +27,7 @@ def _card(served: ServedModel) -> ModelCard:
         tag=stored.tag,
         recipe=stored.recipe,
         backend=stored.backend,
+        remote_code=bool(stored.remote_code),
     )
 
 

@@ -211,6 +211,9 @@ class ModelCard(BaseModel):
     tag: str = Field(description="The BentoML model store tag it is served from.")
     recipe: str = Field(description="How pairs are scored: cross-encoder, qwen3, bge-gemma, ... (README, Models).")
     backend: str = Field(description="What runs the model: torch, openvino-int8, openvino, onnx-int8 or onnx.")
+    remote_code: bool = Field(
+        False, description="Whether the model runs its own modelling code (imported with --trust-remote-code)."
+    )
 
 
 class ModelList(BaseModel):

@@ -78,8 +78,11 @@ def load_backend(
     device: str,
     dtype: torch.dtype,
     threads: int,
+    remote_code: bool = False,
+    module_stack: bool = False,
 ) -> Backend:
-    """The stored model at `path` loaded for `backend` (a CPU runtime ignores `device` and `dtype`)."""
+    """The stored model at `path` loaded for `backend` (a CPU runtime ignores `device` and `dtype`). `remote_code`:
+    the checkpoint's own modelling code; `module_stack`: a sentence-transformers score head after the transformer."""
     if backend in ("onnx", "onnx-int8"):
         from rerank_server.backends.onnx_backend import OnnxBackend
 
@@ -90,7 +93,7 @@ def load_backend(
         return OpenVinoBackend(path, backend=backend, threads=threads)
     import torch
 
-    from rerank_server.backends.torch_backend import LastTokenLogit, SequenceClassifier
+    from rerank_server.backends.torch_backend import LastTokenLogit, ModuleStack, SequenceClassifier
 
     if device == "cpu":
         # torch sizes its pool from the host's cores, not the container's quota (see rerank_server.cpu).
@@ -98,4 +101,6 @@ def load_backend(
     if causal:
         assert head is not None
         return LastTokenLogit(path, device=device, dtype=dtype, head=head)
-    return SequenceClassifier(path, device=device, dtype=dtype, pad_id=pad_id)
+    if module_stack:
+        return ModuleStack(path, device=device, dtype=dtype)
+    return SequenceClassifier(path, device=device, dtype=dtype, pad_id=pad_id, remote_code=remote_code)

@@ -57,19 +57,30 @@ class TorchBackend:
                 delattr(self, name)
 
 
-class SequenceClassifier(TorchBackend):
-    """A `*ForSequenceClassification` checkpoint with one label: its logit per pair."""
+def _takes(forward: object, name: str) -> bool:
+    """Whether `forward` accepts the argument `name` (by name, or through **kwargs)."""
+    parameters = inspect.signature(forward).parameters
+    return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
-    def __init__(self, path: Path, *, device: str, dtype: torch.dtype, pad_id: int) -> None:
+
+class SequenceClassifier(TorchBackend):
+    """A `*ForSequenceClassification` checkpoint with one label: its logit per pair. With `remote_code`, the
+    checkpoint's own modelling code, from the stored folder only (the import stored it and made its references
+    local)."""
+
+    def __init__(self, path: Path, *, device: str, dtype: torch.dtype, pad_id: int, remote_code: bool = False) -> None:
         from transformers import AutoModelForSequenceClassification
 
         self.device, self.dtype = device, dtype
-        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, dtype=dtype, trust_remote_code=remote_code, local_files_only=True
+        )
         if model.config.pad_token_id is None:
             # Decoder classifiers (Qwen3ForSequenceClassification) find each pair's last token by the pad id.
             model.config.pad_token_id = pad_id
         self.model = model.to(device).eval()
-        self.takes_token_types = "token_type_ids" in inspect.signature(model.forward).parameters
+        # As sentence-transformers does: token types reach a forward that takes them, or any keyword.
+        self.takes_token_types = _takes(model.forward, "token_type_ids")
         self._measure(self.model)
 
     @torch.inference_mode()
@@ -124,3 +135,35 @@ class LastTokenLogit(TorchBackend):
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits[:, 0] - logits[:, 1] if logits.shape[1] == 2 else logits[:, 0]
+
+
+class ModuleStack(TorchBackend):
+    """A sentence-transformers CrossEncoder whose score comes from modules after the transformer (the Ettin
+    rerankers: CLS pooling, dense, layer norm, dense): the folder's own modules, as `CrossEncoder.predict` runs them,
+    fed the recipe's token ids. Its raw score is the logit."""
+
+    def __init__(self, path: Path, *, device: str, dtype: torch.dtype) -> None:
+        from sentence_transformers import CrossEncoder
+
+        self.device, self.dtype = device, dtype
+        self.model = CrossEncoder(
+            str(path),
+            device=device,
+            local_files_only=True,
+            model_kwargs={"dtype": dtype},
+            activation_fn=torch.nn.Identity(),
+        ).eval()
+        self.takes_token_types = False
+        self._measure(self.model)
+
+    @torch.inference_mode()
+    def logits(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None
+    ) -> torch.Tensor:
+        features = {
+            "input_ids": _on_device(input_ids, self.device),
+            "attention_mask": _on_device(attention_mask, self.device),
+        }
+        if token_type_ids is not None:
+            features["token_type_ids"] = _on_device(token_type_ids, self.device)
+        return self.model(features)["scores"].reshape(len(input_ids), -1)[:, 0].float()

@@ -19,15 +19,16 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
 
 
-def check_vocabulary(folder: Path, model_id: str) -> None:
+def check_vocabulary(folder: Path, model_id: str, trust_remote_code: bool = False) -> None:
     """Refuse a tokenizer that makes token ids the model has no embedding for (they would crash every request)."""
     from transformers import AutoConfig
 
     from rerank_server.models.loaded import load_tokenizer
 
     try:
-        vocabulary = AutoConfig.from_pretrained(folder).get_text_config().vocab_size
-        tokens = len(load_tokenizer(folder))
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code, local_files_only=True)
+        vocabulary = config.get_text_config().vocab_size
+        tokens = len(load_tokenizer(folder, trust_remote_code))
     except Exception as exc:  # noqa: BLE001 - an unreadable tokenizer or config is one clear line
         raise ModelImportError(f"{model_id}: its tokenizer or config cannot be read ({first_line(exc)})") from exc
     if vocabulary and tokens > vocabulary:

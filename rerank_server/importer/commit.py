@@ -13,6 +13,7 @@ import bentoml
 from rerank_server import backends
 from rerank_server.backends import BackendName
 from rerank_server.catalog import canonical_id, model_id_problem, store_name
+from rerank_server.importer import remote_code
 from rerank_server.importer.check import check_runs, check_vocabulary, first_line
 from rerank_server.importer.folder import WEIGHT_FILES, ModelImportError, inspect_folder
 from rerank_server.models.store import APP_LABEL, StoredReranker, as_stored, find_reranker, list_rerankers
@@ -22,6 +23,16 @@ logger = logging.getLogger("bentoml")
 # Files a model folder may hold that the server never needs (VCS and huggingface_hub's local-dir bookkeeping).
 _IGNORED = shutil.ignore_patterns(
     ".git", ".cache", ".gitattributes", "onnx", "openvino", "*.onnx", "*.h5", "*.msgpack", "*.ot", "*.gguf"
+)
+
+
+# What a CPU runtime's conversion has been proven on: BERT-family encoders, whose ONNX export the OpenVINO int8 path
+# keeps the score head and feed-forward input of in float (backends/openvino_backend.py) at the fidelity measured.
+CPU_RUNTIME_ARCHITECTURES = (
+    "BertForSequenceClassification",
+    "RobertaForSequenceClassification",
+    "XLMRobertaForSequenceClassification",
+    "CamembertForSequenceClassification",
 )
 
 
@@ -39,6 +50,7 @@ class ImportOptions:
     backend: BackendName = "torch"
     recipe: str | None = None  # the scoring recipe, when neither the catalogue, the id nor the folder tells it
     check: bool = True  # load the stored copy and score a pair before committing it
+    trust_remote_code: bool = False  # store the model's own Python code (auto_map) with it, and run it
 
 
 DEFAULT_IMPORT = ImportOptions()
@@ -52,9 +64,12 @@ def store_folder(
     revision: str | None,
     fingerprint: str,
     options: ImportOptions = DEFAULT_IMPORT,
+    code_folders: dict[str, Path] | None = None,
 ) -> ImportResult:
     """Copy a checked model folder into the store (converted for `backend`), or do nothing when the same source is
-    stored already. With `check`, the stored copy must load and score a pair before it is committed.
+    stored already. With `check`, the stored copy must load and score a pair before it is committed. With
+    `trust_remote_code`, the model's own Python files (from the folder, or from `code_folders[repo]` for code of
+    another repository) are stored with it and its config names them locally.
 
     `bentoml.models.create` only commits the model when its block exits cleanly, so a failed import leaves nothing.
     """
@@ -63,17 +78,16 @@ def store_folder(
     if problem:
         raise ModelImportError(f"{model_id!r} cannot be imported: {problem}")
     backend = options.backend
-    info = inspect_folder(folder, model_id, options.recipe)
-    if backends.is_cpu_runtime(backend) and info.recipe != "cross-encoder":
-        raise ModelImportError(
-            f"{model_id}: --backend {backend} runs cross-encoders only; a {info.recipe} reranker runs with --backend "
-            "torch (on a GPU, or on the CPU)"
-        )
-    check_vocabulary(folder, model_id)
+    info = inspect_folder(folder, model_id, options.recipe, trust_remote_code=options.trust_remote_code)
+    code = remote_code.collect(folder, model_id, code_folders) if options.trust_remote_code else None
+    if backends.is_cpu_runtime(backend):
+        _check_cpu_runtime(model_id, backend, info.recipe, info.architecture, code)
     if backend != "torch":
         fingerprint = f"{fingerprint}+{backend}"  # the same source for another backend is a new version
     if info.recipe != "cross-encoder":
         fingerprint = f"{fingerprint}+{info.recipe}"
+    if code and code.files:
+        fingerprint = f"{fingerprint}+code"  # imported before with its code ignored: a new version
     existing = next((s for s in list_rerankers() if s.store_name == store_name(model_id)), None)
     if existing and existing.fingerprint == fingerprint and not options.force:
         return ImportResult(existing, skipped=True)
@@ -89,11 +103,16 @@ def store_folder(
         "recipe": info.recipe,
         "checkpoint_dtype": info.checkpoint_dtype or "",
         "parameters": info.parameters,
+        "remote_code": code.digests() if code else {},
     }
     labels = {**APP_LABEL, "model-id": metadata["model_id"]}
     with bentoml.models.create(store_name(model_id), labels=labels, metadata=metadata) as model:
         target = Path(model.path)
         shutil.copytree(folder, target, ignore=_IGNORED, dirs_exist_ok=True)
+        if code:
+            remote_code.store(code, target)
+        # On the stored copy: a remote-code config names its code there, and nothing is fetched.
+        check_vocabulary(target, model_id, trust_remote_code=bool(code and code.files))
         if backend != "torch":
             _convert(target, backend, model_id)
         # What was kept, not what the folder held (other runtimes' files and, once converted, the torch weights).
@@ -107,6 +126,23 @@ def store_folder(
     assert stored is not None  # just created
     logger.info("Stored %s as %s", model_id, stored.tag)
     return ImportResult(stored, skipped=False)
+
+
+def _check_cpu_runtime(
+    model_id: str, backend: str, recipe: str, architecture: str, code: remote_code.ModelCode | None
+) -> None:
+    """A CPU runtime takes what its conversion was proven on; anything else is refused in one line."""
+    if recipe != "cross-encoder":
+        raise ModelImportError(
+            f"{model_id}: --backend {backend} runs cross-encoders only; a {recipe} reranker runs with --backend torch "
+            "(on a GPU, or on the CPU)"
+        )
+    if (code and code.files) or architecture not in CPU_RUNTIME_ARCHITECTURES:
+        what = "a model with its own modelling code" if code and code.files else f"a {architecture}"
+        raise ModelImportError(
+            f"{model_id}: --backend {backend} converts BERT-family cross-encoders (BERT, RoBERTa, XLM-RoBERTa); "
+            f"{what} runs with --backend torch (on the CPU too; RERANK_DTYPE=bfloat16 on CPUs with AMX)"
+        )
 
 
 def _convert(target: Path, backend: BackendName, model_id: str) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rerank_server.catalog import known_model
+from rerank_server.models.loaded import ships_own_code
 from rerank_server.recipes import RECIPES, recipe_from_id, recipe_from_prompt
 
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
@@ -66,7 +67,7 @@ def _recipe_for(folder: Path, model_id: str, architecture: str, chosen: str | No
     found = (known.recipe if known else None) or recipe_from_id(model_id) or recipe_from_prompt(_chat_template(folder))
     if found:
         return found
-    if architecture.endswith("ForSequenceClassification"):
+    if architecture.endswith("ForSequenceClassification") or module_stack(folder):
         return "cross-encoder"
     llm_recipes = ", ".join(name for name in RECIPES if name != "cross-encoder")
     raise ModelImportError(
@@ -94,15 +95,27 @@ def _parameters(folder: Path) -> int:
     return total
 
 
-def inspect_folder(folder: Path, model_id: str, recipe: str | None = None) -> FolderInfo:
+def module_stack(folder: Path) -> bool:
+    """Whether the folder is a sentence-transformers CrossEncoder whose score comes from modules after a plain
+    transformer (`modules.json`: the transformer, then pooling and dense layers, as the Ettin rerankers are)."""
+    try:
+        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    types = [str(module.get("type", "")) for module in modules if isinstance(module, dict)]
+    return len(types) > 1 and types[0].endswith(".Transformer")
+
+
+def inspect_folder(
+    folder: Path, model_id: str, recipe: str | None = None, *, trust_remote_code: bool = False
+) -> FolderInfo:
     """Check that `folder` holds a reranker we can run and read its properties.
 
-    A reranker is a one-logit `*ForSequenceClassification` (a cross-encoder, or a converted LLM reranker) or a
-    `*ForCausalLM` with a known scoring recipe. Raises ModelImportError saying what is missing, so a wrong folder is
-    caught before anything is stored.
+    A reranker is a one-logit `*ForSequenceClassification` (a cross-encoder, or a converted LLM reranker), a
+    `*ForCausalLM` with a known scoring recipe, or a sentence-transformers CrossEncoder with a score head of its own.
+    A folder whose config maps classes to its own Python code (`auto_map`) is taken only with `trust_remote_code`.
+    Raises ModelImportError saying what is missing, so a wrong folder is caught before anything is stored.
     """
-    from transformers import CONFIG_MAPPING
-
     if not folder.is_dir():
         raise ModelImportError(f"{folder} is not a folder")
     config = read_json(folder / "config.json")
@@ -111,16 +124,22 @@ def inspect_folder(folder: Path, model_id: str, recipe: str | None = None) -> Fo
     architectures = config.get("architectures") or []
     architecture = str(architectures[0] if architectures else config.get("model_type", "unknown"))
     model_type = str(config.get("model_type", ""))
-    if model_type in _CUSTOM_CODE or (config.get("auto_map") and model_type not in CONFIG_MAPPING):
-        why = _CUSTOM_CODE.get(model_type, "modelling code that only its repository ships")
+    if model_type in _CUSTOM_CODE:
         raise ModelImportError(
-            f"{model_id} ({architecture}) needs {why} (trust_remote_code), which this server does not run; use a "
-            "reranker that stock transformers loads"
+            f"{model_id} ({architecture}) needs {_CUSTOM_CODE[model_type]} (trust_remote_code), which no recipe of "
+            "this server scores, even with --trust-remote-code; use a reranker scored by its logit"
         )
-    if not architecture.endswith(("ForSequenceClassification", "ForCausalLM")):
+    if ships_own_code(folder) and not trust_remote_code:
+        raise ModelImportError(
+            f"{model_id} ships its own modelling code (auto_map in its config), which would run inside the server: "
+            "import it with --trust-remote-code to store that code with the weights and run it (if you trust it)"
+        )
+    stack = module_stack(folder)
+    if not architecture.endswith(("ForSequenceClassification", "ForCausalLM")) and not stack:
         raise ModelImportError(
             f"{folder} is not a reranker: its architecture is {architecture}, a reranker is a "
-            "*ForSequenceClassification cross-encoder or a *ForCausalLM LLM reranker"
+            "*ForSequenceClassification cross-encoder, a *ForCausalLM LLM reranker, or a sentence-transformers "
+            "CrossEncoder with its own score head (modules.json)"
         )
     num_labels = len(config.get("id2label") or {}) or int(config.get("num_labels", 1))
     if architecture.endswith("ForSequenceClassification") and num_labels != 1:
@@ -134,6 +153,10 @@ def inspect_folder(folder: Path, model_id: str, recipe: str | None = None) -> Fo
     chosen = _recipe_for(folder, model_id, architecture, recipe)
     if chosen == "cross-encoder" and architecture.endswith("ForCausalLM"):
         raise ModelImportError(f"{model_id}: the cross-encoder recipe needs a *ForSequenceClassification model")
+    if stack and chosen != "cross-encoder":
+        raise ModelImportError(
+            f"{model_id}: a sentence-transformers score head is scored with the cross-encoder recipe"
+        )
     dtype = config.get("dtype") or config.get("torch_dtype")
     return FolderInfo(
         architecture, num_labels, _max_length(folder, model_id, config, chosen), chosen,

@@ -11,6 +11,7 @@ from typing import Literal
 from rerank_server.catalog import canonical_id, model_id_problem
 from rerank_server.importer.commit import DEFAULT_IMPORT, ImportOptions, ImportResult, store_folder
 from rerank_server.importer.folder import ModelImportError, folder_fingerprint, inspect_folder
+from rerank_server.importer.remote_code import other_repositories
 
 logger = logging.getLogger("bentoml")
 
@@ -45,7 +46,14 @@ def import_from_hub(
         # Prefer safetensors; many BGE repos also carry a pytorch_model.bin copy that would double the download.
         has_safetensors = any(f.endswith(".safetensors") and "/" not in f for f in files)
         patterns = [*_HUB_FILES, "*.safetensors" if has_safetensors else "pytorch_model*.bin"]
+        if options.trust_remote_code:
+            patterns.append("*.py")  # the model's own code, stored with it
         path = Path(snapshot_download(model_id, revision=info.sha, allow_patterns=patterns))
+        # Code another repository holds (gte-multilingual-reranker-base's is in Alibaba-NLP/new-impl).
+        code_folders = {
+            repo: Path(snapshot_download(repo, allow_patterns=["*.py"]))
+            for repo in (other_repositories(path) if options.trust_remote_code else ())
+        }
     except (RepositoryNotFoundError, GatedRepoError, RevisionNotFoundError) as exc:
         raise ModelImportError(
             f"{model_id} is not available on {_hub_endpoint()}: {type(exc).__name__} "
@@ -60,7 +68,7 @@ def import_from_hub(
     resolved = path.name
     return store_folder(
         model_id, path, source=f"hub:{_hub_endpoint()}", revision=resolved, fingerprint=f"hub@{resolved}",
-        options=options,
+        options=options, code_folders=code_folders,
     )  # fmt: skip
 
 
@@ -91,19 +99,20 @@ def import_from_modelscope(model_id: str, options: ImportOptions = DEFAULT_IMPOR
     model_id = _downloadable_id(model_id, "ModelScope")
     try:
         path = Path(snapshot_download(model_id, local_files_only=True))
-        inspect_folder(path, model_id, options.recipe)
+        inspect_folder(path, model_id, options.recipe, trust_remote_code=options.trust_remote_code)
     except Exception:  # noqa: BLE001 - not (completely) in the cache: download it
-        path = _download_from_modelscope(snapshot_download, model_id)
+        path = _download_from_modelscope(snapshot_download, model_id, options.trust_remote_code)
     return store_folder(
         model_id, path, source="modelscope", revision=path.name, fingerprint=folder_fingerprint(path), options=options
     )
 
 
-def _download_from_modelscope(snapshot_download: Callable[..., str], model_id: str) -> Path:
+def _download_from_modelscope(snapshot_download: Callable[..., str], model_id: str, code: bool) -> Path:
+    files = [*_HUB_FILES, *(["*.py"] if code else [])]
     try:
-        path = Path(snapshot_download(model_id, allow_patterns=[*_HUB_FILES, "*.safetensors"]))
+        path = Path(snapshot_download(model_id, allow_patterns=[*files, "*.safetensors"]))
         if not any(path.glob("*.safetensors")):  # an older repository with PyTorch weights only
-            path = Path(snapshot_download(model_id, allow_patterns=[*_HUB_FILES, "pytorch_model*.bin"]))
+            path = Path(snapshot_download(model_id, allow_patterns=[*files, "pytorch_model*.bin"]))
     except Exception as exc:  # noqa: BLE001 - any network or repository failure ends in the same advice
         raise ModelImportError(
             f"cannot download {model_id} from ModelScope ({type(exc).__name__}: {str(exc)[:200]}); "

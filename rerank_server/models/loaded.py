@@ -9,6 +9,7 @@ are the reference's: each recipe re-implements its family's published code, and 
 from __future__ import annotations
 
 import copy
+import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -150,20 +151,55 @@ class LoadedReranker:
         self.backend.release()
 
 
-def load_tokenizer(path: Path) -> Any:
+class RemoteCodeRefused(RuntimeError):
+    """A stored model whose own modelling code this server will not run (the reason is the message)."""
+
+
+def load_tokenizer(path: Path, remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=remote_code, local_files_only=True)
+
+
+def ships_own_code(path: Path) -> bool:
+    """Whether a model folder's config (or tokenizer config) maps a class to its own Python code (`auto_map`): the
+    server runs such code only for a model imported with --trust-remote-code."""
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            if json.loads((path / name).read_text(encoding="utf-8")).get("auto_map"):
+                return True
+        except (OSError, ValueError, AttributeError):
+            continue
+    return False
 
 
 def load_reranker(
-    stored: StoredReranker, *, device: str, dtype: str = "auto", threads: int = 0, tokenizers: int = 0
+    stored: StoredReranker,
+    *,
+    device: str,
+    dtype: str = "auto",
+    threads: int = 0,
+    tokenizers: int = 0,
+    allow_remote_code: bool = True,
 ) -> LoadedReranker:
     """A stored reranker loaded with its recipe on its backend (`device` and `dtype` are torch's; a CPU runtime
-    ignores them). `dtype` is a RERANK_DTYPE choice."""
+    ignores them). `dtype` is a RERANK_DTYPE choice. A model that runs its own code loads only when
+    `allow_remote_code` (RERANK_ALLOW_REMOTE_CODE), and only from the code stored with it."""
+    if stored.remote_code and not allow_remote_code:
+        raise RemoteCodeRefused(
+            f"{stored.model_id} runs its own modelling code ({', '.join(stored.remote_code)}), and this host does not "
+            "run models' own code (RERANK_ALLOW_REMOTE_CODE=false)"
+        )
+    if not stored.remote_code and ships_own_code(stored.path):
+        # Imported before the server ran models' own code: served with the stock class, its scores were wrong.
+        raise RemoteCodeRefused(
+            f"{stored.model_id} ships its own modelling code (auto_map) but was imported without it; re-import it with "
+            "`import_models.py --trust-remote-code` to store and run that code"
+        )
     return load_folder(
         stored.path, recipe=stored.recipe, max_length=stored.max_length, causal=stored.causal, backend=stored.backend,
         device=device, dtype=dtype, checkpoint_dtype=stored.checkpoint_dtype, threads=threads, tokenizers=tokenizers,
+        remote_code=bool(stored.remote_code), module_stack=stored.module_stack,
     )  # fmt: skip
 
 
@@ -179,6 +215,8 @@ def load_folder(
     checkpoint_dtype: str | None = None,
     threads: int = 0,
     tokenizers: int = 0,
+    remote_code: bool = False,
+    module_stack: bool = False,
 ) -> LoadedReranker:
     """A model folder loaded as `load_reranker` loads a stored one (for tools, benchmarks and tests)."""
     from rerank_server.backends.torch_backend import resolve_dtype
@@ -187,12 +225,12 @@ def load_folder(
         device = "cpu"
     recipe_class = RECIPES[recipe]
     recipes = RecipePool(
-        lambda tokenizer: recipe_class(tokenizer, max_length), load_tokenizer(path),
+        lambda tokenizer: recipe_class(tokenizer, max_length), load_tokenizer(path, remote_code),
         tokenizers or default_tokenizer_copies(device),
     )  # fmt: skip
     model = load_backend(
         backend, path, causal=causal, head=recipes.first.last_token_head() if causal else None,
         pad_id=recipes.first.pad_id, device=device, dtype=resolve_dtype(dtype, device, checkpoint_dtype),
-        threads=threads or usable_cpus(),
+        threads=threads or usable_cpus(), remote_code=remote_code, module_stack=module_stack,
     )  # fmt: skip
     return LoadedReranker(recipes, model)

@@ -371,4 +371,7 @@ class ModelRegistry:
         torch.cuda.empty_cache()  # a no-op without CUDA
 
     def _load_model(self, stored: StoredReranker) -> LoadedReranker:
-        return load_reranker(stored, device=self.device, dtype=self.settings.dtype, tokenizers=self.settings.tokenizers)
+        return load_reranker(
+            stored, device=self.device, dtype=self.settings.dtype, tokenizers=self.settings.tokenizers,
+            allow_remote_code=self.settings.allow_remote_code,
+        )  # fmt: skip

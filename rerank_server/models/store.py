@@ -7,7 +7,7 @@ A leaf of the runtime: it reads the store and never loads a model. Writing to th
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -39,6 +39,8 @@ class StoredReranker:
     recipe: str = "cross-encoder"
     checkpoint_dtype: str | None = None
     parameters: int = 0
+    # The model's own Python files, stored with it (`--trust-remote-code`): file name → sha256.
+    remote_code: dict[str, str] = field(default_factory=dict)
 
     @property
     def owned_by(self) -> str:
@@ -48,6 +50,11 @@ class StoredReranker:
     def causal(self) -> bool:
         """A language model scored from its next-token logits, rather than a classifier."""
         return self.architecture.endswith("ForCausalLM")
+
+    @property
+    def module_stack(self) -> bool:
+        """A sentence-transformers score head after a plain transformer (the Ettin rerankers), not a classifier."""
+        return not self.architecture.endswith(("ForSequenceClassification", "ForCausalLM"))
 
     @property
     def store_name(self) -> str:
@@ -81,6 +88,7 @@ def as_stored(model: bentoml.Model) -> StoredReranker | None:
         recipe=str(meta.get("recipe", "cross-encoder")),
         checkpoint_dtype=meta.get("checkpoint_dtype") or None,
         parameters=int(meta.get("parameters", 0)),
+        remote_code=dict(meta.get("remote_code") or {}),
     )
 
 

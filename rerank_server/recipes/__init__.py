@@ -16,6 +16,7 @@ from rerank_server.recipes.base import (
 )
 from rerank_server.recipes.bge_gemma import BgeGemmaRecipe
 from rerank_server.recipes.cross_encoder import CrossEncoderRecipe
+from rerank_server.recipes.mxbai_v2 import MxbaiV2Recipe
 from rerank_server.recipes.qwen3 import Qwen3Recipe
 
 __all__ = [
@@ -30,16 +31,24 @@ __all__ = [
     "recipe_from_prompt",
 ]
 
-RECIPES: dict[str, type[Recipe]] = {recipe.name: recipe for recipe in (CrossEncoderRecipe, Qwen3Recipe, BgeGemmaRecipe)}
+RECIPES: dict[str, type[Recipe]] = {
+    recipe.name: recipe for recipe in (CrossEncoderRecipe, Qwen3Recipe, BgeGemmaRecipe, MxbaiV2Recipe)
+}
 
 # Text that only a family's own prompt contains: a chat template (sentence-transformers' causal-LM CrossEncoder
 # folders carry one) that holds it is that family's prompt.
 _PROMPT_SIGNATURES = {
     "qwen3": "Judge whether the Document meets the requirements based on the Query and the Instruct provided",
     "bge-gemma": "Given a query A and a passage B, determine whether the passage contains an answer",
+    "mxbai-v2": "You are a search relevance expert who evaluates how well documents match search queries",
 }
 # Id fragments of the published checkpoints (and conversions of them, e.g. tomaarsen/Qwen3-Reranker-0.6B-seq-cls).
-_ID_FRAGMENTS = {"qwen3-reranker": "qwen3", "bge-reranker-v2-gemma": "bge-gemma"}
+_ID_FRAGMENTS = {
+    "qwen3-reranker": "qwen3",
+    "bge-reranker-v2-gemma": "bge-gemma",
+    "mxbai-rerank-base-v2": "mxbai-v2",
+    "mxbai-rerank-large-v2": "mxbai-v2",
+}
 
 
 def recipe_from_id(model_id: str) -> str | None:

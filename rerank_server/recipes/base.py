@@ -157,3 +157,13 @@ class Recipe(ABC):
             else:
                 cut.append(text[: offsets[max_tokens - 1][1]])
         return cut
+
+
+def only_second(first: list[int], second: list[int], max_length: int) -> list[int]:
+    """transformers 4's `prepare_for_model(truncation="only_second")`, which FlagEmbedding and mixedbread's package call
+    (gone from fast tokenizers in transformers 5): the second sequence loses tokens from its end until both fit; when
+    it cannot lose enough, nothing is cut."""
+    excess = len(first) + len(second) - max_length
+    if excess <= 0 or excess >= len(second):
+        return second
+    return second[:-excess]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from rerank_server.recipes.base import EncodedPairs, LastTokenHead, Recipe, RecipeError, TextOptions
+from rerank_server.recipes.base import EncodedPairs, LastTokenHead, Recipe, RecipeError, TextOptions, only_second
 
 DEFAULT_PROMPT = (
     "Given a query A and a passage B, determine whether the passage contains an answer to the query by providing a "
@@ -95,7 +95,7 @@ class BgeGemmaRecipe(Recipe):
             first = self.bos_ids + query
             second = self.sep_ids + passage
             if truncate:
-                second = _only_second(first, second, encode_max_length)
+                second = only_second(first, second, encode_max_length)
             pairs.append(first + second + self.sep_ids + prompt_ids)
         return EncodedPairs(pairs)
 
@@ -106,14 +106,3 @@ class BgeGemmaRecipe(Recipe):
         """Document tokens that fit in a passage of `max_length` tokens after "B: ", within max_tokens_per_doc."""
         room = max_length - len(self.passage_prefix_ids)
         return min(room, options.max_document_tokens or room)
-
-
-def _only_second(first: list[int], second: list[int], max_length: int) -> list[int]:
-    """transformers 4's `prepare_for_model(truncation="only_second")`, which FlagEmbedding calls (gone in v5).
-
-    The second sequence loses tokens from its end until both fit; when it cannot lose enough, nothing is cut.
-    """
-    excess = len(first) + len(second) - max_length
-    if excess <= 0 or excess >= len(second):
-        return second
-    return second[:-excess]

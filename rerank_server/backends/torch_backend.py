@@ -46,6 +46,19 @@ class TorchBackend:
     device: str
     dtype: torch.dtype
     weight_bytes: int
+    takes_token_types: bool = False
+
+    def _features(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None
+    ) -> dict[str, torch.Tensor]:
+        """The padded pass on the device, as the model's forward takes it."""
+        features = {
+            "input_ids": _on_device(input_ids, self.device),
+            "attention_mask": _on_device(attention_mask, self.device),
+        }
+        if token_type_ids is not None and self.takes_token_types:
+            features["token_type_ids"] = _on_device(token_type_ids, self.device)
+        return features
 
     def _measure(self, module: torch.nn.Module) -> None:
         self.weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
@@ -87,14 +100,8 @@ class SequenceClassifier(TorchBackend):
     def logits(
         self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None
     ) -> torch.Tensor:
-        features = {
-            "input_ids": _on_device(input_ids, self.device),
-            "attention_mask": _on_device(attention_mask, self.device),
-        }
-        if token_type_ids is not None and self.takes_token_types:
-            features["token_type_ids"] = _on_device(token_type_ids, self.device)
         # Half-precision logits are upcast before the sigmoid, as sentence-transformers does.
-        return self.model(**features).logits[:, 0].float()
+        return self.model(**self._features(input_ids, attention_mask, token_type_ids)).logits[:, 0].float()
 
 
 class LastTokenLogit(TorchBackend):
@@ -151,19 +158,14 @@ class ModuleStack(TorchBackend):
             device=device,
             local_files_only=True,
             model_kwargs={"dtype": dtype},
-            activation_fn=torch.nn.Identity(),
+            activation_fn=torch.nn.Identity(),  # the raw score is the logit; the engine takes its sigmoid
         ).eval()
-        self.takes_token_types = False
+        self.takes_token_types = True  # its transformer module keeps what its model takes
         self._measure(self.model)
 
     @torch.inference_mode()
     def logits(
         self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None
     ) -> torch.Tensor:
-        features = {
-            "input_ids": _on_device(input_ids, self.device),
-            "attention_mask": _on_device(attention_mask, self.device),
-        }
-        if token_type_ids is not None:
-            features["token_type_ids"] = _on_device(token_type_ids, self.device)
-        return self.model(features)["scores"].reshape(len(input_ids), -1)[:, 0].float()
+        scores = self.model(self._features(input_ids, attention_mask, token_type_ids))["scores"]
+        return scores.reshape(len(input_ids), -1)[:, 0].float()

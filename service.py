@@ -118,7 +118,6 @@ class Reranker:
         a full queue answers 429 (retry after a second), a missed deadline 504, out of memory 503.
         """
         api_pairs.hand_over(pairs)
-        api_pairs.count_calls(pairs)
         try:
             results = await api_pairs.score_pairs(self.engine, pairs)
         except Exception as exc:

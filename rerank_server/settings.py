@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     stall_timeout_s: float = Field(
         300.0,
         gt=0,
-        description="A model call running longer than this makes /livez and /health answer 503: a hung model thread "
+        description="A forward pass running longer than this makes /livez and /health answer 503: a hung model thread "
         "(a stuck kernel) that only a restart clears.",
     )
     token_budget: int | None = Field(

@@ -113,6 +113,32 @@ def test_2_a_refused_group_cancels_the_other_groups_of_its_call(stored_fixture) 
         busy.result(10)
 
 
+def test_2_a_calls_reservation_is_let_go_once_however_its_pairs_leave() -> None:
+    """BentoML may hand a call's pairs over in two dispatches, and the call may end in between (its first dispatch
+    refused): what it held is let go once, and the queue bound never counts less than what waits."""
+    from rerank_server.api.pairs import Held
+    from rerank_server.engine.batcher import ContinuousBatcher
+
+    batcher = ContinuousBatcher(max_batch_pairs=256, max_queue_pairs=1000)
+    try:
+        batcher.reserve(600)
+        held = Held(batcher, 600)
+        held.hand_over(424)  # the first dispatch
+        held.release()  # the call ended (its first dispatch was refused)
+        held.hand_over(176)  # the rest, dispatched later for nobody
+        held.release()
+        batcher.reserve(600)  # nothing but this waits now: it is taken
+        with pytest.raises(QueueFullError):
+            batcher.reserve(500)  # 600 + 500 > 1,000: the bound holds, it did not drift
+        batcher.submit("m", GatedScorer(), pairs(*range(500)))  # the routes see what BentoML's dispatcher holds
+    except QueueFullError as refused:
+        assert "600 pairs are waiting" in str(refused)
+    else:
+        raise AssertionError("a route's request must count the pairs BentoML holds")
+    finally:
+        batcher.close(timeout=10)
+
+
 def test_2_leaving_the_queue_costs_the_same_however_long_it_is() -> None:
     """Thousands of one-pair requests (one per distinct instruction) leave the queue in linear time."""
     from rerank_server.engine.batcher import ContinuousBatcher
@@ -161,6 +187,7 @@ class RecordingLoads:
 
     def __init__(self, registry, slow: dict[str, float] | None = None, failing: set[str] | None = None) -> None:
         self.original, self.slow, self.failing = registry._factory, slow or {}, failing or set()
+        self.failing_tags: set[str] | None = None  # None: every version of a failing model fails
         self.loaded: list = []
         self.released: list = []
         self.calls: dict[str, int] = {}
@@ -169,7 +196,7 @@ class RecordingLoads:
     def __call__(self, stored):
         self.calls[stored.model_id] = self.calls.get(stored.model_id, 0) + 1
         time.sleep(self.slow.get(stored.model_id, 0))
-        if stored.model_id in self.failing:
+        if stored.model_id in self.failing and (self.failing_tags is None or stored.tag in self.failing_tags):
             raise OSError("weights briefly unreadable")
         model = self.original(stored)
         release = model.release
@@ -263,16 +290,42 @@ def test_4_a_newer_import_that_fails_to_load_leaves_the_old_one_serving(stored_f
     assert score_directly(served, ["q"], ["d"]).scores, "the old copy still scores"
 
 
+def test_4_under_a_tight_budget_a_failing_newer_import_brings_the_old_version_back(
+    stored_fixture, fixture_model_dir
+) -> None:
+    """Room for one copy only: the old copy gives way to the newer import, and comes back when that does not load."""
+    from rerank_server.engine.batcher import score_directly
+    from rerank_server.importer.commit import ImportOptions
+    from rerank_server.importer.sources import import_from_folder
+    from rerank_server.models.registry import ModelRegistry
+    from rerank_server.settings import Settings
+
+    model_id = "test-org/tight-budget"
+    first = import_from_folder(model_id, fixture_model_dir).stored
+    registry = ModelRegistry(Settings(default_model=FIXTURE_MODEL_ID, max_loaded_models=2))
+    loads = RecordingLoads(registry)
+    registry.get(FIXTURE_MODEL_ID)
+    old = registry.get(model_id)
+    newer = import_from_folder(model_id, fixture_model_dir, ImportOptions(force=True)).stored
+    registry.refresh()
+    loads.failing.add(model_id)
+    loads.failing_tags = {newer.tag}  # the old version still loads: only the newer one fails
+    served = registry.get(model_id)
+    assert old in loads.released, "the old copy gave way: the budget holds one copy"
+    assert registry.version(served) == first.tag, "the old version is served again"
+    assert score_directly(served, ["q"], ["d"]).scores
+
+
 # --- 5. A passing load failure is remembered forever --------------------------------------------------------------
 
 
 def test_5_a_failed_load_is_tried_again_after_a_back_off(stored_fixture, fixture_model_dir, monkeypatch) -> None:
     from rerank_server.importer.sources import import_from_folder
-    from rerank_server.models import registry as registry_module
+    from rerank_server.models import failures as failures_module
     from rerank_server.models.registry import ModelRegistry
     from rerank_server.settings import Settings
 
-    monkeypatch.setattr(registry_module, "LOAD_RETRY_BACKOFF_S", (0.5, 1.0), raising=False)
+    monkeypatch.setattr(failures_module, "LOAD_RETRY_BACKOFF_S", (0.5, 1.0))
     model_id = "test-org/flaky-disk"
     import_from_folder(model_id, fixture_model_dir)
     registry = ModelRegistry(Settings(default_model=FIXTURE_MODEL_ID))
@@ -541,6 +594,9 @@ def test_14_the_status_document_needs_the_key_as_v1_models_does(keyed) -> None:
     status = httpx.get(f"{keyed.url}/", headers={"accept": "application/json", **_auth()})
     assert status.status_code == 200 and status.json()["default_model"] == FIXTURE_MODEL_ID
     assert httpx.get(f"{keyed.url}/", headers={"accept": "text/html"}).status_code == 200  # the page holds no list
+    # Two Accept headers: the guard and the route decide alike (the page, never the list without a key).
+    both = httpx.get(f"{keyed.url}/", headers=[("accept", "application/json"), ("accept", "text/html")])
+    assert both.status_code == 200 and both.headers["content-type"].startswith("text/html")
 
 
 # --- 15. GET /health ----------------------------------------------------------------------------------------------
@@ -616,3 +672,26 @@ def test_16_jina_clients_show_the_servers_error_message(keyed) -> None:
     for call in _jina_clients(keyed.url, KEY, "no-org/no-such-model").values():
         with pytest.raises(RuntimeError, match="does not exist"):
             call()
+
+
+def test_2_a_model_failing_on_its_pairs_fails_them_alone_in_a_merged_call(stored_fixture, fixture_model_dir) -> None:
+    """BentoML merges calls: a model that raises on its group must not turn every merged caller's answer into a 500."""
+    from rerank_server.api.pairs import score_pairs
+    from rerank_server.api.wire import PairToScore
+    from rerank_server.importer.sources import import_from_folder
+
+    import_from_folder("test-org/failing-model", fixture_model_dir)
+    with scoring_engine() as engine:
+        broken = engine.registry.get("test-org/failing-model")
+
+        def fails(*_: object) -> None:
+            raise RuntimeError("this model cannot take these pairs")
+
+        broken.forward = fails
+        pairs = [
+            PairToScore(model="test-org/failing-model", query="q", document="d"),
+            PairToScore(model=FIXTURE_MODEL_ID, query="q", document="d"),
+        ]
+        results = asyncio.run(score_pairs(engine, pairs))
+    assert results[0].error and "cannot take these pairs" in results[0].error and results[0].score is None
+    assert results[1].error is None and results[1].score is not None

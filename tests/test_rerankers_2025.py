@@ -331,3 +331,33 @@ def test_cpu_runtimes_refuse_modernbert_at_import_in_one_line(tmp_path, backend:
     assert run.returncode == 1
     assert run.stderr.strip().count("\n") == 0 and "BERT-family" in run.stderr, run.stderr
     assert find_reranker("test-org/modernbert-cpu") is None
+
+
+@pytest.mark.parametrize("entry", ["/tmp/elsewhere/evil.Model", "../outside.Model", "a.b.Model"])
+def test_code_named_outside_the_folder_is_refused_at_import(tmp_path, entry: str) -> None:
+    folder, _ = build_remote_code_reranker(tmp_path / "escape")
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"]["AutoModelForSequenceClassification"] = entry
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelImportError, match="is not `module.Class`"):
+        import_from_folder("test-org/escape", folder, ImportOptions(trust_remote_code=True))
+
+
+def test_stored_code_changed_after_the_import_is_refused_at_load(stored_fixture, tmp_path) -> None:
+    source, _ = build_remote_code_reranker(tmp_path / "tampered")
+    stored = import_from_folder("test-org/tampered", source, ImportOptions(trust_remote_code=True)).stored
+    (stored.path / "custom_head.py").write_text("def shift(logits, token_type_ids):\n    return logits * 0\n")
+    with scoring_engine() as engine, routes_client(engine) as client:
+        answer = client.post("/v1/rerank", json={"model": "test-org/tampered", "query": "q", "documents": ["d"]})
+    assert answer.status_code == 503 and "changed since the import" in answer.json()["error"]["message"]
+
+
+def test_own_code_is_taken_for_classifiers_only(tmp_path, mxbai_dir) -> None:
+    folder = Path(shutil.copytree(mxbai_dir, tmp_path / "causal-with-code"))
+    (folder / "modeling_custom.py").write_text("from transformers import Qwen2ForCausalLM as CustomLM\n")
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_custom.CustomLM"}
+    (folder / "config.json").write_text(json.dumps(config))
+    options = ImportOptions(trust_remote_code=True, recipe="mxbai-v2")
+    with pytest.raises(ModelImportError, match="ForSequenceClassification cross-encoders"):
+        import_from_folder("test-org/causal-with-code", folder, options)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hmac
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -31,12 +31,19 @@ _SNIFF_BYTES = 65536
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
-def _is_open(method: str, path: str, headers: dict[bytes, bytes]) -> bool:
+def asks_for_html(accept: Iterable[str]) -> bool:
+    """Whether a request's Accept headers — every one of them — ask for a page. The guard and the route at `/` decide
+    with this alike, so that two Accept headers cannot pass the guard as a browser and reach the model list."""
+    return any("text/html" in value for value in accept)
+
+
+def _is_open(method: str, path: str, scope: Scope) -> bool:
     if method not in _READ_METHODS:
         return False
     if path in PROBE_PATHS or path in OPEN_GET_PATHS or path.startswith(OPEN_GET_PREFIXES):
         return True
-    return path == "/" and b"text/html" in headers.get(b"accept", b"")
+    accept = (value.decode("latin-1") for name, value in scope["headers"] if name.lower() == b"accept")
+    return path == "/" and asks_for_html(accept)
 
 
 async def _reject(send: Send, error: HTTPError, error_format: ErrorFormat = "vllm") -> None:
@@ -126,7 +133,7 @@ class RequestGuard:
             message = "The request declares both Content-Length and Transfer-Encoding; send one of them"
             await _reject(send, HTTPError(400, message, "BadRequestError", "Validation"), "vllm")
             return
-        if self.api_keys and not _is_open(method, path, headers) and not self._authorized(headers):
+        if self.api_keys and not _is_open(method, path, scope) and not self._authorized(headers):
             start, _ = await self._read(receive, _SNIFF_BYTES)
             error = HTTPError(
                 401, "Missing or invalid API key: send `Authorization: Bearer <key>`", "AuthenticationError",

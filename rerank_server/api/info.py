@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from rerank_server.api.dependencies import Engine, Health
+from rerank_server.api.guard import asks_for_html
 from rerank_server.api.playground import home_page
 from rerank_server.api.wire import ErrorResponse, ModelCard, ModelList, ServerStatus, TEIError, unix_time
 from rerank_server.engine.engine import ServedModel
@@ -44,7 +45,7 @@ async def status(request: Request, engine: Engine) -> Response | ServerStatus:
 
     A browser (asking for HTML) gets a page of links instead: the playground, the API docs and BentoML's UI.
     """
-    if "text/html" in request.headers.get("accept", ""):
+    if asks_for_html(request.headers.getlist("accept")):
         return home_page()
     served = await anyio.to_thread.run_sync(engine.served_models)
     return ServerStatus(

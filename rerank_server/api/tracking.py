@@ -48,7 +48,7 @@ class RequestContext:
     model: str = ""
     pairs: int = field(default=0)
     # Run once the answer is sent (or the request failed): releases what the request held while it was served.
-    on_finish: list[Callable[[], None]] = field(default_factory=list)
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
 
 
 _current: ContextVar[RequestContext | None] = ContextVar("rerank_request", default=None)
@@ -98,8 +98,8 @@ class RequestTracking:
             await self.app(scope, receive, send_with_id)
         finally:
             _current.reset(token)
-            for finish in context.on_finish:
-                finish()
+            for cleanup in context.cleanups:
+                cleanup()
             elapsed = time.perf_counter() - started
             route = path if path in TRACKED_ROUTES else "other"
             metrics = get_metrics()

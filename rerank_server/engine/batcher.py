@@ -77,7 +77,12 @@ def plan_passes(lengths: Sequence[int], token_budget: int) -> Iterator[list[int]
         yield batch
 
 
-def run_passes(model: Forward, encoded: EncodedPairs, token_budget: int | None = None) -> torch.Tensor:
+def run_passes(
+    model: Forward,
+    encoded: EncodedPairs,
+    token_budget: int | None = None,
+    on_pass: Callable[[], None] | None = None,
+) -> torch.Tensor:
     """The logit of each encoded pair (float32, on the CPU, in the given order), computed in planned passes.
 
     Passes are launched one after another without waiting for the device, so on a GPU the host pads and copies the
@@ -92,6 +97,8 @@ def run_passes(model: Forward, encoded: EncodedPairs, token_budget: int | None =
     for rows in plan_passes(encoded.lengths, budget):
         outputs.append(model.forward(encoded.select(rows)))
         order.extend(rows)
+        if on_pass is not None:
+            on_pass()
     flat = torch.cat(outputs).float().cpu()
     logits = torch.empty(len(order), dtype=torch.float32)
     logits[order] = flat
@@ -163,8 +170,11 @@ class ContinuousBatcher:
         # failed one) in O(1), so that thousands of one-pair requests never cost a quadratic number of removals.
         self._queue: dict[_Piece, None] = {}
         self._queued_pairs = 0
+        # Pairs admitted ahead of their request (BentoML's batchable API admits a call before its dispatcher hands
+        # the call's pairs over): they count against the queue bound until they are queued or let go.
+        self._reserved_pairs = 0
         self._closed = False
-        self._busy_since: float | None = None  # when the running batch started (None: idle)
+        self._busy_since: float | None = None  # when the running forward pass started (None: idle)
         self._last_call_failed = False
         self._ready = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="rerank-batcher", daemon=True)
@@ -174,13 +184,35 @@ class ContinuousBatcher:
     def queued_pairs(self) -> int:
         return self._queued_pairs
 
+    def reserve(self, pairs: int) -> None:
+        """Count `pairs` against the queue bound before they are submitted; QueueFullError when they would take the
+        waiting pairs over it (taken when nothing waits, as `submit` takes a request)."""
+        with self._ready:
+            self._check_room(pairs)
+            self._reserved_pairs += pairs
+
+    def unreserve(self, pairs: int) -> None:
+        """Let reserved pairs go (they are about to be submitted, or will never be)."""
+        with self._ready:
+            self._reserved_pairs = max(0, self._reserved_pairs - pairs)
+
+    def _check_room(self, pairs: int) -> None:
+        waiting = self._queued_pairs + self._reserved_pairs
+        if waiting and waiting + pairs > self.max_queue_pairs:
+            if self._metrics:
+                self._metrics.rejected.labels("queue_full").inc()
+            raise QueueFullError(
+                f"{waiting} pairs are waiting and {pairs} more would exceed the limit of {self.max_queue_pairs} "
+                "(RERANK_MAX_QUEUE_PAIRS)"
+            )
+
     @property
     def thread_alive(self) -> bool:
         return self._thread.is_alive()
 
     @property
     def busy_for(self) -> float:
-        """Seconds the running batch has taken so far (0 when the model is idle)."""
+        """Seconds the running forward pass has taken so far (0 when the model is idle)."""
         since = self._busy_since
         return 0.0 if since is None else time.monotonic() - since
 
@@ -211,13 +243,7 @@ class ContinuousBatcher:
         with self._ready:
             if self._closed:
                 raise BatcherClosedError("The server is shutting down")
-            if self._queue and self._queued_pairs + len(encoded) > self.max_queue_pairs:
-                if self._metrics:
-                    self._metrics.rejected.labels("queue_full").inc()
-                raise QueueFullError(
-                    f"{self._queued_pairs} pairs are queued and {len(encoded)} more would exceed the limit of "
-                    f"{self.max_queue_pairs} (RERANK_MAX_QUEUE_PAIRS)"
-                )
+            self._check_room(len(encoded))
             self._queue.update(dict.fromkeys(request.queued))
             self._change_queued(len(encoded))
             self._ready.notify()
@@ -308,7 +334,7 @@ class ContinuousBatcher:
         merged = EncodedPairs.concat([piece.encoded for piece in pieces])
         failure: Exception | None = None
         try:
-            logits = run_passes(pieces[0].request.model, merged, self.token_budget)
+            logits = run_passes(pieces[0].request.model, merged, self.token_budget, on_pass=self._progressed)
         except Exception as exc:  # any failure: retry the halves so that only the failing request fails
             failure = exc
         self._last_call_failed = failure is not None
@@ -323,6 +349,10 @@ class ContinuousBatcher:
         for piece in pieces:
             self._done(piece, logits=logits[offset : offset + len(piece.encoded)])
             offset += len(piece.encoded)
+
+    def _progressed(self) -> None:
+        """A forward pass ended: the model thread moves (a long batch is many passes, each within the stall limit)."""
+        self._busy_since = time.monotonic()
 
     def _recover(self, pieces: list[_Piece], exc: Exception) -> None:
         if isinstance(exc, torch.OutOfMemoryError):

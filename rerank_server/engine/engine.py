@@ -2,7 +2,8 @@
 tokens → the continuous batcher → deadline or cancellation → each document's best window.
 
 Every route and BentoML's API come here, so one model thread serves every caller of a worker process. The blocking
-part (resolving, loading, tokenizing) runs on a thread pool of its own; the event loop only waits.
+part runs on threads: resolving and tokenizing on one pool, waiting for a model to load on another (so that a slow
+load never holds up requests for loaded models); the event loop only waits, within the request's deadline.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from rerank_server.engine.batcher import ContinuousBatcher
 from rerank_server.engine.cache import ScoreCache, cache_key
 from rerank_server.engine.liveness import CHECK_DOCUMENT, CHECK_QUERY, Liveness
-from rerank_server.errors import DeadlineExceededError, InputTooLongError
+from rerank_server.errors import BatcherClosedError, DeadlineExceededError, InputTooLongError
 from rerank_server.metrics import RerankMetrics, get_metrics
 from rerank_server.models.registry import ModelRegistry
 from rerank_server.models.store import StoredReranker
@@ -96,7 +97,7 @@ class RerankEngine:
         # pool from other work. Waiting for a model to load (or for room to load it) gets a pool of its own, so that
         # requests waiting on a slow load never hold up requests for loaded models.
         self._preparing = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="rerank-prepare")
-        self._loading = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="rerank-load")
+        self._waiting_for_load = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="rerank-load")
         self.liveness = Liveness(
             thread_alive=lambda: self.batcher.thread_alive, busy_for=lambda: self.batcher.busy_for,
             last_call_failed=lambda: self.batcher.last_call_failed, run_check=self._check_model,
@@ -139,12 +140,18 @@ class RerankEngine:
         deadline = time.monotonic() + self.settings.request_timeout_s
         arguments = (model, queries, documents, options, max_chunks, deadline)
         # Preparing counts against the deadline too: a first load, or a wait for room, is part of the request's time.
-        work = await self._within(deadline, self._preparing.submit(self._start, *arguments, False))
+        work = await self._within(deadline, self._submit(self._preparing, *arguments, False))
         if work is None:  # the model must be loaded first (or room made for it)
-            work = await self._within(deadline, self._loading.submit(self._start, *arguments, True))
+            work = await self._within(deadline, self._submit(self._waiting_for_load, *arguments, True))
         if work.future is not None:
             await self._within(deadline, work.future)  # cancelling this wait cancels the batcher's future too
         return self._finish(work, len(documents))
+
+    def _submit(self, pool: concurrent.futures.ThreadPoolExecutor, *arguments: object) -> concurrent.futures.Future:
+        try:
+            return pool.submit(self._start, *arguments)
+        except RuntimeError as exc:  # the pool was shut down: the worker is draining
+            raise BatcherClosedError("The server is shutting down") from exc
 
     async def _within(self, deadline: float, pending: concurrent.futures.Future[T]) -> T:
         """`pending`'s result, or DeadlineExceededError once `deadline` passes; on either that or the caller's
@@ -177,16 +184,18 @@ class RerankEngine:
                 raise
             scored.add_done_callback(lambda done: _copy_outcome(done, outcome))
 
-        self._preparing.submit(prepare).add_done_callback(
-            lambda done: done.exception() is not None and _copy_outcome(done, outcome)
-        )
+        try:
+            preparing = self._preparing.submit(prepare)
+        except RuntimeError as exc:  # draining: no verdict on the device
+            raise BatcherClosedError("The server is shutting down") from exc
+        preparing.add_done_callback(lambda done: done.exception() is not None and _copy_outcome(done, outcome))
         return outcome
 
     def close(self, timeout: float | None = None) -> None:
         """Finish queued work and stop the model thread."""
         self.batcher.close(timeout)
         self._preparing.shutdown(wait=False)
-        self._loading.shutdown(wait=False)
+        self._waiting_for_load.shutdown(wait=False)
 
     def _start(
         self,

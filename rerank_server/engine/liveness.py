@@ -3,8 +3,8 @@
 A device-side assert or a broken driver makes every model call fail after it, and a hung kernel makes one call last
 for ever; both leave the HTTP side answering. text-embeddings-inference's health check runs a forward pass; here one
 runs only when it can tell something: after a model call failed (a bad request fails alone, a broken device fails the
-check too), in the background, so that a probe never waits behind the queue. A batch running longer than
-RERANK_STALL_TIMEOUT_S is a hung model thread.
+check too), in the background, so that a probe never waits behind the queue. A forward pass running longer than
+RERANK_STALL_TIMEOUT_S is a hung model thread (a long batch is many passes, each of which counts as progress).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class Liveness:
             return "the model thread has stopped"
         busy = self._busy_for()
         if busy > self.stall_timeout_s:
-            return f"a model call has run for {busy:.0f} s (RERANK_STALL_TIMEOUT_S={self.stall_timeout_s:g})"
+            return f"a forward pass has run for {busy:.0f} s (RERANK_STALL_TIMEOUT_S={self.stall_timeout_s:g})"
         with self._lock:
             if self._check is not None and self._check.done():
                 self._failed_check = _why_failed(self._check)

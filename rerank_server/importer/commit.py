@@ -80,6 +80,11 @@ def store_folder(
     backend = options.backend
     info = inspect_folder(folder, model_id, options.recipe, trust_remote_code=options.trust_remote_code)
     code = remote_code.collect(folder, model_id, code_folders) if options.trust_remote_code else None
+    if code and code.files and not info.architecture.endswith("ForSequenceClassification"):
+        raise ModelImportError(
+            f"{model_id}: --trust-remote-code runs the code of *ForSequenceClassification cross-encoders; a "
+            f"{info.architecture} with code of its own is not served"
+        )
     if backends.is_cpu_runtime(backend):
         _check_cpu_runtime(model_id, backend, info.recipe, info.architecture, code)
     if backend != "torch":
@@ -104,6 +109,7 @@ def store_folder(
         "checkpoint_dtype": info.checkpoint_dtype or "",
         "parameters": info.parameters,
         "remote_code": code.digests() if code else {},
+        "module_stack": info.module_stack,
     }
     labels = {**APP_LABEL, "model-id": metadata["model_id"]}
     with bentoml.models.create(store_name(model_id), labels=labels, metadata=metadata) as model:

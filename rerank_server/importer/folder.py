@@ -35,6 +35,7 @@ class FolderInfo:
     recipe: str
     checkpoint_dtype: str | None
     parameters: int
+    module_stack: bool = False  # a sentence-transformers score head after the transformer (modules.json)
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -160,7 +161,7 @@ def inspect_folder(
     dtype = config.get("dtype") or config.get("torch_dtype")
     return FolderInfo(
         architecture, num_labels, _max_length(folder, model_id, config, chosen), chosen,
-        str(dtype) if dtype else None, _parameters(folder),
+        str(dtype) if dtype else None, _parameters(folder), stack,
     )  # fmt: skip
 
 

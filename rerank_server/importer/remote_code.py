@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,16 +35,26 @@ class ModelCode:
         return {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in sorted(self.files.items())}
 
 
+# `module.Class`, after an optional `org/repo--`: what transformers resolves (one dot, a module file of the folder).
+_REFERENCE = re.compile(r"(?:(?P<repo>[\w.-]+/[\w.-]+)--)?(?P<module>[A-Za-z_]\w*)\.(?P<cls>[A-Za-z_]\w*)")
+
+
 def _references(folder: Path) -> Iterator[tuple[str | None, str]]:
-    """(other repository or None, module name) of every `auto_map` entry of the folder."""
+    """(other repository or None, module name) of every `auto_map` entry of the folder. An entry that names anything
+    but a module of the folder (or of a repository) is refused: a path would run a file from outside the store."""
     for name in CODE_CONFIGS:
         auto_map = read_json(folder / name).get("auto_map") or {}
         for value in auto_map.values() if isinstance(auto_map, dict) else ():
             for reference in value if isinstance(value, list) else [value]:  # AutoTokenizer: [slow, fast]
-                if not isinstance(reference, str) or not reference:
+                if reference is None:
                     continue
-                repo, _, local = reference.rpartition("--")
-                yield (repo or None), local.rsplit(".", 1)[0]
+                match = _REFERENCE.fullmatch(reference) if isinstance(reference, str) else None
+                if match is None:
+                    raise ModelImportError(
+                        f"{folder / name}: the auto_map entry {reference!r} is not `module.Class` or "
+                        "`org/repo--module.Class`"
+                    )
+                yield match["repo"], match["module"]
 
 
 def other_repositories(folder: Path) -> set[str]:
@@ -73,7 +84,9 @@ def collect(folder: Path, model_id: str, code_folders: Mapping[str, Path] | None
                 check_imports(str(path))
         except (OSError, ImportError) as exc:
             raise ModelImportError(f"{model_id}: its code cannot be used here: {first_line(exc)}") from exc
-        files.update({path.name: path for path in needed})
+        for path in needed:
+            if files.setdefault(path.name, path).resolve() != path.resolve():
+                raise ModelImportError(f"{model_id}: two different code files are named {path.name}")
     return ModelCode(files)
 
 

@@ -64,11 +64,13 @@ def import_from_hub(
             f"cannot download {model_id} from {_hub_endpoint()} ({type(exc).__name__}); "
             "use --from-dir DIR with a downloaded copy, or set HF_ENDPOINT to a reachable mirror"
         ) from exc
-    # The snapshot folder of huggingface_hub's cache is named after the commit it holds.
+    # The snapshot folder of huggingface_hub's cache is named after the commit it holds; the code of another
+    # repository is part of what was imported (a new commit of it is a new version).
     resolved = path.name
+    fingerprint = f"hub@{resolved}" + "".join(f"+{repo}@{folder.name}" for repo, folder in sorted(code_folders.items()))
     return store_folder(
-        model_id, path, source=f"hub:{_hub_endpoint()}", revision=resolved, fingerprint=f"hub@{resolved}",
-        options=options, code_folders=code_folders,
+        model_id, path, source=f"hub:{_hub_endpoint()}", revision=resolved, fingerprint=fingerprint, options=options,
+        code_folders=code_folders,
     )  # fmt: skip
 
 

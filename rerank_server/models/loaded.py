@@ -9,6 +9,7 @@ are the reference's: each recipe re-implements its family's published code, and 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -161,16 +162,38 @@ def load_tokenizer(path: Path, remote_code: bool = False) -> Any:
     return AutoTokenizer.from_pretrained(path, trust_remote_code=remote_code, local_files_only=True)
 
 
+def _auto_maps(path: Path) -> list[dict]:
+    maps = []
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            auto_map = json.loads((path / name).read_text(encoding="utf-8")).get("auto_map")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(auto_map, dict) and auto_map:
+            maps.append(auto_map)
+    return maps
+
+
 def ships_own_code(path: Path) -> bool:
     """Whether a model folder's config (or tokenizer config) maps a class to its own Python code (`auto_map`): the
     server runs such code only for a model imported with --trust-remote-code."""
-    for name in ("config.json", "tokenizer_config.json"):
-        try:
-            if json.loads((path / name).read_text(encoding="utf-8")).get("auto_map"):
-                return True
-        except (OSError, ValueError, AttributeError):
-            continue
-    return False
+    return bool(_auto_maps(path))
+
+
+def _check_stored_code(stored: StoredReranker) -> None:
+    """The code a model runs is the code its import stored: each file as its sha256 was recorded, and every
+    `auto_map` entry a file among them (nothing outside the store, nothing changed since)."""
+    for name, digest in stored.remote_code.items():
+        path = stored.path / name
+        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            raise RemoteCodeRefused(
+                f"{stored.model_id}: its stored code file {name} is missing or changed since the import"
+            )
+    for auto_map in _auto_maps(stored.path):
+        for value in auto_map.values():
+            for reference in value if isinstance(value, list) else [value]:
+                if reference is not None and f"{str(reference).rsplit('.', 1)[0]}.py" not in stored.remote_code:
+                    raise RemoteCodeRefused(f"{stored.model_id}: its auto_map names {reference}, which was not stored")
 
 
 def load_reranker(
@@ -190,7 +213,9 @@ def load_reranker(
             f"{stored.model_id} runs its own modelling code ({', '.join(stored.remote_code)}), and this host does not "
             "run models' own code (RERANK_ALLOW_REMOTE_CODE=false)"
         )
-    if not stored.remote_code and ships_own_code(stored.path):
+    if stored.remote_code:
+        _check_stored_code(stored)
+    elif ships_own_code(stored.path):
         # Imported before the server ran models' own code: served with the stock class, its scores were wrong.
         raise RemoteCodeRefused(
             f"{stored.model_id} ships its own modelling code (auto_map) but was imported without it; re-import it with "

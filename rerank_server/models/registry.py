@@ -1,6 +1,7 @@
 """Which rerankers are loaded: loads on first use (once), keeps within a budget of loaded models (least recently used
-first out, never one in use or loading), replaces a model by its newer import without a gap, and retries a model that
-failed to load after a growing back-off.
+first out, never one in use or loading), replaces a model by its newer import (without a gap when the budget holds
+both copies; when it does not, the old copy gives way, and comes back if the new one fails to load), and retries a
+model that failed to load after a growing back-off (models/failures.py).
 
 Every name is resolved once, by `resolve` (through `store.find_reranker`), before anything is keyed by it:
 everything here is keyed by the stored model's canonical id, and each loaded copy is pinned by whoever uses it.
@@ -14,7 +15,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 
@@ -22,6 +22,7 @@ from rerank_server.backends.torch_backend import resolve_device, resolve_dtype
 from rerank_server.cpu import has_amx_bf16, usable_cpus
 from rerank_server.errors import ModelLoadError, UnknownModelError
 from rerank_server.metrics import RerankMetrics, worker_label
+from rerank_server.models.failures import LoadFailures
 from rerank_server.models.loaded import LoadedReranker, load_reranker
 from rerank_server.models.store import StoredReranker, find_reranker, list_rerankers
 from rerank_server.settings import Settings
@@ -31,19 +32,8 @@ logger = logging.getLogger("bentoml")
 # How often the registry reads the store again: an import (or re-import) made while the server runs is served within
 # a second, and a flood of requests (bogus names included) costs one store scan a second, not one each.
 STORE_RESCAN_S = 1.0
-# Seconds before a model that failed to load is tried again, after 1, 2, 3, ... failures in a row: a passing fault
-# (weights briefly unreadable, a GPU out of memory while another model runs a large batch) heals by itself.
-LOAD_RETRY_BACKOFF_S = (2.0, 5.0, 15.0, 30.0, 60.0)
 
 ModelLoader = Callable[[StoredReranker], LoadedReranker]
-
-
-@dataclass(frozen=True)
-class _Failure:
-    tag: str  # the stored version that failed
-    message: str
-    failures: int  # in a row
-    retry_at: float  # time.monotonic() from which a request tries again
 
 
 class ModelRegistry:
@@ -61,14 +51,16 @@ class ModelRegistry:
         self.device = device or resolve_device(settings.device)
         self._factory = factory or self._load_model
         self._loaded: dict[str, LoadedReranker] = {}  # model id → the copy new requests get
-        self._versions: dict[LoadedReranker, str] = {}  # each copy → the stored tag it came from
-        self._ids: dict[LoadedReranker, str] = {}  # each copy → its model id
+        self._stored_of: dict[LoadedReranker, StoredReranker] = {}  # each copy → the stored version it came from
         self._loading: dict[str, int] = {}  # model id → the bytes its weights are expected to take
         self._last_used: dict[str, float] = {}
         self._in_use: dict[str, int] = {}  # model id → callers holding or getting one of its copies
         self._pins: dict[LoadedReranker, int] = {}  # each copy → callers holding it
         self._retiring: set[LoadedReranker] = set()  # copies replaced by a newer import, unloaded once unpinned
-        self._failed: dict[str, _Failure] = {}
+        # Model id → the copy's version that gave way to a newer import (a budget too tight for both): reloaded if the
+        # newer one does not load.
+        self._displaced: dict[str, StoredReranker] = {}
+        self.failures = LoadFailures()
         self._changed = threading.Condition()
         self._stored: list[StoredReranker] = list_rerankers()
         self._scanned_at = time.monotonic()
@@ -109,7 +101,7 @@ class ModelRegistry:
     def version(self, model: LoadedReranker) -> str:
         """The stored tag `model` was loaded from (its scores belong to that version)."""
         with self._changed:
-            return self._versions[model]
+            return self._stored_of[model].tag
 
     def get(self, name: str | None, timeout: float | None = None) -> LoadedReranker:
         """The loaded model `name` means, loading it first if needed (not pinned: for tools and tests)."""
@@ -120,7 +112,7 @@ class ModelRegistry:
         """`stored`'s loaded copy, pinned, when it can be had without waiting; None when it must be loaded first."""
         with self._changed:
             model = self._loaded.get(stored.model_id)
-            if model is None or (self._versions[model] != stored.tag and stored.model_id not in self._loading):
+            if model is None or not self._servable(model, stored):
                 return None
             self._in_use[stored.model_id] = self._in_use.get(stored.model_id, 0) + 1
             self._pin(model)
@@ -143,17 +135,21 @@ class ModelRegistry:
             raise
 
     def release(self, model: LoadedReranker) -> None:
-        """End one `acquire`: the copy may be unloaded to make room (or, replaced, is unloaded) once nothing uses it."""
+        """End one `acquire`: the copy may be unloaded to make room (or, replaced, is unloaded) once nothing uses it.
+
+        Any thread may release, the event loop's too (a client that leaves cancels its work there): a replaced copy
+        is unloaded on a thread of its own, never on the caller's."""
         unload: list[LoadedReranker] = []
         with self._changed:
-            self._put_down(self._ids[model])
+            self._put_down(self._stored_of[model].model_id)
             self._pins[model] -= 1
             if not self._pins[model]:
                 del self._pins[model]
                 if model in self._retiring:
                     self._retiring.discard(model)
                     unload.append(model)
-        self._unload(unload)
+        if unload:
+            threading.Thread(target=self._unload, args=(unload,), name="rerank-unload", daemon=True).start()
 
     @contextmanager
     def using(self, stored: StoredReranker, timeout: float | None = None) -> Iterator[LoadedReranker]:
@@ -179,7 +175,16 @@ class ModelRegistry:
 
     def _pin(self, model: LoadedReranker) -> None:
         self._pins[model] = self._pins.get(model, 0) + 1
-        self._last_used[self._ids[model]] = time.monotonic()
+        self._last_used[self._stored_of[model].model_id] = time.monotonic()
+
+    def _servable(self, current: LoadedReranker, stored: StoredReranker) -> bool:
+        """Whether the copy in service answers for `stored`: it is that version, or `stored` is a newer import that is
+        being loaded by another caller (no gap) or failed recently (the old version serves until a retry works)."""
+        return (
+            self._stored_of[current].tag == stored.tag
+            or stored.model_id in self._loading
+            or self.failures.blocking(stored) is not None
+        )
 
     def _put_down(self, model_id: str) -> None:
         remaining = self._in_use.get(model_id, 0) - 1
@@ -196,17 +201,11 @@ class ModelRegistry:
         with self._changed:
             while True:
                 current = self._loaded.get(model_id)
-                # The copy in service is returned when it is this version, or while its newer import is being loaded
-                # by another caller (no gap) or cannot be loaded yet (the old version keeps serving).
-                if current is not None and (
-                    self._versions[current] == stored.tag or model_id in self._loading or self._waiting(stored)
-                ):
+                if current is not None and self._servable(current, stored):
                     self._pin(current)
                     return current
-                failure = self._failed.get(model_id)
-                if failure and failure.tag == stored.tag and time.monotonic() < failure.retry_at:
-                    retry = failure.retry_at - time.monotonic()
-                    raise ModelLoadError(f"{failure.message}; the next try is in {max(retry, 1):.0f} s")
+                if (refused := self.failures.blocking(stored)) is not None:
+                    raise ModelLoadError(refused)
                 if model_id not in self._loading:
                     room, freed = self._make_room(stored)
                     evicted += freed
@@ -226,16 +225,23 @@ class ModelRegistry:
         try:
             return self._load(stored)
         except ModelLoadError:
-            with self._changed:  # a newer import that does not load: the old copy, still loaded, keeps serving
-                if (current := self._loaded.get(model_id)) is not None:
-                    self._pin(current)
-                    return current
-            raise
+            return self._keep_serving(stored)
 
-    def _waiting(self, stored: StoredReranker) -> bool:
-        """Whether `stored` is a newer import whose load failed recently: the old copy serves until a retry works."""
-        failure = self._failed.get(stored.model_id)
-        return bool(failure and failure.tag == stored.tag and time.monotonic() < failure.retry_at)
+    def _keep_serving(self, failed: StoredReranker) -> LoadedReranker:
+        """After a newer import failed to load: the old copy if it is still loaded, else the version that gave way to
+        it, loaded again; the failure when there is neither."""
+        with self._changed:
+            if (current := self._loaded.get(failed.model_id)) is not None:
+                self._pin(current)
+                return current
+            displaced = self._displaced.pop(failed.model_id, None)
+            if displaced is None:
+                raise ModelLoadError(self.failures.blocking(failed) or f"The model `{failed.model_id}` did not load")
+            self._loading[failed.model_id] = self._expected_bytes(displaced)
+        logger.warning(
+            "Serving %s %s again: its newer import %s did not load", failed.model_id, displaced.tag, failed.tag
+        )
+        return self._load(displaced)
 
     def _still_waiting(self, stored: StoredReranker) -> str:
         if stored.model_id in self._loading:
@@ -251,21 +257,26 @@ class ModelRegistry:
         try:
             model = self._factory(stored)
         except Exception as exc:
-            backoff = self._remember_failure(stored, exc)
-            raise ModelLoadError(
-                f"{self._failed[model_id].message}; the next try is in {max(backoff, 1):.0f} s"
-            ) from exc
+            with self._changed:
+                message = self.failures.remember(stored, exc)
+                self._loading.pop(model_id, None)
+                self._changed.notify_all()
+            logger.error("%s (from %s)", message, stored.path)
+            logger.debug("Loading %s failed", model_id, exc_info=True)
+            raise ModelLoadError(message) from exc
         with self._changed:
             self._loading.pop(model_id, None)
-            self._failed.pop(model_id, None)
+            self.failures.forget(model_id)
+            self._displaced.pop(model_id, None)
             replaced = self._loaded.get(model_id)
             self._loaded[model_id] = model
-            self._versions[model] = stored.tag
-            self._ids[model] = model_id
+            self._stored_of[model] = stored
             self._pin(model)
             unload = []
             if replaced is not None:
-                logger.info("Replaced %s %s by its newer import %s", model_id, self._versions[replaced], stored.tag)
+                logger.info(
+                    "Replaced %s %s by its newer import %s", model_id, self._stored_of[replaced].tag, stored.tag
+                )
                 if self._pins.get(replaced):
                     self._retiring.add(replaced)  # unloaded when its last user releases it
                 else:
@@ -287,33 +298,19 @@ class ModelRegistry:
             )
         return model
 
-    def _remember_failure(self, stored: StoredReranker, exc: Exception) -> float:
-        """Record a failed load; the seconds until the next try."""
-        model_id = stored.model_id
-        with self._changed:
-            earlier = self._failed.get(model_id)
-            failures = earlier.failures + 1 if earlier and earlier.tag == stored.tag else 1
-            backoff = LOAD_RETRY_BACKOFF_S[min(failures, len(LOAD_RETRY_BACKOFF_S)) - 1]
-            message = f"The model `{model_id}` could not be loaded: {type(exc).__name__}: {str(exc)[:500]}"
-            self._failed[model_id] = _Failure(stored.tag, message, failures, time.monotonic() + backoff)
-            self._loading.pop(model_id, None)
-            self._changed.notify_all()
-        logger.error("%s (from %s; failure %d, next try in %g s)", message, stored.path, failures, backoff)
-        logger.debug("Loading %s failed", model_id, exc_info=True)
-        return backoff
-
     # --- the budget --------------------------------------------------------------------------------------------------
 
     def _expected_bytes(self, stored: StoredReranker) -> int:
         return stored.memory_bytes(resolve_dtype(self.settings.dtype, self.device, stored.checkpoint_dtype).itemsize)
 
     def _fits(self, incoming: StoredReranker, leaving: Sequence[str] = ()) -> bool:
-        loaded = [m for m in self._loaded if m not in leaving]
-        count = len(loaded) + len(self._loading) + 1
+        # Replaced copies still in use hold memory until their last user lets go.
+        held = [self._loaded[m] for m in self._loaded if m not in leaving] + list(self._retiring)
+        count = len(held) + len(self._loading) + 1
         if self.settings.max_loaded_models and count > self.settings.max_loaded_models:
             return False
         if self.settings.max_model_memory_mb:
-            used = sum(self._loaded[m].weight_bytes for m in loaded) + sum(self._loading.values())
+            used = sum(model.weight_bytes for model in held) + sum(self._loading.values())
             return used + self._expected_bytes(incoming) <= self.settings.max_model_memory_mb * 2**20
         return True
 
@@ -346,7 +343,11 @@ class ModelRegistry:
             model = self._loaded.pop(model_id)
             self._last_used.pop(model_id, None)
             evicted.append(model)
-            logger.info("Unloading %s (least recently used; loaded-model budget)", model_id)
+            if model_id == incoming.model_id:
+                self._displaced[model_id] = self._stored_of[model]
+                logger.info("Unloading %s %s to load its newer import", model_id, self._stored_of[model].tag)
+            else:
+                logger.info("Unloading %s (least recently used; loaded-model budget)", model_id)
         return True, evicted
 
     def _no_room(self, stored: StoredReranker) -> str:
@@ -362,8 +363,7 @@ class ModelRegistry:
         for model in evicted:
             model.release()
             with self._changed:
-                self._versions.pop(model, None)
-                self._ids.pop(model, None)
+                self._stored_of.pop(model, None)
             if self._metrics:
                 self._metrics.models_loaded.labels(worker_label()).dec()
         evicted.clear()

@@ -41,6 +41,8 @@ class StoredReranker:
     parameters: int = 0
     # The model's own Python files, stored with it (`--trust-remote-code`): file name → sha256.
     remote_code: dict[str, str] = field(default_factory=dict)
+    # Scored by a sentence-transformers score head after a plain transformer (the Ettin rerankers), not a classifier.
+    module_stack: bool = False
 
     @property
     def owned_by(self) -> str:
@@ -50,11 +52,6 @@ class StoredReranker:
     def causal(self) -> bool:
         """A language model scored from its next-token logits, rather than a classifier."""
         return self.architecture.endswith("ForCausalLM")
-
-    @property
-    def module_stack(self) -> bool:
-        """A sentence-transformers score head after a plain transformer (the Ettin rerankers), not a classifier."""
-        return not self.architecture.endswith(("ForSequenceClassification", "ForCausalLM"))
 
     @property
     def store_name(self) -> str:
@@ -89,6 +86,7 @@ def as_stored(model: bentoml.Model) -> StoredReranker | None:
         checkpoint_dtype=meta.get("checkpoint_dtype") or None,
         parameters=int(meta.get("parameters", 0)),
         remote_code=dict(meta.get("remote_code") or {}),
+        module_stack=bool(meta.get("module_stack", False)),
     )
 
 

@@ -1,0 +1,58 @@
+"""Models that failed to load, and when to try them again: a growing back-off, so that a passing fault (weights
+briefly unreadable, a GPU out of memory while another model runs a large batch) heals by itself, while a model that
+cannot load is not retried on every request. Not thread-safe: the registry calls it holding its lock."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from rerank_server.models.loaded import RemoteCodeRefused
+from rerank_server.models.store import StoredReranker
+
+# Seconds before a model that failed to load is tried again, after 1, 2, 3, ... failures in a row.
+LOAD_RETRY_BACKOFF_S = (2.0, 5.0, 15.0, 30.0, 60.0)
+
+
+@dataclass(frozen=True)
+class _Failure:
+    tag: str  # the stored version that failed
+    message: str
+    failures: int  # in a row
+    retry_at: float  # time.monotonic() from which a request tries again
+    lasting: bool  # a refusal that no retry changes (the reason says what to do): no countdown is shown
+
+
+class LoadFailures:
+    """The last failed load of each model id, by stored version."""
+
+    def __init__(self) -> None:
+        self._failed: dict[str, _Failure] = {}
+
+    def remember(self, stored: StoredReranker, exc: Exception) -> str:
+        """Record a failed load of `stored`; the message a caller gets."""
+        earlier = self._failed.get(stored.model_id)
+        failures = earlier.failures + 1 if earlier and earlier.tag == stored.tag else 1
+        backoff = LOAD_RETRY_BACKOFF_S[min(failures, len(LOAD_RETRY_BACKOFF_S)) - 1]
+        lasting = isinstance(exc, RemoteCodeRefused)
+        reason = str(exc) if lasting else f"{type(exc).__name__}: {str(exc)[:500]}"
+        message = f"The model `{stored.model_id}` could not be loaded: {reason}"
+        self._failed[stored.model_id] = _Failure(stored.tag, message, failures, time.monotonic() + backoff, lasting)
+        return self.blocking(stored) or message
+
+    def blocking(self, stored: StoredReranker) -> str | None:
+        """Why `stored` is not to be loaded now (its version failed and its back-off has not passed), or None."""
+        failure = self._failed.get(stored.model_id)
+        if failure is None or failure.tag != stored.tag or time.monotonic() >= failure.retry_at:
+            return None
+        if failure.lasting:
+            return failure.message
+        return f"{failure.message}; the next try is in {max(failure.retry_at - time.monotonic(), 1):.0f} s"
+
+    def backoff(self, stored: StoredReranker) -> float:
+        """Seconds until `stored` is tried again (0: now)."""
+        failure = self._failed.get(stored.model_id)
+        return max(failure.retry_at - time.monotonic(), 0.0) if failure and failure.tag == stored.tag else 0.0
+
+    def forget(self, model_id: str) -> None:
+        self._failed.pop(model_id, None)

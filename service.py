@@ -22,7 +22,7 @@ from rerank_server.api.tracking import RequestTracking
 from rerank_server.api.wire import PairResult
 from rerank_server.errors import ModelLoadError, UnknownModelError
 from rerank_server.models.store import find_reranker
-from rerank_server.serving import startup, workers
+from rerank_server.serving import dispatcher, startup, workers
 from rerank_server.settings import get_settings
 
 logger = logging.getLogger("bentoml")
@@ -30,6 +30,7 @@ settings = get_settings()
 # Decided the same way in `bentoml serve` and in each worker (see rerank_server.serving.workers).
 GPUS = workers.visible_gpus()
 WORKERS = workers.worker_count(settings.workers, GPUS)
+dispatcher.bound_learned_wait(settings.api_max_wait_ms / 1000)
 # A call's pairs: at most RERANK_MAX_DOCUMENTS, as on the routes, and admitted into the queue's bound before BentoML's
 # dispatcher holds them (see rerank_server.api.pairs).
 Pairs = Annotated[list[CallerPair], Field(max_length=settings.max_documents), AfterValidator(api_pairs.admit)]

@@ -44,6 +44,12 @@ class Settings(BaseSettings):
         description="BentoML's batchable `/score_pairs`: the dispatcher's latency bound; calls it predicts would miss "
         "it are refused with 503.",
     )
+    api_max_wait_ms: float = Field(
+        10.0,
+        ge=0,
+        description="BentoML's batchable `/score_pairs`: the most its dispatcher holds a call back for partners (it "
+        "learns a wait from recent traffic, which after a burst costs lone calls about a batch's time).",
+    )
     max_queue_pairs: int = Field(
         8192, ge=1, description="Most pairs waiting for the model; beyond it requests get 429 and Retry-After at once."
     )

@@ -193,3 +193,32 @@ def test_the_batchable_api_counts_each_calls_own_pairs(server) -> None:
         time.sleep(0.1)
     for count in (1, 2, 3, 5, 8, 13):
         assert f"request_id=merged-{count} POST /score_pairs status=200 model={FIXTURE_MODEL_ID} pairs={count} " in log
+
+
+def test_bentomls_learned_wait_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a burst BentoML's dispatcher learns a wait of about one batch's time and holds every lone call back that
+    long; service.py caps it (rerank_server.serving.dispatcher) while the learned duration model stays BentoML's."""
+    from bentoml._internal.marshal import dispatcher as bentoml_dispatcher
+
+    from rerank_server.serving.dispatcher import bound_learned_wait
+    from rerank_server.settings import get_settings
+
+    monkeypatch.setattr(bentoml_dispatcher, "Optimizer", bentoml_dispatcher.Optimizer)  # put back after the test
+
+    def learned_after(waits: float) -> bentoml_dispatcher.Optimizer:
+        cork = bentoml_dispatcher.CorkDispatcher(60000, 1024, fallback=lambda: None)
+        for n in range(1, 40):  # dispatches of n calls, each ~20 ms + 5 ms per call
+            cork.optimizer.log_outbound(n=n, wait=waits, duration=0.02 + 0.005 * n)
+        cork.optimizer.trigger_refresh()
+        return cork.optimizer
+
+    bound_learned_wait(0.01)
+    bound_learned_wait(0.01)  # each worker applies it once; applied twice it still caps BentoML's own optimizer
+    after_bursts = learned_after(waits=1.2)
+    assert after_bursts.wait == 0.01
+    assert after_bursts.o_a == pytest.approx(0.005) and after_bursts.o_b == pytest.approx(0.02)
+    assert learned_after(waits=0.002).wait == pytest.approx(0.002)  # a short learned wait stands
+
+    import service  # noqa: F401  (applies the cap from the settings, as each worker does)
+
+    assert learned_after(waits=1.2).wait == get_settings().api_max_wait_ms / 1000

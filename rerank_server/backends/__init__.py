@@ -78,8 +78,10 @@ def load_backend(
     device: str,
     dtype: torch.dtype,
     threads: int,
+    vision: bool = False,
 ) -> Backend:
-    """The stored model at `path` loaded for `backend` (a CPU runtime ignores `device` and `dtype`)."""
+    """The stored model at `path` loaded for `backend` (a CPU runtime ignores `device` and `dtype`); `vision`: a
+    vision-language reranker (torch only), scored from its last-token logits like a causal one."""
     if backend in ("onnx", "onnx-int8"):
         from rerank_server.backends.onnx_backend import OnnxBackend
 
@@ -95,6 +97,11 @@ def load_backend(
     if device == "cpu":
         # torch sizes its pool from the host's cores, not the container's quota (see rerank_server.cpu).
         torch.set_num_threads(threads)
+    if vision:
+        from rerank_server.backends.vision_backend import VisionLastTokenLogit
+
+        assert head is not None
+        return VisionLastTokenLogit(path, device=device, dtype=dtype, head=head)
     if causal:
         assert head is not None
         return LastTokenLogit(path, device=device, dtype=dtype, head=head)

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from rerank_server.recipes.base import (
     DEFAULT_OPTIONS,
+    Content,
     EncodedPairs,
+    ImageInput,
+    Item,
     LastTokenHead,
+    PairImages,
     Recipe,
     RecipeError,
     TextOptions,
@@ -17,12 +21,17 @@ from rerank_server.recipes.base import (
 from rerank_server.recipes.bge_gemma import BgeGemmaRecipe
 from rerank_server.recipes.cross_encoder import CrossEncoderRecipe
 from rerank_server.recipes.qwen3 import Qwen3Recipe
+from rerank_server.recipes.qwen3_vl import Qwen3VLRecipe
 
 __all__ = [
     "DEFAULT_OPTIONS",
     "RECIPES",
+    "Content",
     "EncodedPairs",
+    "ImageInput",
+    "Item",
     "LastTokenHead",
+    "PairImages",
     "Recipe",
     "RecipeError",
     "TextOptions",
@@ -31,6 +40,7 @@ __all__ = [
 ]
 
 RECIPES: dict[str, type[Recipe]] = {recipe.name: recipe for recipe in (CrossEncoderRecipe, Qwen3Recipe, BgeGemmaRecipe)}
+RECIPES[Qwen3VLRecipe.name] = Qwen3VLRecipe
 
 # Text that only a family's own prompt contains: a chat template (sentence-transformers' causal-LM CrossEncoder
 # folders carry one) that holds it is that family's prompt.
@@ -40,6 +50,7 @@ _PROMPT_SIGNATURES = {
 }
 # Id fragments of the published checkpoints (and conversions of them, e.g. tomaarsen/Qwen3-Reranker-0.6B-seq-cls).
 _ID_FRAGMENTS = {"qwen3-reranker": "qwen3", "bge-reranker-v2-gemma": "bge-gemma"}
+_ID_FRAGMENTS["qwen3-vl-reranker"] = "qwen3-vl"
 
 
 def recipe_from_id(model_id: str) -> str | None:

@@ -41,6 +41,12 @@ KNOWN_MODELS: tuple[KnownModel, ...] = (
 )
 # `--all` and the menu's "all of them": the BGE cross-encoders, which every deployment can run.
 BGE_MODELS = tuple(model for model in KNOWN_MODELS if model.recipe == "cross-encoder")
+# Multimodal rerankers: text and images (screenshots, slides, scanned pages) on either side of a pair. max_length is
+# the reference's truncation before its 5-token answer prompt; images are never cut.
+KNOWN_MODELS += (
+    KnownModel("Qwen/Qwen3-VL-Reranker-2B", 8192, "~4.3 GB", "multimodal: text, images, screenshots", "qwen3-vl"),
+    KnownModel("Qwen/Qwen3-VL-Reranker-8B", 8192, "~17 GB", "multimodal, higher accuracy", "qwen3-vl"),
+)
 
 _STORE_NAME_INVALID = re.compile(r"[^a-z0-9._-]+")
 # The Hub's own rules for a repository name part: letters, digits, '-', '_', '.'; no '--' or '..'; no '-' or '.'

@@ -82,9 +82,10 @@ def from_failure(exc: BaseException, error_format: ErrorFormat) -> HTTPError | N
 
 # What a field accepts, where pydantic would only list the failed alternatives of a union one by one.
 _ACCEPTS = {
-    "documents": "a string or an object with a `text` string",
-    "text_1": "a string or a list of strings",
-    "text_2": "a string or a list of strings",
+    "documents": 'a string, an object with `text` and/or `image`, or `{"content": [parts]}`',
+    "query": 'a string, an object with `text` and/or `image`, or `{"content": [parts]}`',
+    "text_1": "a string, an object with `text` and/or `image`, or a list of them",
+    "text_2": "a string, an object with `text` and/or `image`, or a list of them",
     "texts": "a list of strings",
 }
 _EXAMPLES = {

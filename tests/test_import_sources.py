@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import import_models
+from rerank_server.catalog import KNOWN_MODELS
 from rerank_server.importer.sources import import_from_folder
 from rerank_server.models.store import find_reranker
 from tests.conftest import FIXTURE_MODEL_ID, REPO_ROOT
@@ -51,16 +52,18 @@ def test_an_unreachable_modelscope_gives_one_clear_line(tmp_path: Path) -> None:
 
 
 def test_the_menu_offers_the_known_models_and_all_bge(monkeypatch, capsys) -> None:
-    answers = iter(["9", "", "3"])
+    all_bge = len(KNOWN_MODELS) + 1  # the last choice, after every catalogue model
+    answers = iter([str(all_bge + 1), "", "3"])
     assert import_models.choose_from_menu(lambda _: next(answers)) == ["BAAI/bge-reranker-base"]
     assert import_models.choose_from_menu(lambda _: next(answers)) == ["BAAI/bge-reranker-v2-m3"]
     assert import_models.choose_from_menu(lambda _: "5") == ["Qwen/Qwen3-Reranker-0.6B"]
-    assert import_models.choose_from_menu(lambda _: "8") == [
+    assert import_models.choose_from_menu(lambda _: str(all_bge)) == [
         "BAAI/bge-reranker-base", "BAAI/bge-reranker-large", "BAAI/bge-reranker-v2-m3",
     ]  # fmt: skip
     shown = capsys.readouterr().out
     assert "~2.2 GB" in shown and "multilingual, long documents" in shown and "(default)" in shown
-    assert "Please answer a number from 1 to 8." in shown
+    assert "Qwen/Qwen3-VL-Reranker-2B" in shown and "multimodal" in shown
+    assert f"Please answer a number from 1 to {all_bge}." in shown
 
 
 def test_on_a_terminal_no_arguments_opens_the_menu(fixture_model_dir: Path, tmp_path: Path) -> None:

@@ -36,11 +36,16 @@ def open_image(image: ImageInput, max_pixels: int) -> Image.Image:
     """The image with its header read and checked, its pixels not decoded yet."""
     try:
         opened = Image.open(io.BytesIO(image.data), formats=FORMATS)
+    except Image.DecompressionBombError as exc:  # Pillow's own bound, above ours, met while reading the header
+        raise ImageError(
+            f"`{image.field}` claims more pixels than the limit of {max_pixels:,} (RERANK_MAX_IMAGE_PIXELS): {exc}",
+            image.field,
+        ) from exc
     except UnidentifiedImageError as exc:
         raise ImageError(
             f"`{image.field}` is not an image this server reads ({', '.join(FORMATS)})", image.field
         ) from exc
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except (OSError, ValueError, SyntaxError) as exc:
         raise ImageError(f"`{image.field}` cannot be read as an image ({exc})", image.field) from exc
     width, height = opened.size
     if width < 1 or height < 1:

@@ -8,10 +8,8 @@ The URL tests run a local HTTP server on 127.0.0.1: loopback is refused unless a
 
 from __future__ import annotations
 
-import base64
 import io
 import ipaddress
-import struct
 import threading
 import time
 import zlib
@@ -23,38 +21,7 @@ from PIL import Image
 
 from rerank_server.api.image_urls import allowed_networks, reachable
 from tests.conftest import QWEN3_VL_ID, routes_client, scoring_engine
-
-
-def png(width: int, height: int, color: str = "red") -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), color).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A ~100-byte PNG whose header claims `width` x `height` pixels (its data is a few zero bytes)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-    )
-
-
-def bomb() -> bytes:
-    """A real decompression bomb: 8 KB of PNG that decodes to 64 million pixels."""
-    buffer = io.BytesIO()
-    Image.new("1", (8000, 8000)).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-GOOD = png(64, 64)
+from tests.fixture_images import GOOD, b64, bomb, png, png_claiming
 
 
 @pytest.fixture(scope="module")

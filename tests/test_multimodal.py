@@ -388,6 +388,30 @@ def test_a_vl_finetune_needs_its_recipe_named_and_cpu_runtimes_refuse_it(qwen3_v
         import_from_folder("my-org/vl-finetune-2", folder, _options(recipe="qwen3-vl"))
 
 
+def test_import_by_id_from_the_hub_keeps_the_image_processor_and_template(qwen3_vl_dir, tmp_path) -> None:
+    """`import_models.py Qwen/Qwen3-VL-Reranker-8B` through a loopback Hub mirror: the recipe comes from the id, the
+    download takes the processor's files, and the import's test run scores a pair."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+    from tests.fake_hub import fake_hub
+
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    with fake_hub({"Qwen/Qwen3-VL-Reranker-8B": qwen3_vl_dir}) as (endpoint, seen):
+        env["HF_ENDPOINT"] = endpoint
+        run = subprocess.run(
+            [sys.executable, "import_models.py", "Qwen/Qwen3-VL-Reranker-8B", "--models-dir", str(tmp_path)],
+            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    stored = find_reranker("Qwen/Qwen3-VL-Reranker-8B")
+    assert (stored.recipe, stored.source) == ("qwen3-vl", f"hub:{endpoint}")
+    assert (stored.path / "preprocessor_config.json").is_file() and (stored.path / "chat_template.json").is_file()
+    assert any(path.endswith("preprocessor_config.json") for path in seen)
+
+
 def _options(**values):
     from rerank_server.importer.commit import ImportOptions
 

@@ -305,9 +305,10 @@ def build_qwen3_vl_reranker(target: Path, *, shape: str = "tiny", answer_std: fl
         tie_word_embeddings=shape != "tiny", architectures=["Qwen3VLForConditionalGeneration"],
     )  # fmt: skip
     model = transformers.Qwen3VLForConditionalGeneration(config)
-    with torch.no_grad():  # the answer rows apart from the rest, so that scores spread over (0, 1)
+    with torch.no_grad():  # the answer rows apart from the rest, so that scores spread over (0, 1) without saturating
         for word in ("yes", "no"):
-            model.lm_head.weight[tokenizer.convert_tokens_to_ids(word)].normal_(std=answer_std)
+            row = model.lm_head.weight[tokenizer.convert_tokens_to_ids(word)]
+            row.normal_(std=answer_std * (64 / hidden) ** 0.5)
     model.to(torch.bfloat16).save_pretrained(target)  # Qwen3-VL ships in bfloat16
     tokenizer.save_pretrained(target)
     (target / "chat_template.jinja").unlink(missing_ok=True)  # the template is the processor's, as published

@@ -275,9 +275,30 @@ def test_text_only_requests_to_a_vl_model_and_image_requests_to_a_text_model(vl_
         error = response.json()["error"]
         assert FIXTURE_MODEL_ID in error["message"] and "text only" in error["message"]
         assert error["param"] == field
+    chunked = {"model": QWEN3_VL_ID, "query": QUERY, "documents": [long_text(300)], "max_chunks_per_doc": 3}
+    windows = vl_client.post("/v1/rerank", json={**chunked, "truncate_prompt_tokens": 200}).json()
+    whole = vl_client.post("/v1/rerank", json={**chunked, "max_chunks_per_doc": 1, "truncate_prompt_tokens": 200})
+    assert windows["usage"]["prompt_tokens"] > whole.json()["usage"]["prompt_tokens"], "text pairs are chunked"
     # A `{text}` object without an image still reaches a text model as text (Cohere v1).
     ok = vl_client.post("/v1/rerank", json={"model": FIXTURE_MODEL_ID, "query": "q", "documents": [{"text": "a"}]})
     assert ok.status_code == 200 and ok.json()["results"][0]["document"] == {"text": "a"}
+
+
+def test_cache_keys_tell_texts_images_and_their_absence_apart() -> None:
+    from rerank_server.engine.cache import cache_key
+
+    image, same_bytes, other = (ImageInput(IMAGES["kept"]), ImageInput(bytes(IMAGES["kept"])), ImageInput(b"x"))
+    keys = [
+        cache_key("v", "q", "d"),
+        cache_key("v", "q", Content("d", ())),
+        cache_key("v", "q", Content(None, (image,))),
+        cache_key("v", "q", Content("", (image,))),
+        cache_key("v", "q", Content(None, (other,))),
+        cache_key("v", "q", Content(None, (image, image))),
+        cache_key("v", Content("q", (image,)), "d"),
+    ]
+    assert len(set(keys)) == len(keys)
+    assert cache_key("v", "q", Content(None, (same_bytes,))) == keys[2], "keyed on the bytes, not the object"
 
 
 def test_the_result_cache_is_keyed_on_the_image_bytes(stored_vl) -> None:

@@ -49,17 +49,15 @@ PIXEL_TOKENS = ("<|image_pad|>", "<|video_pad|>")
 _SLACK = 16
 
 
-def _chat_template(path: Path, tokenizer: Any) -> str:
-    """The processor's chat template (chat_template.jinja or .json), else the tokenizer's."""
+def _chat_template(path: Path) -> str | None:
+    """The processor's chat template (chat_template.jinja or .json); None: the tokenizer's is used."""
     if (path / "chat_template.jinja").is_file():
         return (path / "chat_template.jinja").read_text(encoding="utf-8")
     if (path / "chat_template.json").is_file():
         template = json.loads((path / "chat_template.json").read_text(encoding="utf-8")).get("chat_template")
         if isinstance(template, str):
             return template
-    if isinstance(tokenizer.chat_template, str):
-        return tokenizer.chat_template
-    raise RecipeError(f"{path} holds no chat template (chat_template.jinja or .json)", "model")
+    return None
 
 
 def _side(prefix: str, text: str | None, count: int) -> list[dict[str, str]]:
@@ -85,13 +83,10 @@ class Qwen3VLRecipe(Recipe):
 
     @classmethod
     def load_extras(cls, path: Path) -> dict[str, Any]:
-        from transformers import AutoImageProcessor, AutoTokenizer
+        from transformers import AutoImageProcessor
 
         # Not AutoProcessor: it also builds Qwen3-VL's video processor, which needs torchvision.
-        return {
-            "image_processor": AutoImageProcessor.from_pretrained(path),
-            "chat_template": _chat_template(path, AutoTokenizer.from_pretrained(path)),
-        }
+        return {"image_processor": AutoImageProcessor.from_pretrained(path), "chat_template": _chat_template(path)}
 
     def __init__(
         self, tokenizer: Any, max_length: int, *, image_processor: Any = None, chat_template: str | None = None
@@ -99,6 +94,8 @@ class Qwen3VLRecipe(Recipe):
         super().__init__(tokenizer, max_length)
         self.image_processor = image_processor
         self.chat_template = chat_template or tokenizer.chat_template
+        if not isinstance(self.chat_template, str):
+            raise RecipeError("the model folder holds no chat template (chat_template.jinja or .json)", "model")
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         vision = [tokenizer.convert_tokens_to_ids(t) for t in ("<|vision_start|>", IMAGE_TOKEN, "<|vision_end|>")]
         # The reference keeps the tokenizer's special tokens; image tokens are among them in Qwen's tokenizers.

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rerank_server.engine.batcher import run_passes
 from rerank_server.engine.image_memory import ImageMemory
+from rerank_server.engine.passes import run_passes
 from rerank_server.errors import QueueFullError
 from rerank_server.importer.folder import ModelImportError
 from rerank_server.importer.sources import import_from_folder

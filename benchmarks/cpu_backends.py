@@ -33,7 +33,7 @@ from benchmarks.rerank_bench import machine, write  # noqa: E402
 from benchmarks.workload import build_model, documents  # noqa: E402
 from rerank_server.backends import BACKENDS, convert  # noqa: E402
 from rerank_server.cpu import usable_cpus  # noqa: E402
-from rerank_server.engine.batcher import default_token_budget, score_directly  # noqa: E402
+from rerank_server.engine.passes import default_token_budget, score_directly  # noqa: E402
 from rerank_server.models.loaded import LoadedReranker, load_folder  # noqa: E402
 
 QUERIES = [

@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.rerank_bench import machine, write  # noqa: E402
 from benchmarks.workload import QUERY, build_model, documents  # noqa: E402
 from rerank_server.backends.torch_backend import resolve_device  # noqa: E402
-from rerank_server.engine.batcher import score_directly  # noqa: E402
+from rerank_server.engine.passes import score_directly  # noqa: E402
 from rerank_server.models.loaded import load_folder  # noqa: E402
 
 

@@ -86,9 +86,13 @@ class RetryPolicy:
         return min(self.backoff * 2**attempt * (1 + random.random() / 4), self.max_delay)
 
 
+# A text, or for a multimodal reranker an object such as {"text": "...", "image": "data:image/png;base64,..."}.
+Item = str | dict[str, Any]
+
+
 def _rerank_body(
-    query: str,
-    documents: list[str],
+    query: Item,
+    documents: list[Item],
     top_n: int | None,
     model: str | None,
     return_documents: bool,
@@ -170,15 +174,16 @@ class RerankClient(_BaseClient):
 
     async def rerank(
         self,
-        query: str,
-        documents: list[str],
+        query: Item,
+        documents: list[Item],
         top_n: int | None = None,
         model: str | None = None,
         return_documents: bool = True,
         instruction: str | None = None,
     ) -> list[RerankResult]:
         """Rank `documents` against `query`, best first (all of them unless `top_n`); `instruction` for LLM
-        rerankers such as Qwen3-Reranker."""
+        rerankers such as Qwen3-Reranker. For a multimodal reranker (Qwen3-VL-Reranker) the query and documents may
+        be `{"text"?, "image"?}` objects, an image as a data URI or base64."""
         body = _rerank_body(query, documents, top_n, model, return_documents, instruction)
         return _parse_results(*await self._call("POST", "/v1/rerank", json=body))
 
@@ -222,15 +227,16 @@ class SyncRerankClient(_BaseClient):
 
     def rerank(
         self,
-        query: str,
-        documents: list[str],
+        query: Item,
+        documents: list[Item],
         top_n: int | None = None,
         model: str | None = None,
         return_documents: bool = True,
         instruction: str | None = None,
     ) -> list[RerankResult]:
         """Rank `documents` against `query`, best first (all of them unless `top_n`); `instruction` for LLM
-        rerankers such as Qwen3-Reranker."""
+        rerankers such as Qwen3-Reranker. For a multimodal reranker (Qwen3-VL-Reranker) the query and documents may
+        be `{"text"?, "image"?}` objects, an image as a data URI or base64."""
         body = _rerank_body(query, documents, top_n, model, return_documents, instruction)
         return _parse_results(*self._call("POST", "/v1/rerank", json=body))
 

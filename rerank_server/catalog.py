@@ -39,6 +39,10 @@ KNOWN_MODELS: tuple[KnownModel, ...] = (
     KnownModel("Qwen/Qwen3-Reranker-0.6B", 8192, "~1.2 GB", "LLM reranker, instructions, 100+ languages", "qwen3"),
     KnownModel("Qwen/Qwen3-Reranker-4B", 8192, "~8 GB", "LLM reranker, higher accuracy", "qwen3"),
     KnownModel("Qwen/Qwen3-Reranker-8B", 8192, "~16 GB", "LLM reranker, best accuracy", "qwen3"),
+    # Multimodal: text and images (screenshots, slides, scanned pages) on either side of a pair. max_length is the
+    # reference's truncation before its 5-token answer prompt; images are never cut.
+    KnownModel("Qwen/Qwen3-VL-Reranker-2B", 8192, "~4.3 GB", "multimodal: text, images, screenshots", "qwen3-vl"),
+    KnownModel("Qwen/Qwen3-VL-Reranker-8B", 8192, "~17 GB", "multimodal, higher accuracy", "qwen3-vl"),
     # max_length is mixedbread's package default for query and document; its ~90-token prompt comes on top.
     KnownModel("mixedbread-ai/mxbai-rerank-base-v2", 8192, "~1.0 GB", "LLM reranker (Qwen2 0.5B), English", "mxbai-v2"),
     KnownModel("mixedbread-ai/mxbai-rerank-large-v2", 8192, "~3.1 GB", "LLM reranker (Qwen2 1.5B), strong", "mxbai-v2"),

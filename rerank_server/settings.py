@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rerank_server.catalog import DEFAULT_MODEL_ID
@@ -87,6 +87,46 @@ class Settings(BaseSettings):
     max_documents: int = Field(1000, ge=1, description="Most documents in one request.")
     max_body_bytes: int = Field(32 * 2**20, ge=1024, description="Largest request body accepted.")
     max_chunks_per_doc: int = Field(0, ge=0, description="Default chunking of long documents (0: off).")
+
+    # Images (multimodal rerankers such as Qwen3-VL-Reranker).
+    max_images_per_request: int = Field(32, ge=1, description="Most images in one request, query and documents.")
+    max_image_bytes: int = Field(
+        10 * 2**20, ge=1024, description="Largest image file (decoded from base64, or fetched from a URL)."
+    )
+    max_image_pixels: int = Field(
+        40_000_000,
+        ge=1,
+        description="Largest image in pixels, read from its header before any pixel is decoded (a decompression bomb "
+        "is refused without being opened).",
+    )
+    max_image_memory_mb: int = Field(
+        2048,
+        ge=1,
+        description="Most MiB of prepared pixels held by requests waiting for the model, per worker; beyond it a "
+        "request with images gets 429 at once (a request alone is taken when nothing else holds any).",
+    )
+    image_urls: bool = Field(False, description="Fetch images given as http(s) URLs (off: such images get a 400).")
+    image_urls_allow_private: str = Field(
+        "",
+        description="Comma-separated networks (CIDR) that image URLs may reach although they are private, loopback or "
+        "link-local, e.g. 10.1.0.0/16; empty: only public addresses.",
+    )
+    image_url_timeout_s: float = Field(
+        10.0, gt=0, description="Time one image URL may take to answer, redirects included."
+    )
+
+    @field_validator("image_urls_allow_private")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        import ipaddress
+
+        for part in value.split(","):
+            if part.strip():
+                try:
+                    ipaddress.ip_network(part.strip(), strict=False)
+                except ValueError as exc:
+                    raise ValueError(f"{part.strip()!r} is not a network such as 10.0.0.0/8 ({exc})") from None
+        return value
 
     @property
     def api_keys(self) -> list[str]:

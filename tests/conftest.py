@@ -43,6 +43,7 @@ FIXTURE_MODEL_ID = "test-org/mini-reranker"
 # The LLM fixtures are stored under the catalogue ids of the models whose shape and tokenizer they copy.
 QWEN3_ID = "Qwen/Qwen3-Reranker-0.6B"
 BGE_GEMMA_ID = "BAAI/bge-reranker-v2-gemma"
+QWEN3_VL_ID = "Qwen/Qwen3-VL-Reranker-2B"
 
 
 @pytest.fixture(scope="session")
@@ -79,6 +80,22 @@ def stored_llms(stored_fixture, qwen3_dir: Path, bge_gemma_dir: Path) -> tuple[s
     return import_from_folder(QWEN3_ID, qwen3_dir).stored.model_id, import_from_folder(
         BGE_GEMMA_ID, bge_gemma_dir
     ).stored.model_id
+
+
+@pytest.fixture(scope="session")
+def qwen3_vl_dir() -> Path:
+    """A tiny random Qwen3-VL with Qwen's tokenizer layout, image processor and chat template (see fixture_models)."""
+    from tests.fixture_models import build_qwen3_vl_reranker
+
+    return build_qwen3_vl_reranker(_SCRATCH / "qwen3-vl-reranker")
+
+
+@pytest.fixture(scope="session")
+def stored_vl(stored_fixture, qwen3_vl_dir: Path) -> str:
+    """The Qwen3-VL fixture in the test store under QWEN3_VL_ID (its recipe comes from the catalogue)."""
+    from rerank_server.importer.sources import import_from_folder
+
+    return import_from_folder(QWEN3_VL_ID, qwen3_vl_dir).stored.model_id
 
 
 @contextmanager

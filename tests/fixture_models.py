@@ -303,3 +303,172 @@ def build_remote_code_reranker(target: Path, code_repo: str | None = None) -> tu
     config.update(architectures=["CustomBertForSequenceClassification"], auto_map=auto_map)
     config_path.write_text(json.dumps(config, indent=2))
     return target, None if code_repo is None else code
+
+
+# --- Qwen3-VL-Reranker: a tiny random Qwen3-VL with Qwen's tokenizer layout and image processor ---------------------
+
+# The chat template Qwen3-VL-2B/8B-Instruct ship (and the rerankers built on them): system text, user content parts
+# with `<|vision_start|><|image_pad|><|vision_end|>` for an image, tools and assistant turns.
+QWEN3_VL_CHAT_TEMPLATE = """{%- if tools %}
+    {{- '<|im_start|>system\\n' }}
+    {%- if messages[0].role == 'system' %}
+        {%- if messages[0].content is string %}
+            {{- messages[0].content }}
+        {%- else %}
+            {%- for content in messages[0].content %}
+                {%- if 'text' in content %}
+                    {{- content.text }}
+                {%- endif %}
+            {%- endfor %}
+        {%- endif %}
+        {{- '\\n\\n' }}
+    {%- endif %}
+    {{- "# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\nYou are provided with function signatures within <tools></tools> XML tags:\\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\"name\\": <function-name>, \\"arguments\\": <args-json-object>}\\n</tool_call><|im_end|>\\n" }}
+{%- else %}
+    {%- if messages[0].role == 'system' %}
+        {{- '<|im_start|>system\\n' }}
+        {%- if messages[0].content is string %}
+            {{- messages[0].content }}
+        {%- else %}
+            {%- for content in messages[0].content %}
+                {%- if 'text' in content %}
+                    {{- content.text }}
+                {%- endif %}
+            {%- endfor %}
+        {%- endif %}
+        {{- '<|im_end|>\\n' }}
+    {%- endif %}
+{%- endif %}
+{%- set image_count = namespace(value=0) %}
+{%- set video_count = namespace(value=0) %}
+{%- for message in messages %}
+    {%- if message.role == "user" %}
+        {{- '<|im_start|>' + message.role + '\\n' }}
+        {%- if message.content is string %}
+            {{- message.content }}
+        {%- else %}
+            {%- for content in message.content %}
+                {%- if content.type == 'image' or 'image' in content or 'image_url' in content %}
+                    {%- set image_count.value = image_count.value + 1 %}
+                    {%- if add_vision_id %}Picture {{ image_count.value }}: {% endif -%}
+                    <|vision_start|><|image_pad|><|vision_end|>
+                {%- elif content.type == 'video' or 'video' in content %}
+                    {%- set video_count.value = video_count.value + 1 %}
+                    {%- if add_vision_id %}Video {{ video_count.value }}: {% endif -%}
+                    <|vision_start|><|video_pad|><|vision_end|>
+                {%- elif 'text' in content %}
+                    {{- content.text }}
+                {%- endif %}
+            {%- endfor %}
+        {%- endif %}
+        {{- '<|im_end|>\\n' }}
+    {%- elif message.role == "assistant" %}
+        {{- '<|im_start|>' + message.role + '\\n' }}
+        {%- if message.content is string %}
+            {{- message.content }}
+        {%- else %}
+            {%- for content_item in message.content %}
+                {%- if 'text' in content_item %}
+                    {{- content_item.text }}
+                {%- endif %}
+            {%- endfor %}
+        {%- endif %}
+        {{- '<|im_end|>\\n' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\\n' }}
+{%- endif %}
+"""  # noqa: E501
+
+# Qwen2/Qwen3's special tokens, in their order: <|endoftext|> first, the vision ones among them.
+QWEN_SPECIAL_TOKENS = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
+    "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+    "<|image_pad|>", "<|video_pad|>",
+)  # fmt: skip
+# Qwen3-VL-Reranker-2B's shape (Qwen3-VL-2B-Instruct's config): text layers, hidden, heads, kv heads, intermediate,
+# head_dim, mrope_section; vision depth, hidden, heads, intermediate, position embeddings, deepstack layers.
+QWEN3_VL_SHAPES = {
+    "tiny": ((2, 64, 4, 2, 128, 16, [4, 2, 2]), (2, 32, 2, 64, 16, [0, 1])),
+    "2B": ((28, 2048, 16, 8, 6144, 128, [24, 20, 20]), (24, 1024, 16, 4096, 2304, [5, 11, 17])),
+}
+# Qwen3-VL's image processor settings (its preprocessor_config.json).
+QWEN3_VL_PREPROCESSOR = {
+    "size": {"longest_edge": 16777216, "shortest_edge": 65536},
+    "patch_size": 16,
+    "temporal_patch_size": 2,
+    "merge_size": 2,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+    "processor_class": "Qwen3VLProcessor",
+    "image_processor_type": "Qwen2VLImageProcessorFast",
+}
+
+
+def build_qwen3_vl_reranker(target: Path, *, shape: str = "tiny", answer_std: float = 0.5) -> Path:
+    """A Qwen3VLForConditionalGeneration shaped like Qwen3-VL-Reranker (random weights) with Qwen's tokenizer layout
+    (byte-level BPE, the Qwen regex, the 14 special tokens incl. `<|vision_start|>` / `<|image_pad|>` /
+    `<|vision_end|>`, "yes" and "no" one token each), Qwen3-VL's image processor config and chat template: the files
+    of the published checkpoint. A real `shape` has the real model's sizes, 151,936-row embedding included."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
+
+    from rerank_server.recipes.qwen3_vl import DEFAULT_INSTRUCTION, SYSTEM
+
+    bpe = Tokenizer(models.BPE())
+    bpe.normalizer = normalizers.NFC()
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(transformers.models.qwen2.tokenization_qwen2.PRETOKENIZE_REGEX), "isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    template = (SYSTEM, DEFAULT_INSTRUCTION, "<Instruct>: <Query>:\n<Document>:", "system user assistant")
+    vocab, merges = _train_bpe(bpe, 900, _corpus(template * 3), [], pre_tokenizers.ByteLevel.alphabet())
+    tokenizer = transformers.Qwen2Tokenizer(
+        vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        additional_special_tokens=list(QWEN_SPECIAL_TOKENS[1:]),
+    )  # fmt: skip
+    tokenizer.add_tokens(["<think>", "</think>", "<tool_call>", "</tool_call>"])  # added, not special, as in Qwen's
+    for word in ("yes", "no"):
+        assert len(tokenizer(word, add_special_tokens=False)["input_ids"]) == 1, word
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_SPECIAL_TOKENS}
+    (layers, hidden, heads, kv_heads, intermediate, head_dim, mrope), vision = QWEN3_VL_SHAPES[shape]
+    depth, vision_hidden, vision_heads, vision_intermediate, positions, deepstack = vision
+    torch.manual_seed(0)
+    config = transformers.Qwen3VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer) + 7 if shape == "tiny" else QWEN3_VOCABULARY, "hidden_size": hidden,
+            "intermediate_size": intermediate, "num_hidden_layers": layers, "num_attention_heads": heads,
+            "num_key_value_heads": kv_heads, "head_dim": head_dim, "max_position_embeddings": 262144,
+            "rms_norm_eps": 1e-6, "pad_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
+            "rope_parameters": {
+                "rope_type": "default", "rope_theta": 5000000.0, "mrope_section": mrope, "mrope_interleaved": True,
+            },
+        },
+        vision_config={
+            "depth": depth, "hidden_size": vision_hidden, "intermediate_size": vision_intermediate,
+            "num_heads": vision_heads, "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2,
+            "out_hidden_size": hidden, "num_position_embeddings": positions, "deepstack_visual_indexes": deepstack,
+            "hidden_act": "gelu_pytorch_tanh",
+        },
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=shape != "tiny", architectures=["Qwen3VLForConditionalGeneration"],
+    )  # fmt: skip
+    model = transformers.Qwen3VLForConditionalGeneration(config)
+    with torch.no_grad():  # the answer rows apart from the rest, so that scores spread over (0, 1) without saturating
+        for word in ("yes", "no"):
+            row = model.lm_head.weight[tokenizer.convert_tokens_to_ids(word)]
+            row.normal_(std=answer_std * (64 / hidden) ** 0.5)
+    model.to(torch.bfloat16).save_pretrained(target)  # Qwen3-VL ships in bfloat16
+    tokenizer.save_pretrained(target)
+    (target / "chat_template.jinja").unlink(missing_ok=True)  # the template is the processor's, as published
+    (target / "chat_template.json").write_text(json.dumps({"chat_template": QWEN3_VL_CHAT_TEMPLATE}, indent=2))
+    (target / "preprocessor_config.json").write_text(json.dumps(QWEN3_VL_PREPROCESSOR, indent=2))
+    return target

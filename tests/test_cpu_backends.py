@@ -13,7 +13,7 @@ from scipy.stats import spearmanr
 
 from rerank_server.backends.onnx_backend import OnnxBackend, onnx_file
 from rerank_server.backends.openvino_backend import CACHE_DIR, OpenVinoBackend, model_file
-from rerank_server.engine.batcher import score_directly
+from rerank_server.engine.passes import score_directly
 from rerank_server.importer.commit import ImportOptions
 from rerank_server.importer.sources import import_from_folder
 from rerank_server.models.registry import ModelRegistry

@@ -64,13 +64,15 @@ def curl_commands(code: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def docs_server(
-    fixture_model_dir: Path, qwen3_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    fixture_model_dir: Path, qwen3_dir: Path, qwen3_vl_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
-    """A server whose store holds the fixtures as BAAI/bge-reranker-base (the default) and Qwen/Qwen3-Reranker-0.6B,
-    the models the examples name."""
+    """A server whose store holds the fixtures as BAAI/bge-reranker-base (the default), Qwen/Qwen3-Reranker-0.6B and
+    Qwen/Qwen3-VL-Reranker-2B, the models the examples name."""
     work = tmp_path_factory.mktemp("docs-examples")
     env = {**os.environ, "BENTOML_HOME": str(work / "home")}
-    for model_id, folder in (("BAAI/bge-reranker-base", fixture_model_dir), ("Qwen/Qwen3-Reranker-0.6B", qwen3_dir)):
+    models = [("BAAI/bge-reranker-base", fixture_model_dir), ("Qwen/Qwen3-Reranker-0.6B", qwen3_dir)]
+    models.append(("Qwen/Qwen3-VL-Reranker-2B", qwen3_vl_dir))  # the README's image example
+    for model_id, folder in models:
         subprocess.run(
             [sys.executable, "import_models.py", model_id, "--from-dir", str(folder)],
             cwd=REPO_ROOT, env=env, check=True, capture_output=True, timeout=300,

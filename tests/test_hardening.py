@@ -270,7 +270,7 @@ def _loaded(registry) -> list:
 
 
 def test_4_a_newer_import_that_fails_to_load_leaves_the_old_one_serving(stored_fixture, fixture_model_dir) -> None:
-    from rerank_server.engine.batcher import score_directly
+    from rerank_server.engine.passes import score_directly
     from rerank_server.importer.commit import ImportOptions
     from rerank_server.importer.sources import import_from_folder
     from rerank_server.models.registry import ModelRegistry
@@ -294,7 +294,7 @@ def test_4_under_a_tight_budget_a_failing_newer_import_brings_the_old_version_ba
     stored_fixture, fixture_model_dir
 ) -> None:
     """Room for one copy only: the old copy gives way to the newer import, and comes back when that does not load."""
-    from rerank_server.engine.batcher import score_directly
+    from rerank_server.engine.passes import score_directly
     from rerank_server.importer.commit import ImportOptions
     from rerank_server.importer.sources import import_from_folder
     from rerank_server.models.registry import ModelRegistry

@@ -14,7 +14,8 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import FIXTURE_MODEL_ID, RunningServer, running_server
+from tests.conftest import FIXTURE_MODEL_ID, QWEN3_VL_ID, RunningServer, running_server
+from tests.fixture_images import GOOD, b64, bomb, png_claiming
 
 KEY = "hostile-input-key"
 AUTH = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
@@ -90,10 +91,30 @@ CASES = [
     Case("truncate_prompt_tokens above max_length", _json({**OK, "truncate_prompt_tokens": 10**6}), 400),
     Case("unknown route", _json(OK), 404, "/v1/nothing-here"),
 ]
+# Images: to a text model, and bad or hostile ones to a multimodal reranker.
+VL = {"model": QWEN3_VL_ID, "query": "q"}
+CASES += [
+    Case("an image for a text model", _json({"query": "q", "documents": [{"image": b64(GOOD)}]}), 400,
+         error=FIXTURE_MODEL_ID),
+    Case("an image", _json({**VL, "documents": ["a", {"text": "b", "image": b64(GOOD)}]}), 200),
+    Case("undecodable image", _json({**VL, "documents": [{"image": b64(b"\x89PNG not really")}]}), 400,
+         error="documents.0.image"),
+    Case("decompression bomb", _json({**VL, "documents": [{"image": b64(bomb())}]}), 400,
+         error="RERANK_MAX_IMAGE_PIXELS"),
+    Case("header of 10 billion pixels", _json({**VL, "documents": [{"image": b64(png_claiming(10**5, 10**5))}]}), 400,
+         error="documents.0.image"),
+    Case("a 1:5000 image", _json({**VL, "documents": [{"image": b64(png_claiming(5000, 1))}]}), 400, error="ratio"),
+    Case("an 11 MB image", _json({**VL, "documents": [{"image": "A" * (15 * 2**20)}]}), 400,
+         error="RERANK_MAX_IMAGE_BYTES"),
+    Case("33 images", _json({**VL, "documents": [{"image": b64(GOOD)}] * 33}), 400,
+         error="RERANK_MAX_IMAGES_PER_REQUEST"),
+    Case("an image URL", _json({**VL, "documents": [{"image": "http://169.254.169.254/latest"}]}), 400,
+         error="RERANK_IMAGE_URLS"),
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def guarded(stored_fixture, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+def guarded(stored_fixture, stored_vl, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     env = {"RERANK_DEFAULT_MODEL": FIXTURE_MODEL_ID, "RERANK_API_KEY": KEY}
     with running_server(tmp_path_factory.mktemp("hostile") / "serve.log", env) as running:
         yield running

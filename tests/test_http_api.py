@@ -137,14 +137,16 @@ def test_every_pair_of_a_request_goes_to_the_batcher_in_one_call(client) -> None
     [
         ("/v1/rerank", b'{"query": "q", "documents": [', JSON, "The request body is not valid JSON", None),
         ("/v1/rerank", b'{"query": "q", "documents": [1, null]}', JSON,
-         "`documents.0` must be a string or an object with a `text` string", "documents.0"),
+         "`documents.0` must be a string, an object with `text` and/or `image`, or `{\"content\": [parts]}`",
+         "documents.0"),
         ("/v1/rerank", b"", JSON, "The request body is empty; send a JSON object such as", None),
         ("/v1/rerank", b'{"query": "q", "documents": ["a"]}', {"content-type": "application/x-www-form-urlencoded"},
          "sent with the header `Content-Type: application/json`", None),
         ("/v1/rerank", b'{"documents": ["a"]}', JSON, "`query` is required", "query"),
         ("/v1/rerank", b'{"query": "q", "documents": ["a"], "top_n": "x"}', JSON, "`top_n`: Input should be", "top_n"),
         ("/score", b'{"text_1": "q", "text_2": []}', JSON, "`text_2` must not be empty", "text_2"),
-        ("/score", b'{"text_1": 3, "text_2": "d"}', JSON, "`text_1` must be a string or a list of strings", "text_1"),
+        ("/score", b'{"text_1": 3, "text_2": "d"}', JSON,
+         "`text_1` must be a string, an object with `text` and/or `image`, or a list of them", "text_1"),
     ],
 )  # fmt: skip
 def test_errors_name_the_field_and_say_what_to_send(client, path, content, headers, message, param) -> None:

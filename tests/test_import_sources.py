@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import import_models
+from rerank_server.catalog import KNOWN_MODELS
 from rerank_server.importer.sources import import_from_folder
 from rerank_server.models.store import find_reranker
 from tests.conftest import FIXTURE_MODEL_ID, REPO_ROOT
@@ -51,9 +52,7 @@ def test_an_unreachable_modelscope_gives_one_clear_line(tmp_path: Path) -> None:
 
 
 def test_the_menu_offers_the_known_models_and_all_bge(monkeypatch, capsys) -> None:
-    from rerank_server.catalog import KNOWN_MODELS
-
-    all_bge = len(KNOWN_MODELS) + 1  # the last choice: every BGE cross-encoder
+    all_bge = len(KNOWN_MODELS) + 1  # the last choice, after every catalogue model: every BGE cross-encoder
     answers = iter([str(all_bge + 1), "", "3"])
     assert import_models.choose_from_menu(lambda _: next(answers)) == ["BAAI/bge-reranker-base"]
     assert import_models.choose_from_menu(lambda _: next(answers)) == ["BAAI/bge-reranker-v2-m3"]
@@ -63,6 +62,7 @@ def test_the_menu_offers_the_known_models_and_all_bge(monkeypatch, capsys) -> No
     ]  # fmt: skip
     shown = capsys.readouterr().out
     assert "~2.2 GB" in shown and "multilingual, long documents" in shown and "(default)" in shown
+    assert "Qwen/Qwen3-VL-Reranker-2B" in shown and "multimodal" in shown
     assert f"Please answer a number from 1 to {all_bge}." in shown
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from rerank_server.engine.batcher import score_directly
+from rerank_server.engine.passes import score_directly
 from rerank_server.importer.folder import ModelImportError
 from rerank_server.importer.sources import import_from_folder
 from rerank_server.models.loaded import load_folder

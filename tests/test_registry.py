@@ -148,7 +148,7 @@ def test_an_unknown_default_stops_start_up_and_an_unknown_preload_is_skipped(sto
 
 
 def test_the_token_budget_defaults_by_device_and_can_be_set(stored_fixture) -> None:
-    from rerank_server.engine.batcher import default_token_budget
+    from rerank_server.engine.passes import default_token_budget
 
     assert (default_token_budget("cuda"), default_token_budget("cuda:1"), default_token_budget("cpu")) == (
         16_384, 16_384, 2_048,

@@ -17,7 +17,7 @@ import pytest
 import torch
 import transformers
 
-from rerank_server.engine.batcher import score_directly
+from rerank_server.engine.passes import score_directly
 from rerank_server.importer.commit import ImportOptions
 from rerank_server.importer.folder import ModelImportError
 from rerank_server.importer.sources import import_from_folder

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from rerank_server.backends.torch_backend import resolve_device, resolve_dtype
-from rerank_server.engine.batcher import plan_passes, score_directly
+from rerank_server.engine.passes import plan_passes, score_directly
 from rerank_server.models.loaded import LoadedReranker, load_folder
 from tests.conftest import REPO_ROOT
 

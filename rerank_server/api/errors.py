@@ -82,9 +82,11 @@ def from_failure(exc: BaseException, error_format: ErrorFormat) -> HTTPError | N
 
 # What a field accepts, where pydantic would only list the failed alternatives of a union one by one.
 _ACCEPTS = {
-    "documents": "a string or an object with a `text` string",
-    "text_1": "a string or a list of strings",
-    "text_2": "a string or a list of strings",
+    "documents": 'a list of strings or of objects (`{text}`, `{text?, image?}`, `{"content": [parts]}`)',
+    "documents[]": 'a string, an object with `text` and/or `image`, or `{"content": [parts]}`',
+    "query": 'a string, an object with `text` and/or `image`, or `{"content": [parts]}`',
+    "text_1": "a string, an object with `text` and/or `image`, or a list of them",
+    "text_2": "a string, an object with `text` and/or `image`, or a list of them",
     "texts": "a list of strings",
 }
 _EXAMPLES = {
@@ -130,6 +132,8 @@ def describe(errors: Sequence[dict[str, Any]], error_format: ErrorFormat = "vllm
     if kind == "missing":
         return invalid(f"`{field}` is required; send {example}", field, error_format)
     named = next((part for part in reversed(path) if isinstance(part, str)), "")
+    if isinstance(path[-1], int) and f"{named}[]" in _ACCEPTS:  # an item of the list, not the list
+        named = f"{named}[]"
     same_place = [e for e in errors if _path(e.get("loc", ()))[: len(path)] == path]
     if named in _ACCEPTS and len(same_place) > 1:
         return invalid(f"`{field}` must be {_ACCEPTS[named]}", field, error_format)

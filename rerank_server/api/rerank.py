@@ -11,12 +11,12 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Body, Request
 from pydantic import ValidationError
 
+from rerank_server.api import multimodal
 from rerank_server.api.dependencies import Engine
 from rerank_server.api.errors import ErrorFormat, describe, from_failure, invalid
 from rerank_server.api.tracking import current_request
 from rerank_server.api.wire import (
     ErrorResponse,
-    RerankDocument,
     RerankRequest,
     RerankResponse,
     RerankResult,
@@ -29,7 +29,7 @@ from rerank_server.api.wire import (
     Usage,
 )
 from rerank_server.engine.engine import DocumentScores, RerankEngine
-from rerank_server.recipes import TextOptions
+from rerank_server.recipes import Item, TextOptions
 
 T = TypeVar("T")
 # Status written to the access log for a request whose client left before the answer (nginx's convention).
@@ -76,8 +76,8 @@ async def _score(
     request: Request,
     engine: RerankEngine,
     model: str | None,
-    queries: list[str],
-    documents: list[str],
+    queries: list[Item],
+    documents: list[Item],
     options: TextOptions,
     *,
     max_chunks: int | None = None,
@@ -110,22 +110,22 @@ def _ranked(scores: list[float], top_n: int | None) -> list[int]:
 
 
 async def _rerank(http: Request, request: RerankRequest, engine: RerankEngine) -> RerankResponse:
-    texts = request.texts()
-    check_count(len(texts), "documents", engine)
+    parsed = multimodal.parse_many(request.documents, "documents")
+    check_count(len(parsed), "documents", engine)
+    query = multimodal.parse_one(request.query, "query")
+    (query,), documents = await multimodal.resolve([[query], parsed], engine.settings)
     options = TextOptions(
         max_length=request.truncate_prompt_tokens, max_document_tokens=request.max_tokens_per_doc,
         instruction=request.instruction,
     )  # fmt: skip
     scored = await _score(
-        http, engine, request.model, [request.query] * len(texts), texts, options, max_chunks=request.max_chunks_per_doc
-    )
+        http, engine, request.model, [query] * len(documents), documents, options,
+        max_chunks=request.max_chunks_per_doc,
+    )  # fmt: skip
     values = scored.scores if request.use_activation else scored.logits
+    sent = multimodal.echoes(request.documents) if request.return_documents else None
     results = [
-        RerankResult(
-            index=i,
-            relevance_score=values[i],
-            document=RerankDocument(text=texts[i]) if request.return_documents else None,
-        )
+        RerankResult(index=i, relevance_score=values[i], document=sent[i] if sent else None)
         for i in _ranked(values, request.top_n)
     ]
     usage = Usage(prompt_tokens=scored.tokens, total_tokens=scored.tokens)
@@ -215,16 +215,18 @@ async def rerank(
 @router.post("/score", response_model=ScoreResponse, responses=RERANK_RESPONSES)
 @router.post("/v1/score", response_model=ScoreResponse, responses=RERANK_RESPONSES, include_in_schema=False)
 async def score(http: Request, request: ScoreRequest, engine: Engine) -> ScoreResponse:
-    """vLLM's score API: `text_1` against each `text_2` (or pairwise for two lists), scores in input order."""
-    firsts = [request.text_1] if isinstance(request.text_1, str) else request.text_1
-    seconds = [request.text_2] if isinstance(request.text_2, str) else request.text_2
+    """vLLM's score API: `text_1` against each `text_2` (or pairwise for two lists), scores in input order. Either
+    side may hold images for a multimodal reranker (`{text?, image?}` objects or vLLM's `{content: [parts]}`)."""
+    firsts = multimodal.parse_many(request.text_1, "text_1")
+    seconds = multimodal.parse_many(request.text_2, "text_2")
     check_count(len(firsts), "text_1", engine)
     check_count(len(seconds), "text_2", engine)
-    if len(firsts) == 1:
-        firsts = firsts * len(seconds)
-    if len(firsts) != len(seconds):
+    if len(firsts) != 1 and len(firsts) != len(seconds):
         message = f"`text_1` has {len(firsts)} items and `text_2` {len(seconds)}: give one text_1 or as many as text_2"
         raise invalid(message, "text_1")
+    firsts, seconds = await multimodal.resolve([firsts, seconds], engine.settings, "text_2")
+    if len(firsts) == 1:
+        firsts = firsts * len(seconds)
     options = TextOptions(max_length=request.truncate_prompt_tokens, instruction=request.instruction)
     scored = await _score(http, engine, request.model, firsts, seconds, options)
     values = scored.scores if request.use_activation else scored.logits

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 
 def _well_formed(text: str) -> str:
@@ -88,12 +88,59 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+# --- Images: Jina's `{"text"?, "image"?}` objects and vLLM's `{"content": [parts]}` ---------------------------------
+
+ImageRef = Annotated[
+    str,
+    Field(
+        description="An image: a data URI (`data:image/png;base64,...`), bare base64 (Jina), or an http(s) URL when "
+        "the server fetches URLs (RERANK_IMAGE_URLS)."
+    ),
+]
+
+
 class TextDocument(BaseModel):
-    """Cohere v1 style document: only `text` is read, other fields are ignored."""
+    """A document or query as an object: Cohere v1's `{text}` (other fields ignored) or Jina m0's `{text?, image?}`
+    (a multimodal reranker ranks the image, and the text beside it)."""
 
     model_config = ConfigDict(extra="ignore")
 
+    text: Text | None = None
+    image: ImageRef | None = None
+
+    @model_validator(mode="after")
+    def _text_or_image(self) -> TextDocument:
+        if self.text is None and self.image is None:
+            raise ValueError("an object needs `text` or `image`")
+        return self
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
     text: Text
+
+
+class ImageURL(BaseModel):
+    url: ImageRef
+
+
+class ImagePart(BaseModel):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
+class MultiModal(BaseModel):
+    """vLLM's `ScoreMultiModalParam`: content parts. As an item of a list it is one document (or query) made of its
+    parts; as the whole of `documents` (or `text_1` / `text_2`) each part is one document, as vLLM reads it."""
+
+    content: list[ContentPart] = Field(min_length=1)
+
+
+# A query or document: a text, a `{text?, image?}` object, or content parts.
+Item = Text | TextDocument | MultiModal
 
 
 class RerankRequest(BaseModel):
@@ -102,8 +149,11 @@ class RerankRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: ModelName | None = Field(None, description="Model id or alias; the server's default model when absent.")
-    query: Text
-    documents: list[Text | TextDocument] = Field(description="Texts (or `{text}` objects) to rank against the query.")
+    query: Item = Field(description="A text; for a multimodal reranker also `{text?, image?}` or `{content: [...]}`.")
+    documents: list[Item] | MultiModal = Field(
+        description="Texts, `{text}` objects (Cohere), `{text?, image?}` objects (Jina m0) or `{content: [parts]}` "
+        "(vLLM) to rank against the query; vLLM's `{content: [parts]}` in place of the list is one document per part."
+    )
     top_n: int | None = Field(None, ge=0, description="Return only the best n; absent, null or 0 returns all.")
     return_documents: bool = Field(True, description="Echo each document's text in the results.")
     truncate_prompt_tokens: TruncatePromptTokens | None = Field(
@@ -115,9 +165,6 @@ class RerankRequest(BaseModel):
         None, ge=1, description="Split a long document into up to this many windows and keep the best window's score."
     )
     instruction: Instruction = None
-
-    def texts(self) -> list[str]:
-        return [doc if isinstance(doc, str) else doc.text for doc in self.documents]
 
 
 class TEIRerankRequest(BaseModel):
@@ -154,8 +201,8 @@ class ScoreRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: ModelName | None = None
-    text_1: Text | list[Text]
-    text_2: Text | list[Text]
+    text_1: Item | list[Item]
+    text_2: Item | list[Item]
     truncate_prompt_tokens: TruncatePromptTokens | None = None
     use_activation: bool = True
     instruction: Instruction = None
@@ -177,7 +224,11 @@ class ScoreResponse(BaseModel):
 
 
 class RerankDocument(BaseModel):
-    text: str
+    """The document as it was sent: its text, Jina's `image`, or vLLM's content parts (`multi_modal`)."""
+
+    text: str | None = None
+    image: str | None = None
+    multi_modal: list[dict[str, Any]] | dict[str, Any] | None = None
 
 
 class RerankResult(BaseModel):

@@ -80,9 +80,11 @@ def load_backend(
     threads: int,
     remote_code: bool = False,
     module_stack: bool = False,
+    vision: bool = False,
 ) -> Backend:
     """The stored model at `path` loaded for `backend` (a CPU runtime ignores `device` and `dtype`). `remote_code`:
-    the checkpoint's own modelling code; `module_stack`: a sentence-transformers score head after the transformer."""
+    the checkpoint's own modelling code; `module_stack`: a sentence-transformers score head after the transformer;
+    `vision`: a vision-language reranker (torch only), scored from its last-token logits like a causal one."""
     if backend in ("onnx", "onnx-int8"):
         from rerank_server.backends.onnx_backend import OnnxBackend
 
@@ -98,6 +100,11 @@ def load_backend(
     if device == "cpu":
         # torch sizes its pool from the host's cores, not the container's quota (see rerank_server.cpu).
         torch.set_num_threads(threads)
+    if vision:
+        from rerank_server.backends.vision_backend import VisionLastTokenLogit
+
+        assert head is not None
+        return VisionLastTokenLogit(path, device=device, dtype=dtype, head=head)
     if causal:
         assert head is not None
         return LastTokenLogit(path, device=device, dtype=dtype, head=head)

@@ -20,12 +20,14 @@ import torch
 
 from rerank_server.engine.batcher import ContinuousBatcher
 from rerank_server.engine.cache import ScoreCache, cache_key
+from rerank_server.engine.image_memory import ImageMemory
 from rerank_server.engine.liveness import CHECK_DOCUMENT, CHECK_QUERY, Liveness
-from rerank_server.errors import BatcherClosedError, DeadlineExceededError, InputTooLongError
+from rerank_server.errors import BatcherClosedError, DeadlineExceededError, InputTooLongError, InvalidInputError
 from rerank_server.metrics import RerankMetrics, get_metrics
+from rerank_server.models.loaded import LoadedReranker
 from rerank_server.models.registry import ModelRegistry
 from rerank_server.models.store import StoredReranker
-from rerank_server.recipes import DEFAULT_OPTIONS, TextOptions
+from rerank_server.recipes import DEFAULT_OPTIONS, Content, ImageInput, Item, TextOptions
 from rerank_server.settings import Settings
 
 T = TypeVar("T")
@@ -93,6 +95,7 @@ class RerankEngine:
             token_budget=settings.token_budget, metrics=self.metrics,
         )  # fmt: skip
         self.cache = ScoreCache(settings.cache_size) if settings.cache_size else None
+        self.image_memory = ImageMemory(settings.max_image_memory_mb * 2**20)
         # Resolving and tokenizing block: they get threads of their own, so they never take the event loop's default
         # pool from other work. Waiting for a model to load (or for room to load it) gets a pool of its own, so that
         # requests waiting on a slow load never hold up requests for loaded models.
@@ -125,17 +128,18 @@ class RerankEngine:
     async def score(
         self,
         model: str | None,
-        queries: Sequence[str],
-        documents: Sequence[str],
+        queries: Sequence[Item],
+        documents: Sequence[Item],
         options: TextOptions = DEFAULT_OPTIONS,
         *,
         max_chunks: int | None = None,
     ) -> DocumentScores:
-        """Score each (queries[i], documents[i]) pair with `model` (the default model when None).
+        """Score each (queries[i], documents[i]) pair with `model` (the default model when None). A query or document
+        is a text, or a `Content` with images for a multimodal model (a text-only model refuses it, naming itself).
 
-        With `max_chunks` > 1 a document too long for the model is split into up to that many windows and keeps its
-        best window's logit. Raises the errors of `rerank_server.errors` (and torch.OutOfMemoryError); cancelling the
-        call (a client that went away) takes its pairs that have not started out of the queue.
+        With `max_chunks` > 1 a text document too long for the model is split into up to that many windows and keeps
+        its best window's logit. Raises the errors of `rerank_server.errors` (and torch.OutOfMemoryError);
+        cancelling the call (a client that went away) takes its pairs that have not started out of the queue.
         """
         deadline = time.monotonic() + self.settings.request_timeout_s
         arguments = (model, queries, documents, options, max_chunks, deadline)
@@ -200,8 +204,8 @@ class RerankEngine:
     def _start(
         self,
         model: str | None,
-        queries: Sequence[str],
-        documents: Sequence[str],
+        queries: Sequence[Item],
+        documents: Sequence[Item],
         options: TextOptions,
         max_chunks: int | None,
         deadline: float,
@@ -217,11 +221,16 @@ class RerankEngine:
         elif (loaded := self.registry.try_acquire(stored)) is None:
             return None
         queued = False
+        release_images = None
         try:
             loaded.limit(options)  # a bad truncate_prompt_tokens is refused before any work
+            queries, documents = _for_model(stored, loaded, queries, documents)
             chunks = max_chunks if max_chunks is not None else self.settings.max_chunks_per_doc
             if chunks and chunks > 1:
-                pieces = [loaded.windows(q, d, chunks, options) for q, d in zip(queries, documents, strict=True)]
+                pieces = [
+                    loaded.windows(q, d, chunks, options) if isinstance(q, str) and isinstance(d, str) else [d]
+                    for q, d in zip(queries, documents, strict=True)
+                ]
             else:
                 pieces = [[d] for d in documents]
             owners = [i for i, windows in enumerate(pieces) for _ in windows]
@@ -231,9 +240,11 @@ class RerankEngine:
             version = self.registry.version(loaded)
             self._look_up(work, version, loaded.recipe.uses_instruction, options, pair_queries, pair_documents)
             if work.computed:
-                encoded = loaded.encode(
-                    [pair_queries[i] for i in work.computed], [pair_documents[i] for i in work.computed], options
-                )
+                computed = [(pair_queries[i], pair_documents[i]) for i in work.computed]
+                # What the images will take is reserved before any is decoded (429 when the bound is reached).
+                images = loaded.image_bytes(_distinct_images(computed), self.settings.max_image_pixels)
+                release_images = self.image_memory.reserve(images)
+                encoded = loaded.encode([q for q, _ in computed], [d for _, d in computed], options)
                 for position, length in zip(work.computed, encoded.lengths, strict=True):
                     work.tokens[position] = length
                 longest = max(encoded.lengths)
@@ -245,10 +256,13 @@ class RerankEngine:
                     stored.model_id, loaded, encoded, on_finished=lambda: self.registry.release(loaded)
                 )
                 queued = True
+                work.future.add_done_callback(lambda _: release_images())
             return work
         finally:
             if not queued:
                 self.registry.release(loaded)
+                if release_images is not None:
+                    release_images()
 
     def _look_up(
         self,
@@ -256,8 +270,8 @@ class RerankEngine:
         version: str,
         uses_instruction: bool,
         options: TextOptions,
-        queries: list[str],
-        documents: list[str],
+        queries: list[Item],
+        documents: list[Item],
     ) -> None:
         if self.cache is None:
             work.computed = list(range(len(queries)))
@@ -291,6 +305,37 @@ class RerankEngine:
             best[owner] = max(best[owner], logit)
             tokens[owner] += count
         return DocumentScores(work.stored.model_id, best, tokens)
+
+
+def _for_model(
+    stored: StoredReranker, loaded: LoadedReranker, queries: Sequence[Item], documents: Sequence[Item]
+) -> tuple[Sequence[Item], Sequence[Item]]:
+    """The pairs as `loaded` takes them: a text-only model refuses images (400 naming the model and the field) and
+    gets a `Content` without images as its text."""
+    if loaded.recipe.takes_images:
+        return queries, documents
+    for item in (*queries, *documents):
+        if isinstance(item, Content) and item.images:
+            raise InvalidInputError(
+                f"`{item.images[0].field}` is an image, and {stored.model_id} ranks text only; send images to a "
+                "multimodal reranker (recipe qwen3-vl, such as Qwen/Qwen3-VL-Reranker-2B)",
+                item.images[0].field,
+            )
+
+    def text(item: Item) -> str:
+        return item if isinstance(item, str) else item.text or ""
+
+    return [text(q) for q in queries], [text(d) for d in documents]
+
+
+def _distinct_images(pairs: Sequence[tuple[Item, Item]]) -> list[ImageInput]:
+    """Each image of `pairs` once (a query's image is prepared once for all its documents)."""
+    seen: dict[bytes, ImageInput] = {}
+    for pair in pairs:
+        for item in pair:
+            for image in item.images if isinstance(item, Content) else ():
+                seen.setdefault(image.digest, image)
+    return list(seen.values())
 
 
 def _cancel_prepared_work(done: concurrent.futures.Future) -> None:

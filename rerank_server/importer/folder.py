@@ -21,6 +21,10 @@ _CUSTOM_CODE = {
 }
 
 
+# Vision-language checkpoints (Qwen3VLForConditionalGeneration): rerankers with an image-taking recipe.
+_VISION_SUFFIX = "ForConditionalGeneration"
+
+
 class ModelImportError(Exception):
     """An import that cannot go on; the message is meant for the user as it is."""
 
@@ -70,7 +74,8 @@ def _recipe_for(folder: Path, model_id: str, architecture: str, chosen: str | No
         return found
     if architecture.endswith("ForSequenceClassification") or module_stack(folder):
         return "cross-encoder"
-    llm_recipes = ", ".join(name for name in RECIPES if name != "cross-encoder")
+    vision = architecture.endswith(_VISION_SUFFIX)
+    llm_recipes = ", ".join(name for name, r in RECIPES.items() if name != "cross-encoder" and r.takes_images == vision)
     raise ModelImportError(
         f"{model_id}: a {architecture} is scored from its next-token logits with a prompt of its own, and none is "
         f"known for it; name one with --recipe ({llm_recipes})"
@@ -136,11 +141,12 @@ def inspect_folder(
             "import it with --trust-remote-code to store that code with the weights and run it (if you trust it)"
         )
     stack = module_stack(folder)
-    if not architecture.endswith(("ForSequenceClassification", "ForCausalLM")) and not stack:
+    if not architecture.endswith(("ForSequenceClassification", "ForCausalLM", _VISION_SUFFIX)) and not stack:
         raise ModelImportError(
             f"{folder} is not a reranker: its architecture is {architecture}, a reranker is a "
-            "*ForSequenceClassification cross-encoder, a *ForCausalLM LLM reranker, or a sentence-transformers "
-            "CrossEncoder with its own score head (modules.json)"
+            "*ForSequenceClassification cross-encoder, a *ForCausalLM LLM reranker, a vision-language one such as "
+            "Qwen3VLForConditionalGeneration, or a sentence-transformers CrossEncoder with its own score head "
+            "(modules.json)"
         )
     num_labels = len(config.get("id2label") or {}) or int(config.get("num_labels", 1))
     if architecture.endswith("ForSequenceClassification") and num_labels != 1:
@@ -158,11 +164,23 @@ def inspect_folder(
         raise ModelImportError(
             f"{model_id}: a sentence-transformers score head is scored with the cross-encoder recipe"
         )
-    dtype = config.get("dtype") or config.get("torch_dtype")
+    _check_vision(folder, model_id, architecture, chosen)
+    text_config = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    dtype = config.get("dtype") or config.get("torch_dtype") or text_config.get("dtype")
     return FolderInfo(
         architecture, num_labels, _max_length(folder, model_id, config, chosen), chosen,
         str(dtype) if dtype else None, _parameters(folder), stack,
     )  # fmt: skip
+
+
+def _check_vision(folder: Path, model_id: str, architecture: str, recipe: str) -> None:
+    """A vision-language checkpoint needs an image-taking recipe and its image processor, and only it takes one."""
+    vision = architecture.endswith(_VISION_SUFFIX)
+    if vision != RECIPES[recipe].takes_images:
+        kind = "a vision-language model" if vision else "a text model"
+        raise ModelImportError(f"{model_id}: the {recipe} recipe cannot score {kind} ({architecture})")
+    if vision and not (folder / "preprocessor_config.json").is_file():
+        raise ModelImportError(f"{folder} holds no image processor (preprocessor_config.json)")
 
 
 def _max_length(folder: Path, model_id: str, config: dict[str, Any], recipe: str) -> int:

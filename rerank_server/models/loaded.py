@@ -21,7 +21,7 @@ import numpy as np
 
 from rerank_server.backends import Backend, is_cpu_runtime, load_backend
 from rerank_server.cpu import usable_cpus
-from rerank_server.recipes import DEFAULT_OPTIONS, RECIPES, EncodedPairs, Recipe, TextOptions
+from rerank_server.recipes import DEFAULT_OPTIONS, RECIPES, EncodedPairs, ImageInput, Item, Recipe, TextOptions
 
 if TYPE_CHECKING:
     import torch
@@ -130,13 +130,22 @@ class LoadedReranker:
             return recipe.windows(query, document, max_windows, options)
 
     def encode(
-        self, queries: Sequence[str], documents: Sequence[str], options: TextOptions = DEFAULT_OPTIONS
+        self, queries: Sequence[Item], documents: Sequence[Item], options: TextOptions = DEFAULT_OPTIONS
     ) -> EncodedPairs:
-        """Token ids of each (queries[i], documents[i]) pair, as the model's reference code makes them."""
+        """Token ids of each (queries[i], documents[i]) pair, as the model's reference code makes them (and, for a
+        multimodal model, each pair's images decoded, resized and cut into patches: CPU work, done here and never on
+        the model thread)."""
         if not documents:
             return EncodedPairs([])
         with self.recipes.borrow() as recipe:
             return recipe.encode(queries, documents, options)
+
+    def image_bytes(self, images: Sequence[ImageInput], max_source_pixels: int) -> int:
+        """Memory that preparing `images` will take, from their headers; refuses unreadable or oversized images."""
+        if not images:
+            return 0
+        with self.recipes.borrow() as recipe:
+            return recipe.image_bytes(images, max_source_pixels)
 
     def forward(self, encoded: EncodedPairs) -> torch.Tensor:
         """One forward pass over `encoded`, padded as the recipe pads: a float32 logit per pair, possibly still on
@@ -144,8 +153,15 @@ class LoadedReranker:
         side, pad_id = self.recipe.padding_side, self.recipe.pad_id
         ids, mask = pad(encoded.input_ids, pad_id, side)
         types = pad(encoded.token_type_ids, 0, side)[0] if encoded.token_type_ids is not None else None
+        pairs = [pair for pair in encoded.images or () if pair is not None]
+        if not pairs:
+            with self._forward_lock:
+                return self.backend.logits(ids, mask, types)
+        # The pass's images in the order of their tokens, row by row (the order the model fills them in).
+        pixels = np.concatenate([values for pair in pairs for values in pair.pixel_values])
+        grids = np.array([grid for pair in pairs for grid in pair.grids], dtype=np.int64)
         with self._forward_lock:
-            return self.backend.logits(ids, mask, types)
+            return self.backend.logits(ids, mask, types, pixel_values=pixels, image_grid_thw=grids)  # type: ignore[call-arg]
 
     def release(self) -> None:
         """Drop the weights (the caller frees accelerator memory once nothing refers to them)."""
@@ -249,13 +265,15 @@ def load_folder(
     if is_cpu_runtime(backend):
         device = "cpu"
     recipe_class = RECIPES[recipe]
+    extras = recipe_class.load_extras(path)  # shared by the copies (an image processor does not change when called)
     recipes = RecipePool(
-        lambda tokenizer: recipe_class(tokenizer, max_length), load_tokenizer(path, remote_code),
+        lambda tokenizer: recipe_class(tokenizer, max_length, **extras), load_tokenizer(path, remote_code),
         tokenizers or default_tokenizer_copies(device),
     )  # fmt: skip
+    vision = recipe_class.takes_images
     model = load_backend(
-        backend, path, causal=causal, head=recipes.first.last_token_head() if causal else None,
+        backend, path, causal=causal, head=recipes.first.last_token_head() if causal or vision else None,
         pad_id=recipes.first.pad_id, device=device, dtype=resolve_dtype(dtype, device, checkpoint_dtype),
-        threads=threads or usable_cpus(), remote_code=remote_code, module_stack=module_stack,
+        threads=threads or usable_cpus(), remote_code=remote_code, module_stack=module_stack, vision=vision,
     )  # fmt: skip
     return LoadedReranker(recipes, model)

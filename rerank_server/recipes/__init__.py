@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from rerank_server.recipes.base import (
     DEFAULT_OPTIONS,
+    Content,
     EncodedPairs,
+    ImageInput,
+    Item,
     LastTokenHead,
+    PairImages,
     Recipe,
     RecipeError,
     TextOptions,
@@ -18,12 +22,17 @@ from rerank_server.recipes.bge_gemma import BgeGemmaRecipe
 from rerank_server.recipes.cross_encoder import CrossEncoderRecipe
 from rerank_server.recipes.mxbai_v2 import MxbaiV2Recipe
 from rerank_server.recipes.qwen3 import Qwen3Recipe
+from rerank_server.recipes.qwen3_vl import Qwen3VLRecipe
 
 __all__ = [
     "DEFAULT_OPTIONS",
     "RECIPES",
+    "Content",
     "EncodedPairs",
+    "ImageInput",
+    "Item",
     "LastTokenHead",
+    "PairImages",
     "Recipe",
     "RecipeError",
     "TextOptions",
@@ -32,7 +41,7 @@ __all__ = [
 ]
 
 RECIPES: dict[str, type[Recipe]] = {
-    recipe.name: recipe for recipe in (CrossEncoderRecipe, Qwen3Recipe, BgeGemmaRecipe, MxbaiV2Recipe)
+    recipe.name: recipe for recipe in (CrossEncoderRecipe, Qwen3Recipe, BgeGemmaRecipe, MxbaiV2Recipe, Qwen3VLRecipe)
 }
 
 # Text that only a family's own prompt contains: a chat template (sentence-transformers' causal-LM CrossEncoder
@@ -45,6 +54,7 @@ _PROMPT_SIGNATURES = {
 # Id fragments of the published checkpoints (and conversions of them, e.g. tomaarsen/Qwen3-Reranker-0.6B-seq-cls).
 _ID_FRAGMENTS = {
     "qwen3-reranker": "qwen3",
+    "qwen3-vl-reranker": "qwen3-vl",
     "bge-reranker-v2-gemma": "bge-gemma",
     "mxbai-rerank-base-v2": "mxbai-v2",
     "mxbai-rerank-large-v2": "mxbai-v2",

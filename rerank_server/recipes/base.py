@@ -7,13 +7,19 @@ a backend (`rerank_server.backends`) turns its token ids into logits.
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from rerank_server.errors import InvalidInputError
 from rerank_server.recipes.long_text import LongText
+
+if TYPE_CHECKING:
+    import numpy as np
 
 Side = Literal["right", "left"]
 
@@ -39,6 +45,44 @@ class TextOptions:
 DEFAULT_OPTIONS = TextOptions()
 
 
+@dataclass(frozen=True, eq=False)
+class ImageInput:
+    """One image of a request, still encoded (PNG, JPEG, ...): decoding it is the recipe's work, on a preparation
+    thread. `field` says where the request had it, so that a refusal names it ("documents.3.image")."""
+
+    data: bytes
+    field: str = "image"
+
+    @cached_property
+    def digest(self) -> bytes:
+        """A fixed-size identity of the bytes: the result cache's key and the de-duplication of a request's images."""
+        return hashlib.blake2b(self.data, digest_size=20).digest()
+
+
+@dataclass(frozen=True)
+class Content:
+    """A query or document with images (text-only ones travel as plain `str`, so nothing changes for them).
+
+    `text` None means no text part at all, which multimodal recipes tell apart from an empty text.
+    """
+
+    text: str | None = None
+    images: tuple[ImageInput, ...] = field(default_factory=tuple)
+
+
+# What a request scores: a text, or a text with images.
+Item = str | Content
+
+
+@dataclass(frozen=True)
+class PairImages:
+    """The prepared images of one pair, in the order their tokens appear in its ids: each image's pixel rows (the
+    image processor's `pixel_values`) and its (t, h, w) patch grid. Arrays may be shared between pairs."""
+
+    pixel_values: tuple[np.ndarray, ...]
+    grids: tuple[tuple[int, int, int], ...]
+
+
 @dataclass(frozen=True)
 class EncodedPairs:
     """Tokenized pairs, unpadded, in request order: what the model thread needs, prepared on another thread.
@@ -48,6 +92,8 @@ class EncodedPairs:
 
     input_ids: list[list[int]]
     token_type_ids: list[list[int]] | None = None
+    # Multimodal recipes: each pair's images (None for a pair without any); None when no pair has one.
+    images: list[PairImages | None] | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -61,12 +107,14 @@ class EncodedPairs:
         if start == 0 and stop >= len(self):
             return self
         types = self.token_type_ids[start:stop] if self.token_type_ids is not None else None
-        return EncodedPairs(self.input_ids[start:stop], types)
+        images = self.images[start:stop] if self.images is not None else None
+        return EncodedPairs(self.input_ids[start:stop], types, images)
 
     def select(self, rows: Sequence[int]) -> EncodedPairs:
         """The pairs at `rows`, in that order."""
         types = [self.token_type_ids[i] for i in rows] if self.token_type_ids is not None else None
-        return EncodedPairs([self.input_ids[i] for i in rows], types)
+        images = [self.images[i] for i in rows] if self.images is not None else None
+        return EncodedPairs([self.input_ids[i] for i in rows], types, images)
 
     @classmethod
     def concat(cls, parts: Sequence[EncodedPairs]) -> EncodedPairs:
@@ -75,7 +123,10 @@ class EncodedPairs:
         types = None
         if all(part.token_type_ids is not None for part in parts):
             types = [ids for part in parts for ids in part.token_type_ids or ()]
-        return cls([ids for part in parts for ids in part.input_ids], types)
+        images = None
+        if any(part.images is not None for part in parts):  # text-only requests of a multimodal model join in
+            images = [pair for part in parts for pair in (part.images or [None] * len(part))]
+        return cls([ids for part in parts for ids in part.input_ids], types, images)
 
 
 @dataclass(frozen=True)
@@ -96,6 +147,14 @@ class Recipe(ABC):
     uses_instruction: ClassVar[bool] = False
     # The max_length of the family's reference code, for a model the catalogue does not know.
     reference_max_length: ClassVar[int] = 512
+    # Whether queries and documents may hold images (`Content`); text recipes take `str` only.
+    takes_images: ClassVar[bool] = False
+
+    @classmethod
+    def load_extras(cls, path: Path) -> dict[str, Any]:
+        """What the recipe needs from the model folder besides its tokenizer (an image processor, a chat template):
+        keyword arguments of its constructor, loaded once and shared by its copies."""
+        return {}
 
     def __init__(self, tokenizer: Any, max_length: int) -> None:
         self.tokenizer = tokenizer
@@ -122,6 +181,11 @@ class Recipe(ABC):
     def last_token_head(self) -> LastTokenHead:
         """Which vocabulary logits make the score when the checkpoint is a causal LM."""
         raise RecipeError(f"the {self.name} recipe scores with a classification head, not a language model", "model")
+
+    def image_bytes(self, images: Sequence[ImageInput], max_source_pixels: int) -> int:
+        """What preparing `images` will hold in memory, read from their headers (nothing is decoded); refuses an
+        image that cannot be read or is larger than `max_source_pixels` (InvalidInputError naming its field)."""
+        raise RecipeError(f"the {self.name} recipe reads text only", images[0].field if images else "documents")
 
     @abstractmethod
     def encode(self, queries: Sequence[str], documents: Sequence[str], options: TextOptions) -> EncodedPairs:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import io
 import ipaddress
+import textwrap
 import threading
 import time
 import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -87,6 +89,42 @@ def test_image_bounds_are_the_operators(stored_vl) -> None:
         assert status == 400 and "RERANK_MAX_IMAGE_BYTES" in body["error"]["message"]
 
 
+def test_line_wrapped_base64_is_taken_up_to_the_byte_limit(stored_vl) -> None:
+    noisy = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (160, 160, 3), dtype=np.uint8)).save(noisy, "PNG")
+    wrapped = "\n".join(textwrap.wrap(b64(noisy.getvalue()), 76))  # as `base64` writes it: ~1,300 line breaks
+    with scoring_engine(max_image_bytes=len(noisy.getvalue())) as engine, routes_client(engine) as client:
+        status, body = ask(client, {"image": wrapped})
+        assert status == 200, body
+    with scoring_engine(max_image_bytes=len(noisy.getvalue()) - 1) as engine, routes_client(engine) as client:
+        status, body = ask(client, {"image": wrapped})
+        assert status == 400 and "RERANK_MAX_IMAGE_BYTES" in body["error"]["message"], body
+
+
+def test_a_pair_whose_images_pass_the_token_limit_is_a_400(engine, client) -> None:
+    """Truncation never cuts an image: a pair whose images alone pass the limit is refused, not run for minutes."""
+    large = b64(png(640, 640))  # 20 x 20 merged patches: 400 tokens
+    status, body = ask(client, {"text": "t", "image": large}, truncate_prompt_tokens=300)
+    assert status == 400, body
+    assert body["error"]["param"] == "documents.1.image", body
+    assert "400 tokens" in body["error"]["message"] and "limit of 300" in body["error"]["message"], body
+    status, body = ask(client, {"text": "t", "image": large}, query={"image": large}, truncate_prompt_tokens=600)
+    assert status == 400 and "800 tokens" in body["error"]["message"], body  # the query's image counts in each pair
+    assert ask(client, {"text": "t", "image": large}, truncate_prompt_tokens=600)[0] == 200
+    assert engine.image_memory.held == 0
+
+
+def test_decoding_a_large_scan_is_reserved_before_it_starts(stored_vl) -> None:
+    """A 3000x3000 scan becomes ~31 MB of patches, but decoding it takes ~117 MB: that is what it reserves."""
+    with scoring_engine(max_image_memory_mb=100) as engine, routes_client(engine) as client:
+        holding = engine.image_memory.reserve(40 * 2**20)  # another request's images
+        status, body = ask(client, {"image": b64(png(3000, 3000))})
+        assert status == 429 and "RERANK_MAX_IMAGE_MEMORY_MB" in body["error"]["message"], body
+        holding()
+        assert ask(client, {"image": b64(png(3000, 3000))})[0] == 200
+        assert engine.image_memory.held == 0
+
+
 def test_the_server_keeps_serving_and_holds_no_image_memory_after_refusals(engine, client) -> None:
     for _, document, _, _ in HOSTILE:
         ask(client, document)
@@ -128,6 +166,7 @@ def image_host() -> Iterator[str]:
         "/to-metadata": (302, {"Location": "http://169.254.169.254/latest/meta-data/"}, b""),
         "/to-private": (301, {"Location": "http://10.255.255.1/cat.png"}, b""),
         "/loop": (302, {"Location": "/loop"}, b""),
+        "/to-invalid": (302, {"Location": "http://[::1"}, b""),
         "/gzip.png": (200, {"Content-Encoding": "gzip"}, zlib.compress(GOOD)),
     }
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -175,6 +214,7 @@ def test_an_allowed_url_is_fetched_and_scores_as_its_bytes(fetching, image_host)
         ("/loop", "redirected more than"),
         ("/gzip.png", "compressed"),
         ("/missing.png", "answered 404"),
+        ("/to-invalid", "could not be fetched"),  # httpx finds the Location invalid
     ],
 )
 def test_url_refusals(fetching, image_host, path, fragment) -> None:
@@ -195,12 +235,18 @@ def test_loopback_is_refused_unless_allowed_and_only_http_is_fetched(stored_vl, 
         assert status == 400 and "http(s) URL" in body["error"]["message"], body
 
 
+def test_a_host_name_the_resolver_refuses_is_a_400(fetching) -> None:
+    status, body = ask(fetching, {"image": f"http://{'a' * 64}.example/cat.png"})  # IDNA: a label over 63 characters
+    assert status == 400 and "cannot be resolved" in body["error"]["message"], body
+
+
 def test_which_addresses_a_url_may_reach() -> None:
     none: tuple = ()
-    public = ("8.8.8.8", "1.1.1.1", "2606:4700:4700::1111")
+    public = ("8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "64:ff9b::808:808")
     refused = (
         "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0", "::1",
         "fe80::1", "fc00::1", "::ffff:127.0.0.1", "::ffff:169.254.169.254", "224.0.0.1", "255.255.255.255",
+        "64:ff9b::a9fe:a9fe", "2002:a9fe:a9fe::1", "64:ff9b::a00:1", "2002:7f00:1::",  # NAT64 and 6to4 to private
     )  # fmt: skip
     assert all(reachable(ipaddress.ip_address(a), none) for a in public)
     assert not any(reachable(ipaddress.ip_address(a), none) for a in refused)

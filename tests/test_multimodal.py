@@ -174,6 +174,29 @@ def test_scores_are_the_references_in_process(model, reference) -> None:
     assert np.argsort(scores).tolist() == np.argsort(expected).tolist()
 
 
+def test_a_bf16_run_rounds_the_score_once_as_the_references_one_row_does(qwen3_vl_dir, tmp_path) -> None:
+    """The reference scores through one row, W_yes - W_no. Two bf16 logits rounded apart lose up to 0.5 each when
+    they are near 100 though their difference is small, as in a checkpoint whose yes and no rows share a large part."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    folder = shutil.copytree(qwen3_vl_dir, tmp_path / "vl")
+    weights = load_file(folder / "model.safetensors")
+    recipe = load_folder(qwen3_vl_dir, recipe="qwen3-vl", max_length=8192).recipe
+    head = recipe.last_token_head()
+    shared = torch.randn(weights["lm_head.weight"].shape[1], generator=torch.Generator().manual_seed(0)) * 16
+    for row in (head.positive_id, head.negative_id):
+        weights["lm_head.weight"][row] += shared.to(weights["lm_head.weight"].dtype)
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    exact, rounded = (load_folder(folder, recipe="qwen3-vl", max_length=8192, dtype=d) for d in ("float32", "bfloat16"))
+    encoded = exact.encode([QUERY] * len(DOCUMENTS), ENGINE_DOCUMENTS)
+    reference_logits = run_passes(exact, encoded)
+    logits = run_passes(rounded, encoded)
+    assert (logits - reference_logits).abs().max() < 0.15, (logits, reference_logits)
+
+
 def torch_sigmoid(logits) -> list[float]:
     return logits.sigmoid().tolist()
 

@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, wait
 
 import httpx
 import pytest
@@ -22,18 +23,20 @@ def gated() -> GatedScorer:
     return GatedScorer()
 
 
-def occupy(engine, scorer: GatedScorer, queued: int = 0) -> None:
-    """Keep the engine's model thread busy (and `queued` pairs waiting) until the scorer's gate opens."""
+def occupy(engine, scorer: GatedScorer, queued: int = 0) -> list[Future]:
+    """Keep the engine's model thread busy (and `queued` pairs waiting) until the scorer's gate opens; the futures
+    of that work, done once it has left the queue."""
     scorer.gate.clear()
-    engine.batcher.submit("busy-model", scorer, pairs(1))
+    work = [engine.batcher.submit("busy-model", scorer, pairs(1))]
     assert scorer.started.wait(5)
     if queued:
-        engine.batcher.submit("busy-model", scorer, pairs(*range(queued)))
+        work.append(engine.batcher.submit("busy-model", scorer, pairs(*range(queued))))
+    return work
 
 
 def test_a_full_queue_is_a_fast_429_with_retry_after(stored_fixture, gated) -> None:
     with scoring_engine(max_queue_pairs=4) as engine, routes_client(engine) as client:
-        occupy(engine, gated, queued=4)
+        occupying = occupy(engine, gated, queued=4)
         started = time.perf_counter()
         response = client.post("/v1/rerank", json={"query": "q", "documents": ["a", "b"]})
         assert time.perf_counter() - started < 1.0
@@ -43,6 +46,7 @@ def test_a_full_queue_is_a_fast_429_with_retry_after(stored_fixture, gated) -> N
         tei = client.post("/rerank", json={"query": "q", "texts": ["a"]})
         assert tei.status_code == 429 and tei.json()["error_type"] == "Overloaded"
         gated.gate.set()
+        wait(occupying, timeout=10)  # the queue has room again once the work holding it is done
         assert client.post("/v1/rerank", json={"query": "q", "documents": ["a", "b"]}).status_code == 200
 
 

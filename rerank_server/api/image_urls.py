@@ -6,7 +6,8 @@ host resolves to must be public (not private, loopback, link-local, multicast or
 169.254.169.254 included) unless its network is listed in RERANK_IMAGE_URLS_ALLOW_PRIVATE; the connection goes to the
 address that was checked (the name is not resolved a second time, so a DNS answer that changes in between cannot
 redirect it), with the host name kept for the Host header and TLS; redirects are followed by hand, each one checked
-the same way, at most a few; no proxy from the environment; a size cap while reading and one deadline for it all.
+the same way, at most a few; no proxy from the environment; a size cap while reading and one deadline per URL,
+redirects included.
 """
 
 from __future__ import annotations
@@ -31,10 +32,27 @@ def allowed_networks(setting: str) -> tuple[IPNetwork, ...]:
     return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in setting.split(",") if part.strip())
 
 
+# NAT64's well-known prefix: a gateway translates 64:ff9b::a.b.c.d to the IPv4 address a.b.c.d.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _ipv4_inside(address: IPAddress) -> IPAddress:
+    """The IPv4 address an IPv6 one leads to (mapped, 6to4, NAT64), else the address itself: Python counts
+    2002:a9fe:a9fe:: and 64:ff9b::a9fe:a9fe as global, though both reach 169.254.169.254."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return address
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address
+
+
 def reachable(address: IPAddress, allowed: tuple[IPNetwork, ...]) -> bool:
     """Whether a URL may lead to `address`: a public one, or one in a network the operator allowed."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    address = _ipv4_inside(address)
     if any(address in network for network in allowed):
         return True
     return address.is_global and not address.is_multicast
@@ -70,7 +88,7 @@ class ImageFetcher:
                 return await self._follow(url, field)
         except TimeoutError:
             raise invalid(f"`{field}`: {url} did not answer within {self.timeout_s:g} s", field) from None
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL is not an HTTPError
             raise invalid(f"`{field}`: {url} could not be fetched ({type(exc).__name__})", field) from None
 
     async def _follow(self, url: str, field: str) -> bytes:
@@ -81,7 +99,7 @@ class ImageFetcher:
             response = await self._client.send(request, stream=True)
             try:
                 if response.is_redirect and "location" in response.headers:
-                    url = str(httpx.URL(url).join(response.headers["location"]))
+                    url = str(httpx.URL(url).join(response.headers["location"]))  # httpx refused a bad one in send
                     continue
                 if response.status_code != 200:
                     raise invalid(f"`{field}`: {url} answered {response.status_code}", field)
@@ -101,8 +119,8 @@ class ImageFetcher:
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
         try:
             addresses = await _addresses(parsed.host, port)
-        except OSError as exc:
-            raise invalid(f"`{field}`: the host {parsed.host} cannot be resolved ({exc})", field) from None
+        except (OSError, UnicodeError, ValueError) as exc:  # IDNA refuses a label over 63 characters: UnicodeError
+            raise invalid(f"`{field}`: the host {parsed.host[:100]} cannot be resolved ({exc})", field) from None
         refused = [a for a in addresses if not reachable(a, self.allowed)]
         if refused or not addresses:
             raise invalid(

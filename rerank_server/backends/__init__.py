@@ -1,9 +1,10 @@
-"""Backends: token ids in, one logit per pair out. They know nothing of text, prompts or HTTP.
+"""Backends: token ids (and, for a vision-language model, the pixels a recipe prepared) in, one logit per pair out.
+They know nothing of text, prompts or HTTP.
 
 A model is imported for one backend (`import_models.py --backend`): `torch` (CUDA, CPU, MPS; classification heads
 and causal-LM rerankers), or a CPU runtime that the model is converted for at import time: `openvino` /
 `openvino-int8` (OpenVINO, weight-only int8) and `onnx` / `onnx-int8` (ONNX Runtime, dynamic int8). CPU runtimes take
-cross-encoders (one-logit `*ForSequenceClassification`) only.
+BERT-family cross-encoders (one-logit `*ForSequenceClassification`) only.
 
 This module imports no runtime: the model store reads backend names without loading torch, ONNX Runtime or OpenVINO.
 """

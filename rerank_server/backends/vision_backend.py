@@ -22,8 +22,13 @@ class VisionLastTokenLogit(TorchBackend):
 
         self.device, self.dtype = device, dtype
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
-        rows = [head.positive_id] if head.negative_id is None else [head.positive_id, head.negative_id]
-        self.head = model.get_output_embeddings().weight[rows].detach().clone().to(device)
+        # One row, W_yes - W_no, as the reference's `score_linear`; in float32, so that a bf16 run rounds the score
+        # once (the hidden state) and not twice: two bf16 logits near 20 are each only good to 0.125.
+        weight = model.get_output_embeddings().weight.detach()
+        row = weight[head.positive_id].float()
+        if head.negative_id is not None:
+            row = row - weight[head.negative_id].float()
+        self.head = row.clone().to(device)  # a copy: a view of one row would keep the whole output layer
         self.image_token_id: int = AutoConfig.from_pretrained(path).image_token_id
         self.body = model.model.to(device).eval()
         self._measure(self.body)
@@ -52,5 +57,4 @@ class VisionLastTokenLogit(TorchBackend):
                 "mm_token_type_ids": _on_device(types, self.device),
             }
         hidden = self.body(**features, use_cache=False).last_hidden_state[:, -1]
-        logits = (hidden @ self.head.T).float()
-        return logits[:, 0] - logits[:, 1] if logits.shape[1] == 2 else logits[:, 0]
+        return hidden.float() @ self.head

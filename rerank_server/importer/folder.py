@@ -118,7 +118,8 @@ def inspect_folder(
     """Check that `folder` holds a reranker we can run and read its properties.
 
     A reranker is a one-logit `*ForSequenceClassification` (a cross-encoder, or a converted LLM reranker), a
-    `*ForCausalLM` with a known scoring recipe, or a sentence-transformers CrossEncoder with a score head of its own.
+    `*ForCausalLM` with a known scoring recipe, a vision-language `*ForConditionalGeneration` with its recipe and
+    image processor (Qwen3-VL-Reranker), or a sentence-transformers CrossEncoder with a score head of its own.
     A folder whose config maps classes to its own Python code (`auto_map`) is taken only with `trust_remote_code`.
     Raises ModelImportError saying what is missing, so a wrong folder is caught before anything is stored.
     """

@@ -2,7 +2,7 @@
 
 Hand-written rather than `CrossEncoder.predict` because the server needs what predict does not give: the token count
 of every pair (for `usage`) from the same tokenization the model consumes, tokenizing on several threads while the
-model computes, and forward passes that the batcher plans (`rerank_server.engine.batcher`). Tokenization and weights
+model computes, and forward passes that the batcher plans (`rerank_server.engine.passes`). Tokenization and weights
 are the reference's: each recipe re-implements its family's published code, and the tests compare the two.
 """
 

@@ -26,6 +26,9 @@ from rerank_server.recipes.base import ImageInput
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 
 MAX_RATIO = 200
+# Memory one image takes while `fetch_image` turns it into RGB: Pillow keeps RGB and RGBA in 4 bytes a pixel, and an
+# RGBA image is decoded (4), laid on a white background (4) through its alpha band (1) into an RGB copy (4).
+DECODING_BYTES_PER_PIXEL = 13
 
 
 class ImageError(InvalidInputError):
@@ -36,9 +39,9 @@ def open_image(image: ImageInput, max_pixels: int) -> Image.Image:
     """The image with its header read and checked, its pixels not decoded yet."""
     try:
         opened = Image.open(io.BytesIO(image.data), formats=FORMATS)
-    except Image.DecompressionBombError as exc:  # Pillow's own bound, above ours, met while reading the header
+    except Image.DecompressionBombError as exc:  # Pillow's own bound, met while reading the header
         raise ImageError(
-            f"`{image.field}` claims more pixels than the limit of {max_pixels:,} (RERANK_MAX_IMAGE_PIXELS): {exc}",
+            f"`{image.field}` claims more pixels than Pillow decodes (RERANK_MAX_IMAGE_PIXELS cannot raise it): {exc}",
             image.field,
         ) from exc
     except UnidentifiedImageError as exc:
@@ -133,11 +136,3 @@ def fetch_image(
         height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels
     )
     return decoded.resize((resized_width, resized_height))
-
-
-def resized_size(
-    image: ImageInput, *, factor: int, min_pixels: int, max_pixels: int, max_source_pixels: int
-) -> tuple[int, int]:
-    """The (height, width) `fetch_image` will give `image`, from its header alone."""
-    width, height = open_image(image, max_source_pixels).size
-    return smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)

@@ -85,8 +85,10 @@ class Qwen3VLRecipe(Recipe):
     def load_extras(cls, path: Path) -> dict[str, Any]:
         from transformers import AutoImageProcessor
 
-        # Not AutoProcessor: it also builds Qwen3-VL's video processor, which needs torchvision.
-        return {"image_processor": AutoImageProcessor.from_pretrained(path), "chat_template": _chat_template(path)}
+        # Not AutoProcessor: it also builds Qwen3-VL's video processor, which needs torchvision. The Pillow backend
+        # on every host: with torchvision installed transformers would pick its backend, whose floats differ.
+        processor = AutoImageProcessor.from_pretrained(path, backend="pil")
+        return {"image_processor": processor, "chat_template": _chat_template(path)}
 
     def __init__(
         self, tokenizer: Any, max_length: int, *, image_processor: Any = None, chat_template: str | None = None
@@ -117,11 +119,16 @@ class Qwen3VLRecipe(Recipe):
         return 3 * getattr(self.image_processor, "temporal_patch_size", 2)
 
     def image_bytes(self, images: Sequence[ImageInput], max_source_pixels: int) -> int:
-        total = 0
+        """The prepared patches of every image (float32, held until the pairs are scored), plus decoding the largest
+        one: a request's images are decoded one after another, and a 40-million-pixel scan decoded and made RGB
+        holds far more than its 31 MB of patches."""
+        prepared, decoding = 0, 0
         for image in images:
-            height, width = imaging.resized_size(image, **self._bounds(), max_source_pixels=max_source_pixels)
-            total += int(height * width * self._floats_per_pixel()) * 4  # float32
-        return total
+            width, height = imaging.open_image(image, max_source_pixels).size
+            resized_height, resized_width = imaging.smart_resize(height, width, **self._bounds())
+            prepared += int(resized_height * resized_width * self._floats_per_pixel()) * 4
+            decoding = max(decoding, width * height * imaging.DECODING_BYTES_PER_PIXEL)
+        return prepared + decoding
 
     def _prepare(self, image: ImageInput) -> tuple[np.ndarray, tuple[int, int, int]]:
         if self.image_processor is None:
@@ -194,7 +201,10 @@ class Qwen3VLRecipe(Recipe):
     def _expand(self, text: str, grids: Sequence[tuple[int, int, int]]) -> str:
         """Each `<|image_pad|>` as many times as its image has tokens (one per 2x2 patches), as the processor does."""
         pieces = text.split(IMAGE_TOKEN)
-        assert len(pieces) == len(grids) + 1, "one <|image_pad|> per image"
+        if len(pieces) != len(grids) + 1:
+            raise RecipeError(
+                f"the model's chat template wrote {len(pieces) - 1} {IMAGE_TOKEN} for {len(grids)} images", "model"
+            )
         merge = getattr(self.image_processor, "merge_size", 2) ** 2
         expanded = pieces[0]
         for (t, h, w), piece in zip(grids, pieces[1:], strict=True):
@@ -215,8 +225,10 @@ class Qwen3VLRecipe(Recipe):
         prepared: dict[bytes, tuple[np.ndarray, tuple[int, int, int]]] = {}
         texts: list[str] = []
         pairs: list[PairImages | None] = []
+        fields: list[str] = []
         for query, document in zip(queries, documents, strict=True):
             images = [*_parts(query)[1], *_parts(document)[1]]
+            fields.append(images[-1].field if images else "documents")
             for image in images:
                 if image.digest not in prepared:  # a query's image is prepared once for all its documents
                     prepared[image.digest] = self._prepare(image)
@@ -229,7 +241,21 @@ class Qwen3VLRecipe(Recipe):
         rows = self.tokenizer(texts)["input_ids"]
         if options.truncate:
             rows = [self._truncate(ids, budget) for ids in rows]
+            self._refuse_overlong(rows, fields, budget)
         return EncodedPairs(rows, images=pairs if any(pairs) else None)
+
+    def _refuse_overlong(self, rows: Sequence[list[int]], fields: Sequence[str], budget: int) -> None:
+        """Truncation never cuts an image, so a pair whose images (with the prompt's special tokens) pass the budget
+        stays too long. The reference would run it; we refuse it, as vLLM refuses a prompt over max_model_len: one
+        such pair could otherwise hold the model for minutes (32 images of 1,280 tokens each)."""
+        for ids, field in zip(rows, fields, strict=True):
+            if len(ids) > budget + TAIL:
+                raise RecipeError(
+                    f"`{field}`: the pair's images take {ids.count(self.image_token_id):,} tokens, which with the "
+                    f"prompt make {len(ids):,}, over the model's limit of {budget + TAIL:,}; send fewer or smaller "
+                    "images",
+                    field,
+                )
 
     def _cut(
         self, instruction: str, query: Item, document: Item, budget: int, options: TextOptions, grids: Sequence

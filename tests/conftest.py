@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -31,6 +33,8 @@ for _name in [name for name in os.environ if name.startswith(_USER_SETTINGS)]:
     del os.environ[_name]
 # BentoML reads BENTOML_HOME once, at import: point it at a scratch store before anything imports bentoml.
 _SCRATCH = Path(tempfile.mkdtemp(prefix="rerank-tests-"))
+# Gone when the run ends: its stores hold gigabytes of copied fixture weights, and runs add up.
+atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
 os.environ["BENTOML_HOME"] = str(_SCRATCH / "bentoml")
 os.environ["HF_HOME"] = str(_SCRATCH / "hf-home")  # never the user's Hub cache
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"

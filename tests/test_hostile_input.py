@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from tests.conftest import FIXTURE_MODEL_ID, QWEN3_VL_ID, RunningServer, running_server
-from tests.fixture_images import GOOD, b64, bomb, png_claiming
+from tests.fixture_images import GOOD, b64, bomb, png, png_claiming
 
 KEY = "hostile-input-key"
 AUTH = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
@@ -93,6 +93,7 @@ CASES = [
 ]
 # Images: to a text model, and bad or hostile ones to a multimodal reranker.
 VL = {"model": QWEN3_VL_ID, "query": "q"}
+_IMAGE_PART = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + b64(png(1100, 1400))}}
 CASES += [
     Case("an image for a text model", _json({"query": "q", "documents": [{"image": b64(GOOD)}]}), 400,
          error=FIXTURE_MODEL_ID),
@@ -110,6 +111,8 @@ CASES += [
          error="RERANK_MAX_IMAGES_PER_REQUEST"),
     Case("an image URL", _json({**VL, "documents": [{"image": "http://169.254.169.254/latest"}]}), 400,
          error="RERANK_IMAGE_URLS"),
+    Case("a pair of 7 images of 1,280 tokens", _json({**VL, "documents": [{"content": [_IMAGE_PART] * 7}]}), 400,
+         error="over the model's limit of 8,197"),
 ]  # fmt: skip
 
 

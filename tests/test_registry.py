@@ -8,6 +8,7 @@ import shutil
 import threading
 import time
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -233,3 +234,24 @@ def test_an_unloaded_models_memory_is_gone_before_the_device_cache_is_emptied(
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: seen.append(weights() is None))
     registry.get(EXTRA[1])  # unloads EXTRA[0]
     assert seen and all(seen), f"empty_cache() ran while the weights were still alive: {seen}"
+
+
+def test_models_loaded_at_once_leave_transformers_as_they_found_it(fixture_model_dir, qwen3_vl_dir, tmp_path) -> None:
+    """`from_pretrained` swaps `PreTrainedModel.tie_weights`, `init_weights` and `torch.nn.init.*` while it runs and
+    puts back what it found: two loads that overlap could leave stand-ins for good, and a model with tied embeddings
+    loaded after them got a random output layer (Qwen3-Reranker-0.6B and mxbai v2 tie theirs)."""
+    import torch
+    from transformers import PreTrainedModel
+
+    from rerank_server.models.loaded import load_folder
+    from tests.fixture_models import build_mxbai_v2_reranker
+
+    found = (PreTrainedModel.tie_weights, PreTrainedModel.init_weights, torch.nn.init.normal_)
+    loads = [(fixture_model_dir, "cross-encoder"), (qwen3_vl_dir, "qwen3-vl")] * 3
+    with ThreadPoolExecutor(len(loads)) as pool:
+        list(pool.map(lambda load: load_folder(load[0], recipe=load[1], max_length=512), loads))
+    assert (PreTrainedModel.tie_weights, PreTrainedModel.init_weights, torch.nn.init.normal_) == found
+    tied = load_folder(build_mxbai_v2_reranker(tmp_path / "mxbai"), recipe="mxbai-v2", max_length=512, causal=True)
+    head = tied.recipe.last_token_head()
+    embedding = tied.backend.body.get_input_embeddings().weight
+    assert torch.equal(tied.backend.head, embedding[[head.positive_id, head.negative_id]]), "the head is tied"

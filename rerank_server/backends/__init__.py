@@ -11,6 +11,7 @@ This module imports no runtime: the model store reads backend names without load
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -51,6 +52,14 @@ RUNTIMES: dict[str, str] = {
     "onnx": "ONNX Runtime",
     "onnx-int8": "ONNX Runtime",
 }
+
+
+# One transformers load at a time in this process. `from_pretrained` swaps class-wide functions for its duration
+# (`PreTrainedModel.tie_weights`, `init_weights`, `torch.nn.init.*`) and puts back what it found on exit: two loads
+# that overlap can put back the other's stand-ins for good, and every later load of a model with tied embeddings
+# (Qwen3-Reranker-0.6B, mxbai-rerank v2) then gets a random output layer and wrong scores, silently. The registry
+# loads on a pool of threads, so two models asked for at once would overlap.
+_TRANSFORMERS_LOADING = threading.Lock()
 
 
 def is_cpu_runtime(backend: str) -> bool:
@@ -101,14 +110,15 @@ def load_backend(
     if device == "cpu":
         # torch sizes its pool from the host's cores, not the container's quota (see rerank_server.cpu).
         torch.set_num_threads(threads)
-    if vision:
-        from rerank_server.backends.vision_backend import VisionLastTokenLogit
+    with _TRANSFORMERS_LOADING:
+        if vision:
+            from rerank_server.backends.vision_backend import VisionLastTokenLogit
 
-        assert head is not None
-        return VisionLastTokenLogit(path, device=device, dtype=dtype, head=head)
-    if causal:
-        assert head is not None
-        return LastTokenLogit(path, device=device, dtype=dtype, head=head)
-    if module_stack:
-        return ModuleStack(path, device=device, dtype=dtype)
-    return SequenceClassifier(path, device=device, dtype=dtype, pad_id=pad_id, remote_code=remote_code)
+            assert head is not None
+            return VisionLastTokenLogit(path, device=device, dtype=dtype, head=head)
+        if causal:
+            assert head is not None
+            return LastTokenLogit(path, device=device, dtype=dtype, head=head)
+        if module_stack:
+            return ModuleStack(path, device=device, dtype=dtype)
+        return SequenceClassifier(path, device=device, dtype=dtype, pad_id=pad_id, remote_code=remote_code)

@@ -58,7 +58,7 @@ RUNTIMES: dict[str, str] = {
 # (`PreTrainedModel.tie_weights`, `init_weights`, `torch.nn.init.*`) and puts back what it found on exit: two loads
 # that overlap can put back the other's stand-ins for good, and every later load of a model with tied embeddings
 # (Qwen3-Reranker-0.6B, mxbai-rerank v2) then gets a random output layer and wrong scores, silently. The registry
-# loads on a pool of threads, so two models asked for at once would overlap.
+# loads on a pool of threads, so two models asked for at once would overlap. (huggingface/transformers#44940, open.)
 _TRANSFORMERS_LOADING = threading.Lock()
 
 

@@ -41,7 +41,7 @@ def open_image(image: ImageInput, max_pixels: int) -> Image.Image:
         opened = Image.open(io.BytesIO(image.data), formats=FORMATS)
     except Image.DecompressionBombError as exc:  # Pillow's own bound, met while reading the header
         raise ImageError(
-            f"`{image.field}` claims more pixels than Pillow decodes (RERANK_MAX_IMAGE_PIXELS cannot raise it): {exc}",
+            f"`{image.field}` claims more pixels than any image this server reads (RERANK_MAX_IMAGE_PIXELS): {exc}",
             image.field,
         ) from exc
     except UnidentifiedImageError as exc:

@@ -151,6 +151,11 @@ def reference_encoder(fixture_model_dir: Path):
     return CrossEncoder(str(fixture_model_dir), device="cpu")
 
 
+def scores_by_index(results: list[dict], key: str = "relevance_score") -> list[float]:
+    """A rerank answer's scores in the order the documents were sent."""
+    return [score for _, score in sorted((r["index"], r[key]) for r in results)]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -27,7 +27,15 @@ from rerank_server.importer.sources import import_from_folder
 from rerank_server.models.loaded import load_folder
 from rerank_server.models.store import find_reranker
 from rerank_server.recipes import TextOptions
-from tests.conftest import BGE_GEMMA_ID, FIXTURE_MODEL_ID, QWEN3_ID, REPO_ROOT, routes_client, running_server
+from tests.conftest import (
+    BGE_GEMMA_ID,
+    FIXTURE_MODEL_ID,
+    QWEN3_ID,
+    REPO_ROOT,
+    routes_client,
+    running_server,
+    scores_by_index,
+)
 from tests.conftest import scoring_engine as make_engine
 from tests.llm_references import BGE_GEMMA_PROMPT, BgeGemmaReference, Qwen3Reference
 
@@ -65,10 +73,6 @@ def bge_gemma_reference(bge_gemma_dir: Path) -> BgeGemmaReference:
 def llm_client(stored_llms):
     with make_engine() as engine, routes_client(engine) as client:
         yield client
-
-
-def _by_index(results: list[dict], key: str = "relevance_score") -> list[float]:
-    return [score for _, score in sorted((r["index"], r[key]) for r in results)]
 
 
 # --- Token ids: the recipes against the references -----------------------------------------------------------------
@@ -132,20 +136,20 @@ def test_qwen3_scores_are_the_references_on_every_route(llm_client, qwen3_refere
     for path in ("/v1/rerank", "/v2/rerank", "/rerank"):
         body = llm_client.post(path, json={"model": QWEN3_ID, "query": QUERY, "documents": DOCUMENTS, **extra}).json()
         assert body["model"] == QWEN3_ID
-        assert _by_index(body["results"]) == pytest.approx(expected, abs=1e-4), path
+        assert scores_by_index(body["results"]) == pytest.approx(expected, abs=1e-4), path
         ranked = [r["index"] for r in body["results"]]
         assert ranked == sorted(range(len(DOCUMENTS)), key=lambda i: -expected[i]), path
         tokens = sum(len(ids) for ids in qwen3_reference.token_ids([QUERY] * len(DOCUMENTS), DOCUMENTS, instruction))
         assert body["usage"]["prompt_tokens"] == tokens, "usage counts what the model saw, the template included"
     tei = llm_client.post("/rerank", json={"model": QWEN3_ID, "query": QUERY, "texts": DOCUMENTS, **extra}).json()
-    assert _by_index(tei, "score") == pytest.approx(expected, abs=1e-4)
+    assert scores_by_index(tei, "score") == pytest.approx(expected, abs=1e-4)
     score = llm_client.post("/score", json={"model": QWEN3_ID, "text_1": QUERY, "text_2": DOCUMENTS, **extra}).json()
     assert [d["score"] for d in score["data"]] == pytest.approx(expected, abs=1e-4)
     raw = llm_client.post(
         "/v1/rerank", json={"model": QWEN3_ID, "query": QUERY, "documents": DOCUMENTS, "use_activation": False, **extra}
     ).json()
     logits = torch.logit(torch.tensor(expected, dtype=torch.float64)).tolist()  # z_yes - z_no
-    assert _by_index(raw["results"]) == pytest.approx(logits, abs=1e-3)
+    assert scores_by_index(raw["results"]) == pytest.approx(logits, abs=1e-3)
 
 
 @pytest.mark.parametrize("prompt", [None, "Does passage B answer question A? Reply 'Yes' or 'No'."])
@@ -158,9 +162,9 @@ def test_bge_gemma_scores_are_the_references_on_every_route(llm_client, bge_gemm
             path, json={"model": "bge-reranker-v2-gemma", "query": QUERY, "documents": DOCUMENTS, **extra}
         ).json()
         assert body["model"] == BGE_GEMMA_ID
-        assert _by_index(body["results"]) == pytest.approx(expected, abs=1e-4), path
+        assert scores_by_index(body["results"]) == pytest.approx(expected, abs=1e-4), path
     tei = llm_client.post("/rerank", json={"model": BGE_GEMMA_ID, "query": QUERY, "texts": DOCUMENTS, **extra}).json()
-    assert _by_index(tei, "score") == pytest.approx(expected, abs=1e-4)
+    assert scores_by_index(tei, "score") == pytest.approx(expected, abs=1e-4)
     score = llm_client.post(
         "/score", json={"model": BGE_GEMMA_ID, "text_1": QUERY, "text_2": DOCUMENTS, **extra}
     ).json()
@@ -169,7 +173,7 @@ def test_bge_gemma_scores_are_the_references_on_every_route(llm_client, bge_gemm
 
 def test_an_instruction_is_ignored_by_cross_encoders(llm_client, reference_encoder) -> None:
     body = {"model": FIXTURE_MODEL_ID, "query": QUERY, "documents": DOCUMENTS[:3], "instruction": INSTRUCTION}
-    scores = _by_index(llm_client.post("/v1/rerank", json=body).json()["results"])
+    scores = scores_by_index(llm_client.post("/v1/rerank", json=body).json()["results"])
     assert scores == pytest.approx(reference_encoder.predict([(QUERY, d) for d in DOCUMENTS[:3]]).tolist(), abs=1e-5)
 
 
@@ -196,7 +200,7 @@ def test_concurrent_requests_mixing_llm_rerankers_and_a_cross_encoder(
                         body["instruction"] = instruction
                     response = await client.post(path, json=body)
                     assert response.status_code == 200, response.text
-                    return key, _by_index(response.json()["results"])
+                    return key, scores_by_index(response.json()["results"])
 
                 jobs = [one(key, path) for key in expected for path in ("/v1/rerank", "/v2/rerank", "/rerank")]
                 return await asyncio.gather(*(jobs * 2))
@@ -271,7 +275,7 @@ def test_a_converted_single_logit_qwen3_scores_as_the_original(qwen3_dir, qwen3_
     assert (stored.recipe, stored.causal) == ("qwen3", False)
     with make_engine() as engine, routes_client(engine) as client:
         body = {"model": stored.model_id, "query": QUERY, "documents": DOCUMENTS}
-        scores = _by_index(client.post("/v1/rerank", json=body).json()["results"])
+        scores = scores_by_index(client.post("/v1/rerank", json=body).json()["results"])
     assert scores == pytest.approx(qwen3_reference.scores([QUERY] * len(DOCUMENTS), DOCUMENTS), abs=1e-4)
 
 

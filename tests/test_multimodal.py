@@ -27,7 +27,7 @@ from rerank_server.importer.sources import import_from_folder
 from rerank_server.models.loaded import load_folder
 from rerank_server.models.store import find_reranker
 from rerank_server.recipes import Content, ImageInput, TextOptions
-from tests.conftest import FIXTURE_MODEL_ID, QWEN3_VL_ID, routes_client, scoring_engine
+from tests.conftest import FIXTURE_MODEL_ID, QWEN3_VL_ID, routes_client, scores_by_index, scoring_engine
 from tests.vl_references import Qwen3VLRerankerReference
 
 QUERY = "A woman playing with her dog on a beach at sunset."
@@ -120,10 +120,6 @@ def vl_client(stored_vl):
         yield client
 
 
-def _by_index(results: list[dict], key: str = "relevance_score") -> list[float]:
-    return [score for _, score in sorted((r["index"], r[key]) for r in results)]
-
-
 # --- Token ids and scores: the recipe against the reference ---------------------------------------------------------
 
 
@@ -172,6 +168,25 @@ def test_scores_are_the_references_in_process(model, reference) -> None:
     scores = torch_sigmoid(run_passes(model, model.encode([QUERY] * len(DOCUMENTS), ENGINE_DOCUMENTS)))
     assert scores == pytest.approx(expected, abs=1e-4)
     assert np.argsort(scores).tolist() == np.argsort(expected).tolist()
+
+
+def test_document_caps_and_left_truncation_cut_the_documents_text_alone(model) -> None:
+    """Cohere's max_tokens_per_doc and TEI's left side cut a document's text within what its pair leaves it, images
+    and the query kept; pairs cut together are cut as they are alone (a query's room is worked out once per layout)."""
+    image_query = Content("look", (ImageInput(IMAGES["kept"]),))
+    queries = [QUERY, QUERY, image_query, QUERY, image_query]
+    documents = [long_text(3000), Content(long_text(3000, 1), (ImageInput(IMAGES["jpeg"]),)), long_text(3000, 2),
+                 long_text(3000, 3), Content(long_text(50, 4), (ImageInput(IMAGES["small"]),))]  # fmt: skip
+    image = model.recipe.image_token_id
+    for options in (TextOptions(max_document_tokens=40), TextOptions(side="left", max_length=300)):
+        together = model.encode(queries, documents, options).input_ids
+        alone = [model.encode([q], [d], options).input_ids[0] for q, d in zip(queries, documents, strict=True)]
+        assert together == alone, options
+        whole = model.encode(queries, documents).input_ids
+        for cut, full in zip(together, whole, strict=True):
+            assert len(cut) <= len(full) and cut.count(image) == full.count(image), options
+        assert all(len(cut) < len(full) for cut, full in zip(together[:4], whole[:4], strict=True)), options
+        assert len(set(map(len, together[:1] + together[3:4]))) == 1, "text pairs of one query get the same room"
 
 
 def test_a_bf16_run_rounds_the_score_once_as_the_references_one_row_does(qwen3_vl_dir, tmp_path) -> None:
@@ -227,7 +242,7 @@ def test_scores_are_the_references_on_every_route(vl_client, reference, instruct
         body = {"model": QWEN3_VL_ID, "query": QUERY, "documents": WIRE_DOCUMENTS, **extra}
         answer = vl_client.post(path, json=body).json()
         assert answer["model"] == QWEN3_VL_ID, answer
-        assert _by_index(answer["results"]) == pytest.approx(expected, abs=1e-4), path
+        assert scores_by_index(answer["results"]) == pytest.approx(expected, abs=1e-4), path
         assert [r["index"] for r in answer["results"]] == sorted(range(len(expected)), key=lambda i: -expected[i])
         assert answer["usage"]["prompt_tokens"] == tokens, "usage counts the image tokens the model saw"
         echoed = {r["index"]: r["document"] for r in answer["results"]}
@@ -264,7 +279,7 @@ def test_image_queries_and_every_image_shape_on_the_wire(vl_client, reference) -
     }
     for body in (jina, vllm):
         answer = vl_client.post("/v1/rerank", json=body).json()
-        assert _by_index(answer["results"]) == pytest.approx(expected, abs=1e-4), answer
+        assert scores_by_index(answer["results"]) == pytest.approx(expected, abs=1e-4), answer
     assert vl_client.post("/v1/rerank", json={**vllm, "return_documents": True}).json()["results"][0]["document"]
     one_per_part = {
         "model": QWEN3_VL_ID, "query": {"image": bare},
@@ -274,7 +289,7 @@ def test_image_queries_and_every_image_shape_on_the_wire(vl_client, reference) -
         {"query": {"image": pil(kept)}, "documents": [{"text": "a dog"}, {"image": pil(kept)}]}
     )
     answer = vl_client.post("/v1/rerank", json=one_per_part).json()
-    assert _by_index(answer["results"]) == pytest.approx(expected, abs=1e-4)
+    assert scores_by_index(answer["results"]) == pytest.approx(expected, abs=1e-4)
     assert {r["index"]: r["document"] for r in answer["results"]}[1] == {"multi_modal": image_part}
     score = vl_client.post(
         "/score", json={"model": QWEN3_VL_ID, "text_1": {"content": [image_part]}, "text_2": ["a dog", {"image": bare}]}
@@ -286,9 +301,9 @@ def test_text_only_requests_to_a_vl_model_and_image_requests_to_a_text_model(vl_
     texts = ["A dog runs along the beach.", "Stock prices fell.", ""]
     expected = reference.process({"query": {"text": QUERY}, "documents": [{"text": t} for t in texts]})
     answer = vl_client.post("/v1/rerank", json={"model": QWEN3_VL_ID, "query": QUERY, "documents": texts}).json()
-    assert _by_index(answer["results"]) == pytest.approx(expected, abs=1e-4)
+    assert scores_by_index(answer["results"]) == pytest.approx(expected, abs=1e-4)
     tei = vl_client.post("/rerank", json={"model": QWEN3_VL_ID, "query": QUERY, "texts": texts}).json()
-    assert _by_index(tei, "score") == pytest.approx(expected, abs=1e-4)
+    assert scores_by_index(tei, "score") == pytest.approx(expected, abs=1e-4)
     for body, field in (
         ({"query": QUERY, "documents": ["a", {"image": data_uri(IMAGES["kept"])}]}, "documents.1.image"),
         ({"query": {"image": data_uri(IMAGES["kept"])}, "documents": ["a"]}, "query.image"),

@@ -24,7 +24,7 @@ from rerank_server.importer.sources import import_from_folder
 from rerank_server.models.loaded import load_folder
 from rerank_server.models.store import find_reranker
 from rerank_server.recipes import TextOptions
-from tests.conftest import FIXTURE_MODEL_ID, REPO_ROOT, routes_client, running_server, scoring_engine
+from tests.conftest import FIXTURE_MODEL_ID, REPO_ROOT, routes_client, running_server, scores_by_index, scoring_engine
 from tests.fixture_models import (
     build_ettin_reranker,
     build_modernbert_cross_encoder,
@@ -36,10 +36,6 @@ from tests.test_llm_rerankers import DOCUMENTS, QUERY, long_document
 
 MXBAI_ID = "mixedbread-ai/mxbai-rerank-base-v2"
 INSTRUCTION = "Find the passage that names the planet"
-
-
-def _by_index(results: list[dict], key: str = "relevance_score") -> list[float]:
-    return [score for _, score in sorted((r["index"], r[key]) for r in results)]
 
 
 def _sigmoid(values: list[float]) -> list[float]:
@@ -98,16 +94,16 @@ def test_mxbai_scores_are_the_packages_on_every_route(new_client, mxbai_referenc
     for path in ("/v1/rerank", "/v2/rerank", "/rerank"):
         body = new_client.post(path, json={"model": MXBAI_ID, "query": QUERY, "documents": DOCUMENTS, **extra}).json()
         assert body["model"] == MXBAI_ID
-        assert _by_index(body["results"]) == pytest.approx(expected, abs=1e-4), path
+        assert scores_by_index(body["results"]) == pytest.approx(expected, abs=1e-4), path
         assert [r["index"] for r in body["results"]] == sorted(range(len(DOCUMENTS)), key=lambda i: -raw[i]), path
     raw_answer = new_client.post(
         "/v1/rerank", json={"model": MXBAI_ID, "query": QUERY, "documents": DOCUMENTS, "use_activation": False, **extra}
     ).json()
-    assert _by_index(raw_answer["results"]) == pytest.approx(raw, abs=1e-4), "the raw score is the package's"
+    assert scores_by_index(raw_answer["results"]) == pytest.approx(raw, abs=1e-4), "the raw score is the package's"
     tei = new_client.post(
         "/rerank", json={"model": MXBAI_ID, "query": QUERY, "texts": DOCUMENTS, "raw_scores": True, **extra}
     ).json()
-    assert _by_index(tei, "score") == pytest.approx(raw, abs=1e-4)
+    assert scores_by_index(tei, "score") == pytest.approx(raw, abs=1e-4)
     score = new_client.post("/score", json={"model": MXBAI_ID, "text_1": QUERY, "text_2": DOCUMENTS, **extra}).json()
     assert [d["score"] for d in score["data"]] == pytest.approx(expected, abs=1e-4)
 
@@ -118,7 +114,7 @@ def test_mxbai_long_documents_score_as_the_package(new_client, mxbai_reference) 
     body = new_client.post(
         "/v1/rerank", json={"model": MXBAI_ID, "query": QUERY, "documents": documents, "use_activation": False}
     ).json()
-    assert _by_index(body["results"]) == pytest.approx(raw, abs=1e-4)
+    assert scores_by_index(body["results"]) == pytest.approx(raw, abs=1e-4)
 
 
 def test_mxbai_fine_tunes_take_the_recipe_by_name(stored_fixture, mxbai_dir) -> None:
@@ -152,7 +148,7 @@ def test_a_converted_sequence_classification_checkpoint_scores_the_same(
             json={"model": stored.model_id, "query": QUERY, "documents": DOCUMENTS, "use_activation": False},
         ).json()
     expected = mxbai_reference.predict([QUERY] * len(DOCUMENTS), DOCUMENTS)
-    assert _by_index(body["results"]) == pytest.approx(expected, abs=1e-4)
+    assert scores_by_index(body["results"]) == pytest.approx(expected, abs=1e-4)
 
 
 def test_mxbai_and_a_cross_encoder_answer_concurrently_through_bentoml_serve(
@@ -176,7 +172,7 @@ def test_mxbai_and_a_cross_encoder_answer_concurrently_through_bentoml_serve(
                     body = {"model": model, "query": QUERY, "documents": DOCUMENTS, "use_activation": False}
                     response = await client.post("/v1/rerank", json={**body, "instruction": instruction})
                     assert response.status_code == 200, response.text
-                    return key, _by_index(response.json()["results"])
+                    return key, scores_by_index(response.json()["results"])
 
                 return await asyncio.gather(*(one(key) for key in [*expected] * 3))
 
@@ -230,7 +226,7 @@ def test_own_code_is_stored_run_from_the_store_and_scores_as_sentence_transforme
             "/v1/rerank",
             json={"model": "test-org/own-code", "query": QUERY, "documents": DOCUMENTS, "use_activation": False},
         ).json()
-    assert _by_index(body["results"]) == pytest.approx(expected, abs=1e-5)
+    assert scores_by_index(body["results"]) == pytest.approx(expected, abs=1e-5)
 
 
 def test_code_from_another_repository_comes_with_an_import_by_id(stored_fixture, tmp_path, monkeypatch) -> None:
@@ -258,7 +254,7 @@ def test_code_from_another_repository_comes_with_an_import_by_id(stored_fixture,
             "/v1/rerank",
             json={"model": stored.model_id, "query": QUERY, "documents": DOCUMENTS, "use_activation": False},
         ).json()
-    assert _by_index(body["results"]) == pytest.approx(expected, abs=1e-5)
+    assert scores_by_index(body["results"]) == pytest.approx(expected, abs=1e-5)
 
 
 def test_a_model_stored_with_its_code_ignored_is_refused_at_load(stored_fixture, tmp_path) -> None:
@@ -302,7 +298,7 @@ def test_a_modernbert_cross_encoder_serves_sentence_transformers_scores(stored_f
     stored = import_from_folder("test-org/modernbert-reranker", folder).stored
     with scoring_engine() as engine, routes_client(engine) as client:
         body = client.post("/v1/rerank", json={"model": stored.model_id, "query": QUERY, "documents": documents}).json()
-    assert _by_index(body["results"]) == pytest.approx(expected, abs=1e-5)
+    assert scores_by_index(body["results"]) == pytest.approx(expected, abs=1e-5)
 
 
 def test_an_ettin_reranker_serves_its_raw_scores_and_their_sigmoid(stored_fixture, tmp_path) -> None:
@@ -318,8 +314,8 @@ def test_an_ettin_reranker_serves_its_raw_scores_and_their_sigmoid(stored_fixtur
         body = {"model": stored.model_id, "query": QUERY, "documents": documents}
         relevance = client.post("/v1/rerank", json=body).json()["results"]
         logits = client.post("/v1/rerank", json={**body, "use_activation": False}).json()["results"]
-    assert _by_index(logits) == pytest.approx(raw, abs=1e-4)
-    assert _by_index(relevance) == pytest.approx(_sigmoid(raw), abs=1e-5)
+    assert scores_by_index(logits) == pytest.approx(raw, abs=1e-4)
+    assert scores_by_index(relevance) == pytest.approx(_sigmoid(raw), abs=1e-5)
     direct = load_folder(stored.path, max_length=7999, module_stack=True)
     assert score_directly(direct, [QUERY], [documents[0]]).logits == pytest.approx(raw[:1], abs=1e-4)
 

@@ -59,7 +59,7 @@ async def _reject(send: Send, error: HTTPError, error_format: ErrorFormat = "vll
 def _lone_surrogates_replaced(body: bytes) -> bytes:
     """JSON whose unpaired surrogate escapes (`"\\ud800"`: legal JSON, not Unicode) read as U+FFFD.
 
-    BentoML parses `/score_pairs` bodies itself and refuses them; the rerank routes replace them (schemas.py).
+    BentoML parses `/score_pairs` bodies itself and refuses them; the rerank routes replace them (wire.py).
     """
     escapes = [m for m in _SURROGATE_ESCAPE.finditer(body) if _unescaped(body, m.start())]
     out, last, i = bytearray(), 0, 0

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from rerank_server.api.guard import PROBE_PATHS
 from rerank_server.metrics import get_metrics, worker_label
 
 logger = logging.getLogger("bentoml")
@@ -26,7 +27,7 @@ TRACKED_ROUTES = frozenset(
 )
 # Probes and scrapes would drown the access log and the request metrics (other methods on them are refused, and
 # tracked like any refusal).
-UNTRACKED_PATHS = frozenset({"/readyz", "/livez", "/healthz", "/health", "/metrics"})
+UNTRACKED_PATHS = PROBE_PATHS
 # An incoming id is reused only when it is short and plain, so it cannot forge log lines or bloat labels.
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 # Characters that would let a client-controlled string (a path, a model name) start a new log line or hide text:

@@ -18,7 +18,7 @@ class VisionLastTokenLogit(TorchBackend):
     last position's hidden state meets the head's rows of the output layer (the rest of it is freed)."""
 
     def __init__(self, path: Path, *, device: str, dtype: torch.dtype, head: LastTokenHead) -> None:
-        from transformers import AutoConfig, AutoModelForImageTextToText
+        from transformers import AutoModelForImageTextToText
 
         self.device, self.dtype = device, dtype
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
@@ -29,7 +29,7 @@ class VisionLastTokenLogit(TorchBackend):
         if head.negative_id is not None:
             row = row - weight[head.negative_id].float()
         self.head = row.clone().to(device)  # a copy: a view of one row would keep the whole output layer
-        self.image_token_id: int = AutoConfig.from_pretrained(path).image_token_id
+        self.image_token_id: int = model.config.image_token_id
         self.body = model.model.to(device).eval()
         self._measure(self.body)
 

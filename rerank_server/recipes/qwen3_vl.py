@@ -226,6 +226,7 @@ class Qwen3VLRecipe(Recipe):
         texts: list[str] = []
         pairs: list[PairImages | None] = []
         fields: list[str] = []
+        rooms: dict[tuple, int] = {}  # a document's room is the same for every pair of one query and image layout
         for query, document in zip(queries, documents, strict=True):
             images = [*_parts(query)[1], *_parts(document)[1]]
             fields.append(images[-1].field if images else "documents")
@@ -235,7 +236,7 @@ class Qwen3VLRecipe(Recipe):
             pixels = tuple(prepared[image.digest][0] for image in images)
             grids = tuple(prepared[image.digest][1] for image in images)
             if options.truncate:
-                query, document = self._cut(instruction, query, document, budget, options, grids)
+                query, document = self._cut(instruction, query, document, budget, options, grids, rooms)
             texts.append(self._expand(self._render(instruction, query, document), grids))
             pairs.append(PairImages(pixels, grids) if images else None)
         rows = self.tokenizer(texts)["input_ids"]
@@ -258,7 +259,14 @@ class Qwen3VLRecipe(Recipe):
                 )
 
     def _cut(
-        self, instruction: str, query: Item, document: Item, budget: int, options: TextOptions, grids: Sequence
+        self,
+        instruction: str,
+        query: Item,
+        document: Item,
+        budget: int,
+        options: TextOptions,
+        grids: Sequence,
+        rooms: dict[tuple, int],
     ) -> tuple[Item, Item]:
         """Texts cut before tokenizing: far beyond the budget nothing can be kept, and TEI's left side or Cohere's
         per-document cap cut the document's text alone."""
@@ -268,7 +276,9 @@ class Qwen3VLRecipe(Recipe):
         if not document_text:
             return query, document
         if options.side == "left" or options.max_document_tokens:
-            room = self._room(instruction, query, document, budget, grids)
+            key = (_parts(query)[0], len(_parts(query)[1]), len(_parts(document)[1]), tuple(grids))
+            if (room := rooms.get(key)) is None:
+                room = rooms[key] = self._room(instruction, query, document, budget, grids)
             cap = min(room, options.max_document_tokens or room)
             return query, self._with_text(document, self.cut_documents([document_text], cap, options.side)[0])
         return query, self._with_text(document, self.long_text.cut(document_text, budget + _SLACK)[0])

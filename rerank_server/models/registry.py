@@ -62,7 +62,7 @@ class ModelRegistry:
         self._displaced: dict[str, StoredReranker] = {}
         self.failures = LoadFailures()
         self._changed = threading.Condition()
-        self._scanning = threading.Lock()  # one rescan at a time; meanwhile the others use the last scan
+        self._scanning = threading.Lock()  # one rescan at a time
         self._stored: list[StoredReranker] = list_rerankers()
         self._scanned_at = time.monotonic()
         default = find_reranker(settings.default_model, self._stored)
@@ -84,11 +84,10 @@ class ModelRegistry:
     def resolve(self, name: str | None) -> StoredReranker:
         """The stored reranker a request's `model` names (the default when empty). Blocking: reads the store."""
         wanted = name.strip() if name and name.strip() else self.settings.default_model
-        if time.monotonic() - self._scanned_at >= STORE_RESCAN_S and self._scanning.acquire(blocking=False):
-            try:
-                self.refresh()
-            finally:
-                self._scanning.release()
+        if time.monotonic() - self._scanned_at >= STORE_RESCAN_S:
+            with self._scanning:  # one thread scans; the others wait for its scan instead of making their own
+                if time.monotonic() - self._scanned_at >= STORE_RESCAN_S:
+                    self.refresh()
         found = find_reranker(wanted, self._stored)
         if found is None:
             raise UnknownModelError(wanted, [s.model_id for s in self._stored])

@@ -5,6 +5,7 @@
         --json out.json --report out.html
     python evaluate.py beir/scifact --candidates bm25.trec --depth 100 --model my-reranker
     python evaluate.py data.jsonl --base-url http://vllm-host:8000 --model BAAI/bge-reranker-v2-m3
+    python evaluate.py data.jsonl --model BAAI/bge-reranker-base --calibrate calibrations/
 
 DATA is a JSONL file of {"query", "positive": [...], "negative": [...]} or {"query", "documents": [...], "labels":
 [...]} samples (documents in the retriever's order), or a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)
@@ -13,6 +14,10 @@ server, or any vLLM / Jina / Cohere compatible endpoint). Reported per model: nD
 (trec_eval's definitions, averaged over queries with a relevant document), latency p50/p95 per request and pairs/s,
 and the lowest relevance_score that keeps precision at --target-precision, with the recall kept there; the input
 order's metrics as the baseline when the data has an order, and paired t-tests between the models and the baseline.
+
+With --calibrate OUT_DIR, each model's raw scores (`use_activation: false`) are also fitted to the labels (Platt
+scaling, `sigmoid(scale * (raw - bias))`), judged held out by 5-fold cross-validation split by query, and written as
+OUT_DIR/<store name>.calibration.json for `import_models.py NAME --calibration FILE`.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ import os
 import sys
 from pathlib import Path
 
-from rerank_server.evaluation.client import DEFAULT_TIMEOUT_S, Endpoint, score
+from rerank_server.evaluation.calibration import calibrate, check_enough, write_calibrations
+from rerank_server.evaluation.client import DEFAULT_TIMEOUT_S, Endpoint, score, store_name
 from rerank_server.evaluation.data import load
 from rerank_server.evaluation.errors import EvaluationError
 from rerank_server.evaluation.report import BASELINE, table, write_json
@@ -79,6 +85,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--target-precision", type=_precision, default=0.9, metavar="P",
         help="the precision the threshold must keep (0.9)",
     )  # fmt: skip
+    parser.add_argument(
+        "--relevant-from", type=_positive_int, default=1, metavar="LABEL",
+        help="graded labels: a pair is relevant when its label is at least this (1)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--calibrate", type=Path, metavar="OUT_DIR",
+        help="fit each model's raw scores to the labels and write OUT_DIR/<store name>.calibration.json",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON")
     parser.add_argument("--report", type=Path, metavar="PATH.html", help="write a self-contained HTML report")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -94,14 +108,28 @@ def main(argv: list[str] | None = None) -> int:
     endpoint = Endpoint(args.base_url.rstrip("/"), args.api_key, args.instruction, args.concurrency, args.timeout)
     try:
         data = load(args.data, args.candidates, args.depth, args.split)
+        if args.calibrate:
+            check_enough(data, args.relevant_from)  # before any scoring: nothing is written for too little data
         for note in data.notes:
             print(f"note: {note}", file=sys.stderr)
-        results = []
+        results, fits = [], []
         for model in args.model or [None]:
             scores = score(data, endpoint, model, progress=not args.no_progress)
-            results.append(model_result(data, scores, args.k, args.target_precision))
+            result, values = model_result(data, scores, args.k, args.target_precision, args.relevant_from)
+            if args.calibrate:
+                raw = score(data, endpoint, model, progress=not args.no_progress, raw=True)
+                model_id = raw.served_as or scores.served_as or model or "default-model"
+                fit = calibrate(model_id, data, raw.by_query, args.relevant_from)
+                result = result.model_copy(update={"calibration": fit})
+                fits.append((store_name(endpoint, model_id), fit))
+            results.append((result, values))
         found = evaluation(data, results, args.k, endpoint.base_url, args.concurrency)
         print(table(found))
+        if fits:
+            print("")
+            for path, (_, fit) in zip(write_calibrations(fits, args.calibrate), fits, strict=True):
+                print(f"Calibration of {fit.model}: {path}\n  attach it: python import_models.py {fit.model} "
+                      f"--calibration {path}")  # fmt: skip
         if args.json:
             write_json(found, args.json)
             print(f"\nJSON: {args.json}")

@@ -9,11 +9,18 @@
     python import_models.py Alibaba-NLP/gte-multilingual-reranker-base --trust-remote-code
     python import_models.py --list
     python import_models.py --verify              # load every stored reranker and score one pair
+    python import_models.py BAAI/bge-reranker-base --calibration out/baai--bge-reranker-base.calibration.json
+    python import_models.py BAAI/bge-reranker-base --logit-scale 0.8 --logit-bias 1.5   # vLLM's settings, by hand
+    python import_models.py BAAI/bge-reranker-base --no-calibration
 
 A model is taken from --from-dir, else from models/<name>/ when that folder exists, else downloaded from the Hub
 (HF_ENDPOINT selects a mirror, e.g. https://hf-mirror.com; HF_TOKEN is used for gated models) or, with
 --source modelscope, from ModelScope (MODELSCOPE_ENDPOINT selects another site). Each import loads the stored copy
-and scores one pair before it is committed (--no-check skips that), so a broken model never reaches the store.
+and scores the server's load-check pairs before it is committed (--no-check skips that), so a broken model never
+reaches the store.
+
+A calibration (from `evaluate.py --calibrate`) is attached to a model already stored, without copying its weights;
+a running server uses it within a second: relevance_score becomes sigmoid(scale * (raw - bias)).
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rerank_server.backends import IMPORT_CHOICES, RUNTIMES
-from rerank_server.catalog import BGE_MODELS, DEFAULT_MODEL_ID, KNOWN_MODELS
+from rerank_server.catalog import BGE_MODELS, DEFAULT_MODEL_ID, KNOWN_MODELS, non_commercial
+from rerank_server.importer import calibration
 from rerank_server.importer.check import check_runs
 from rerank_server.importer.commit import ImportOptions
 from rerank_server.importer.folder import ModelImportError
@@ -76,6 +84,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-check", action="store_true", help="store without loading the model and scoring a test pair first"
     )
+    calibrating = parser.add_argument_group(
+        "calibration", "for a stored model: what its relevance_score is, sigmoid(scale * (raw - bias))"
+    )
+    calibrating.add_argument(
+        "--calibration", type=Path, metavar="FILE", help="attach the calibration evaluate.py --calibrate wrote"
+    )
+    calibrating.add_argument("--logit-scale", type=float, metavar="S", help="set the scale by hand (with --logit-bias)")
+    calibrating.add_argument("--logit-bias", type=float, metavar="B", help="set the bias by hand (with --logit-scale)")
+    calibrating.add_argument("--no-calibration", action="store_true", help="remove the model's calibration")
     parser.add_argument("--list", action="store_true", help="print the stored rerankers and exit")
     parser.add_argument(
         "--verify", action="store_true", help="load the stored MODEL_IDs (default: all) and score one pair with each"
@@ -91,12 +108,17 @@ def print_stored() -> None:
     if not stored:
         print("No rerankers in the store yet: run `python import_models.py`.")
         return
-    print(f"{'MODEL':40} {'TAG':50} {'RECIPE':13} {'BACKEND':9} {'MAX_LEN':>7} {'SIZE':>8}  {'CODE':4}  SOURCE")
+    print(
+        f"{'MODEL':40} {'TAG':50} {'RECIPE':13} {'BACKEND':9} {'MAX_LEN':>7} {'SIZE':>8}  {'CODE':4}  {'LICENSE':14}  "
+        "SCORE  SOURCE"
+    )
     for s in stored:
         code = "own" if s.remote_code else "-"
+        license_id = (s.license or "-") + (" (NC)" if non_commercial(s.license) else "")
+        score = "calibrated" if s.calibration else "-"
         print(
             f"{s.model_id:40} {s.tag:50} {s.recipe:13} {s.backend:9} {s.max_length:>7} {_size(s.size_bytes):>8}  "
-            f"{code:4}  {s.source}"
+            f"{code:4}  {license_id:14}  {score:5}  {s.source}"
         )
 
 
@@ -107,6 +129,7 @@ def choose_from_menu(ask: Callable[[str], str] = input) -> list[str]:
         default = "  (default)" if model.model_id == DEFAULT_MODEL_ID else ""
         stored = "  [stored]" if find_reranker(model.model_id) else ""
         code = "  (its own code: --trust-remote-code)" if model.remote_code else ""
+        code += f"  [non-commercial ({model.license})]" if non_commercial(model.license) else ""
         print(f"  {number}) {model.model_id:42} {model.size:>8}  {model.good_for}{default}{code}{stored}")
     all_bge = len(KNOWN_MODELS) + 1
     print(f"  {all_bge}) the {len(BGE_MODELS)} BGE cross-encoders")
@@ -138,6 +161,39 @@ def verify_stored(names: list[str]) -> int:
     return 1 if failures else 0
 
 
+def change_calibration(args: argparse.Namespace) -> str:
+    """Attach, set by hand or remove one stored model's calibration; what was done, in a line."""
+    by_hand = args.logit_scale is not None or args.logit_bias is not None
+    modes = (("--calibration", args.calibration), ("--no-calibration", args.no_calibration), ("--logit-*", by_hand))
+    chosen = [name for name, on in modes if on]
+    if len(chosen) > 1:
+        raise ModelImportError(f"{' and '.join(chosen)} do not go together: choose one")
+    if (args.logit_scale is None) != (args.logit_bias is None):
+        raise ModelImportError("--logit-scale and --logit-bias go together: give both (vLLM's logit_scale, logit_bias)")
+    if args.from_dir or args.all or len(args.models) > 1:
+        raise ModelImportError("a calibration is for one stored model: give exactly one MODEL_ID")
+    name = args.models[0] if args.models else None
+    if name is None and args.calibration:
+        name = calibration.from_file_model(args.calibration)
+    if name is None:
+        raise ModelImportError("give the stored model's MODEL_ID")
+    stored = find_reranker(name)
+    if stored is None:
+        raise ModelImportError(f"{name} is not in the store: import it first (python import_models.py {name})")
+    if args.no_calibration:
+        removed = calibration.detach(stored)
+        return f"{stored.model_id}: " + ("calibration removed" if removed else "had no calibration")
+    if args.calibration:
+        chosen_calibration = calibration.from_file(args.calibration, stored)
+    else:
+        chosen_calibration = calibration.by_hand(stored, args.logit_scale, args.logit_bias)
+    path = calibration.attach(stored, chosen_calibration)
+    return (
+        f"{stored.model_id}: calibration attached ({chosen_calibration.method}: relevance_score = "
+        f"sigmoid({chosen_calibration.scale:.6g} * (raw - {chosen_calibration.bias:.6g}))) at {path}"
+    )
+
+
 def _quiet_libraries() -> None:
     # Loading and exporting models makes transformers and torch print notes that are not the user's concern; what
     # went wrong is reported in one line of our own.
@@ -157,6 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     if args.verify:
         return verify_stored(args.models)
+    if args.calibration or args.no_calibration or args.logit_scale is not None or args.logit_bias is not None:
+        try:
+            print(change_calibration(args))
+        except ModelImportError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        return 0
     menu = False
     if args.all:
         wanted = [m.model_id for m in BGE_MODELS]

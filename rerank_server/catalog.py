@@ -24,6 +24,8 @@ class KnownModel:
     recipe: str = "cross-encoder"
     aliases: tuple[str, ...] = field(default_factory=tuple)
     remote_code: bool = False  # ships its own modelling code: imported only with --trust-remote-code
+    # The model card's `license:`; a model's own card, read at import, wins over this (a fine-tune may differ).
+    license: str = ""
 
     @property
     def short_name(self) -> str:
@@ -31,22 +33,65 @@ class KnownModel:
 
 
 KNOWN_MODELS: tuple[KnownModel, ...] = (
-    KnownModel("BAAI/bge-reranker-base", 512, "~1.1 GB", "fast, balanced: production, low latency"),
-    KnownModel("BAAI/bge-reranker-large", 512, "~2.2 GB", "highest accuracy (Chinese and English)"),
-    KnownModel("BAAI/bge-reranker-v2-m3", 8192, "~2.3 GB", "multilingual, long documents"),
+    KnownModel("BAAI/bge-reranker-base", 512, "~1.1 GB", "fast, balanced: production, low latency", license="mit"),
+    KnownModel("BAAI/bge-reranker-large", 512, "~2.2 GB", "highest accuracy (Chinese and English)", license="mit"),
+    KnownModel("BAAI/bge-reranker-v2-m3", 8192, "~2.3 GB", "multilingual, long documents", license="apache-2.0"),
     # max_length is FlagEmbedding's passage cap (its default); the prompt's ~35 tokens come on top.
-    KnownModel("BAAI/bge-reranker-v2-gemma", 512, "~10 GB", "LLM reranker (Gemma 2B), multilingual", "bge-gemma"),
-    KnownModel("Qwen/Qwen3-Reranker-0.6B", 8192, "~1.2 GB", "LLM reranker, instructions, 100+ languages", "qwen3"),
-    KnownModel("Qwen/Qwen3-Reranker-4B", 8192, "~8 GB", "LLM reranker, higher accuracy", "qwen3"),
-    KnownModel("Qwen/Qwen3-Reranker-8B", 8192, "~16 GB", "LLM reranker, best accuracy", "qwen3"),
+    KnownModel(
+        "BAAI/bge-reranker-v2-gemma",
+        512,
+        "~10 GB",
+        "LLM reranker (Gemma 2B), multilingual",
+        "bge-gemma",
+        license="apache-2.0",
+    ),
+    KnownModel(
+        "Qwen/Qwen3-Reranker-0.6B",
+        8192,
+        "~1.2 GB",
+        "LLM reranker, instructions, 100+ languages",
+        "qwen3",
+        license="apache-2.0",
+    ),
+    KnownModel("Qwen/Qwen3-Reranker-4B", 8192, "~8 GB", "LLM reranker, higher accuracy", "qwen3", license="apache-2.0"),
+    KnownModel("Qwen/Qwen3-Reranker-8B", 8192, "~16 GB", "LLM reranker, best accuracy", "qwen3", license="apache-2.0"),
     # Multimodal: text and images (screenshots, slides, scanned pages) on either side of a pair. max_length is the
     # reference's truncation before its 5-token answer prompt; images are never cut.
-    KnownModel("Qwen/Qwen3-VL-Reranker-2B", 8192, "~4.3 GB", "multimodal: text, images, screenshots", "qwen3-vl"),
-    KnownModel("Qwen/Qwen3-VL-Reranker-8B", 8192, "~17 GB", "multimodal, higher accuracy", "qwen3-vl"),
+    KnownModel(
+        "Qwen/Qwen3-VL-Reranker-2B",
+        8192,
+        "~4.3 GB",
+        "multimodal: text, images, screenshots",
+        "qwen3-vl",
+        license="apache-2.0",
+    ),
+    KnownModel(
+        "Qwen/Qwen3-VL-Reranker-8B", 8192, "~17 GB", "multimodal, higher accuracy", "qwen3-vl", license="apache-2.0"
+    ),
     # max_length is mixedbread's package default for query and document; its ~90-token prompt comes on top.
-    KnownModel("mixedbread-ai/mxbai-rerank-base-v2", 8192, "~1.0 GB", "LLM reranker (Qwen2 0.5B), English", "mxbai-v2"),
-    KnownModel("mixedbread-ai/mxbai-rerank-large-v2", 8192, "~3.1 GB", "LLM reranker (Qwen2 1.5B), strong", "mxbai-v2"),
-    KnownModel("Alibaba-NLP/gte-reranker-modernbert-base", 8192, "~0.6 GB", "ModernBERT 149M, long documents, English"),
+    KnownModel(
+        "mixedbread-ai/mxbai-rerank-base-v2",
+        8192,
+        "~1.0 GB",
+        "LLM reranker (Qwen2 0.5B), English",
+        "mxbai-v2",
+        license="apache-2.0",
+    ),
+    KnownModel(
+        "mixedbread-ai/mxbai-rerank-large-v2",
+        8192,
+        "~3.1 GB",
+        "LLM reranker (Qwen2 1.5B), strong",
+        "mxbai-v2",
+        license="apache-2.0",
+    ),
+    KnownModel(
+        "Alibaba-NLP/gte-reranker-modernbert-base",
+        8192,
+        "~0.6 GB",
+        "ModernBERT 149M, long documents, English",
+        license="apache-2.0",
+    ),
     # The Ettin rerankers: ModernBERT-style encoders with a sentence-transformers score head (raw scores).
     KnownModel("cross-encoder/ettin-reranker-17m-v1", 7999, "~70 MB", "Ettin 17M: the smallest, fast on a CPU"),
     KnownModel("cross-encoder/ettin-reranker-32m-v1", 7999, "~130 MB", "Ettin 32M"),
@@ -58,11 +103,17 @@ KNOWN_MODELS: tuple[KnownModel, ...] = (
         "jinaai/jina-reranker-v2-base-multilingual",
         1024,
         "~0.6 GB",
-        "multilingual; CC-BY-NC-4.0: non-commercial use only",
+        "multilingual",
         remote_code=True,
+        license="cc-by-nc-4.0",
     ),  # fmt: skip
     KnownModel(
-        "Alibaba-NLP/gte-multilingual-reranker-base", 8192, "~0.6 GB", "multilingual, long documents", remote_code=True
+        "Alibaba-NLP/gte-multilingual-reranker-base",
+        8192,
+        "~0.6 GB",
+        "multilingual, long documents",
+        remote_code=True,
+        license="apache-2.0",
     ),
 )
 # `--all` and the menu's "all of them": the BGE cross-encoders, which every deployment can run.
@@ -84,6 +135,12 @@ def known_model(name: str) -> KnownModel | None:
         if wanted in (n.lower() for n in names):
             return model
     return None
+
+
+def non_commercial(license_id: str) -> bool:
+    """Whether a model card's license forbids commercial use (Creative Commons NC: the jina rerankers)."""
+    lowered = license_id.lower()
+    return "-nc" in lowered or "noncommercial" in lowered or "non-commercial" in lowered
 
 
 def canonical_id(name: str) -> str:

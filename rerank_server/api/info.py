@@ -10,14 +10,36 @@ from fastapi.responses import JSONResponse, Response
 from rerank_server.api.dependencies import Engine, Health
 from rerank_server.api.guard import asks_for_html
 from rerank_server.api.playground import home_page
-from rerank_server.api.wire import ErrorResponse, ModelCard, ModelList, ServerStatus, TEIError, unix_time
+from rerank_server.api.wire import (
+    CalibrationInfo,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+    ScoreInfo,
+    ServerStatus,
+    TEIError,
+    unix_time,
+)
+from rerank_server.catalog import non_commercial
 from rerank_server.engine.engine import ServedModel
+from rerank_server.models.store import StoredReranker
+from rerank_server.recipes import RECIPES
 
 router = APIRouter()
 
 
+def _score_info(stored: StoredReranker) -> ScoreInfo:
+    recipe = RECIPES[stored.recipe]
+    calibration = stored.calibration
+    if calibration is None:
+        return ScoreInfo(kind=recipe.score_kind, raw=recipe.raw_score)
+    info = CalibrationInfo.model_validate(calibration.model_dump(include=set(CalibrationInfo.model_fields)))
+    return ScoreInfo(kind="calibrated", raw=recipe.raw_score, calibration=info)
+
+
 def _card(served: ServedModel) -> ModelCard:
     stored = served.stored
+    status = "loaded" if served.loaded else "failed" if served.failure else "available"
     return ModelCard(
         id=stored.model_id,
         created=unix_time(stored.created.timestamp()),
@@ -29,12 +51,18 @@ def _card(served: ServedModel) -> ModelCard:
         recipe=stored.recipe,
         backend=stored.backend,
         remote_code=bool(stored.remote_code),
+        license=stored.license,
+        non_commercial=non_commercial(stored.license),
+        score=_score_info(stored),
+        status=status,
+        error=served.failure,
     )
 
 
 @router.get("/v1/models", response_model=ModelList, responses={401: {"model": ErrorResponse}})
 async def list_models(engine: Engine) -> ModelList:
-    """Every reranker in the model store (OpenAI-style list), with whether it is loaded and its max_length."""
+    """Every reranker in the model store (OpenAI-style list): whether it is loaded (or failed to load, and why), its
+    max_length, license, and what its scores mean (`score`: sigmoid, p-yes or calibrated, with the calibration)."""
     served = await anyio.to_thread.run_sync(engine.served_models)
     return ModelList(data=[_card(model) for model in served])
 
@@ -52,6 +80,7 @@ async def status(request: Request, engine: Engine) -> Response | ServerStatus:
         loaded_models=engine.loaded_ids(),
         default_model=engine.default_model_id,
         supported_models=[model.stored.model_id for model in served],
+        failed_models={model.stored.model_id: model.failure for model in served if model.failure},
     )
 
 

@@ -101,11 +101,6 @@ async def _score(
     return scored
 
 
-def _ranked(scores: list[float], top_n: int | None) -> list[int]:
-    order = sorted(range(len(scores)), key=scores.__getitem__, reverse=True)
-    return order[:top_n] if top_n else order
-
-
 # --- Rerank: vLLM / Jina / Cohere ------------------------------------------------------------------------------------
 
 
@@ -126,7 +121,7 @@ async def _rerank(http: Request, request: RerankRequest, engine: RerankEngine) -
     sent = multimodal.echoes(request.documents) if request.return_documents else None
     results = [
         RerankResult(index=i, relevance_score=values[i], document=sent[i] if sent else None)
-        for i in _ranked(values, request.top_n)
+        for i in scored.ranking(request.top_n)
     ]
     usage = Usage(prompt_tokens=scored.tokens, total_tokens=scored.tokens)
     return RerankResponse(id=current_request().request_id, model=scored.model_id, usage=usage, results=results)
@@ -172,7 +167,7 @@ async def _rerank_tei(http: Request, request: TEIRerankRequest, engine: RerankEn
     values = scored.logits if request.raw_scores else scored.scores
     return [
         TEIRank(index=i, score=values[i], text=request.texts[i] if request.return_text else None)
-        for i in _ranked(values, None)
+        for i in scored.ranking()
     ]
 
 

@@ -249,6 +249,30 @@ class RerankResponse(BaseModel):
 # --- GET /v1/models and GET / ---------------------------------------------------------------------------------------
 
 
+class CalibrationInfo(BaseModel):
+    """The calibration attached to a model (`import_models.py NAME --calibration FILE`)."""
+
+    method: str = Field(description="platt (fitted by evaluate.py --calibrate) or manual (--logit-scale/--logit-bias).")
+    scale: float
+    bias: float
+    formula: str = Field(description="How a raw score becomes relevance_score: sigmoid(scale * (raw - bias)).")
+    fitted_on: dict[str, Any] | None = Field(None, description="queries, pairs, relevant pairs, data_sha256.")
+    heldout: dict[str, Any] | None = Field(
+        None, description="Cross-validated by query, before and after: ECE, Brier score, log loss, precision at 0.5."
+    )
+
+
+class ScoreInfo(BaseModel):
+    """What a model's scores mean."""
+
+    kind: Literal["sigmoid", "p-yes", "calibrated"] = Field(
+        description="What relevance_score is: the sigmoid of the raw score, p(yes) against no (yes/no LLM "
+        "rerankers), or a calibrated probability of relevance (see `calibration`)."
+    )
+    raw: str = Field(description="What the raw score (`use_activation: false`, TEI's `raw_scores`) is.")
+    calibration: CalibrationInfo | None = None
+
+
 class ModelCard(BaseModel):
     """One stored reranker, OpenAI-style, with what a rerank client needs to know about it."""
 
@@ -265,6 +289,13 @@ class ModelCard(BaseModel):
     remote_code: bool = Field(
         False, description="Whether the model runs its own modelling code (imported with --trust-remote-code)."
     )
+    license: str = Field("", description="The model card's license (e.g. apache-2.0, cc-by-nc-4.0); empty if unknown.")
+    non_commercial: bool = Field(False, description="Whether the license forbids commercial use (CC-BY-NC).")
+    score: ScoreInfo
+    status: Literal["loaded", "available", "failed"] = Field(
+        description="loaded; available (loads on first use); failed (its last load was refused: see `error`)."
+    )
+    error: str | None = Field(None, description="Why the model is not served, when `status` is failed.")
 
 
 class ModelList(BaseModel):
@@ -279,6 +310,9 @@ class ServerStatus(BaseModel):
     loaded_models: list[str]
     default_model: str
     supported_models: list[str]
+    failed_models: dict[str, str] = Field(
+        default_factory=dict, description="Models whose last load was refused, with the reason."
+    )
 
 
 # --- Errors ---------------------------------------------------------------------------------------------------------

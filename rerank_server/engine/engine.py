@@ -24,6 +24,7 @@ from rerank_server.engine.image_memory import ImageMemory
 from rerank_server.engine.liveness import CHECK_DOCUMENT, CHECK_QUERY, Liveness
 from rerank_server.errors import BatcherClosedError, DeadlineExceededError, InputTooLongError, InvalidInputError
 from rerank_server.metrics import RerankMetrics, get_metrics
+from rerank_server.models.calibration import Calibration
 from rerank_server.models.loaded import LoadedReranker
 from rerank_server.models.registry import ModelRegistry
 from rerank_server.models.store import StoredReranker
@@ -35,11 +36,13 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class DocumentScores:
-    """A request's result: each document's logit (its best window's, when chunked), in document order."""
+    """A request's result: each document's logit (its best window's, when chunked), in document order, and the
+    calibration its relevance scores go through (the model's at the time of the request)."""
 
     model_id: str
     logits: list[float]
     document_tokens: list[int]  # what the model saw of each document (all its windows), templates included
+    calibration: Calibration | None = None
 
     @property
     def tokens(self) -> int:
@@ -47,8 +50,18 @@ class DocumentScores:
 
     @property
     def scores(self) -> list[float]:
-        """Sigmoid of each logit: the relevance score in 0..1."""
+        """The relevance score of each document in 0..1: the sigmoid of its logit (the recipe's own activation), or
+        with a calibration the calibrated probability. Applied after the result cache, which holds raw logits only,
+        so a cached score never carries another calibration."""
+        if self.calibration is not None:
+            return self.calibration.apply(self.logits)
         return torch.sigmoid(torch.tensor(self.logits, dtype=torch.float32)).tolist()
+
+    def ranking(self, top_n: int | None = None) -> list[int]:
+        """Document indices best first, by logit: any calibration is monotone, so this is the order of the relevance
+        scores too, without the ties that rounding a saturated score would make; equal logits keep document order."""
+        order = sorted(range(len(self.logits)), key=self.logits.__getitem__, reverse=True)
+        return order[:top_n] if top_n else order
 
 
 @dataclass(frozen=True)
@@ -58,6 +71,7 @@ class ServedModel:
     stored: StoredReranker
     loaded: bool
     default: bool
+    failure: str | None = None  # why it is not served (its last load was refused), if it is not
 
 
 @dataclass
@@ -116,7 +130,10 @@ class RerankEngine:
         """Every stored reranker, read from the store now (blocking), with whether it is loaded and the default."""
         loaded = set(self.registry.loaded_ids())
         default = self.registry.default_model_id
-        return [ServedModel(s, s.model_id in loaded, s.model_id == default) for s in self.registry.refresh()]
+        return [
+            ServedModel(s, s.model_id in loaded, s.model_id == default, self.registry.failure(s))
+            for s in self.registry.refresh()
+        ]
 
     def loaded_ids(self) -> list[str]:
         return self.registry.loaded_ids()
@@ -304,7 +321,7 @@ class RerankEngine:
             assert logit is not None
             best[owner] = max(best[owner], logit)
             tokens[owner] += count
-        return DocumentScores(work.stored.model_id, best, tokens)
+        return DocumentScores(work.stored.model_id, best, tokens, work.stored.calibration)
 
 
 def _for_model(

@@ -40,6 +40,7 @@ class Scores:
     latencies_ms: list[float]
     seconds: float
     pairs: int
+    served_as: str | None = None  # the model id the endpoint named in its answers
 
 
 _NO_RETRY = RetryPolicy(attempts=0)
@@ -60,9 +61,10 @@ def _one_line(text: str) -> str:
 
 
 class _Scorer:
-    def __init__(self, endpoint: Endpoint, model: str | None) -> None:
+    def __init__(self, endpoint: Endpoint, model: str | None, raw: bool = False) -> None:
         self.endpoint = endpoint
         self.model = model
+        self.raw = raw
         headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
         self.http = httpx.AsyncClient(base_url=endpoint.base_url, headers=headers, timeout=endpoint.timeout_s)
         # The Python clients' policy: a full queue (429) or a restarting replica (502, 503) is waited for, as an app
@@ -88,6 +90,8 @@ class _Scorer:
     async def rank(self, query: Query, retry: bool = True) -> tuple[list[float], str | None, float]:
         """The scores of `query`'s candidates in their order, the model the endpoint named, and the milliseconds."""
         body: dict[str, Any] = {"query": query.text, "documents": list(query.documents), "return_documents": False}
+        if self.raw:
+            body["use_activation"] = False  # vLLM's switch: the model's raw score, before any activation
         body |= {
             key: value for key, value in (("model", self.model), ("instruction", self.endpoint.instruction)) if value
         }
@@ -117,13 +121,15 @@ class _Scorer:
         return scores, answer.model, elapsed_ms
 
 
-async def _score(data: EvalData, endpoint: Endpoint, model: str | None, progress: bool) -> Scores:
-    scorer = _Scorer(endpoint, model)
+async def _score(data: EvalData, endpoint: Endpoint, model: str | None, progress: bool, raw: bool) -> Scores:
+    scorer = _Scorer(endpoint, model, raw)
     try:
         # Untimed: a model loaded on first use, connections opened and caches warmed are no per-request cost. Not
         # retried either: an endpoint that is not there, or refuses the model, is reported at once.
         _, named, _ = await scorer.rank(data.queries[0], retry=False)
         label = model or named or "default model"
+        if raw:
+            label += " (raw scores)"
         by_query: dict[str, list[float]] = {}
         latencies: list[float] = []
         pending: Iterator[Query] = iter(data.queries)
@@ -142,10 +148,22 @@ async def _score(data: EvalData, endpoint: Endpoint, model: str | None, progress
             seconds = time.perf_counter() - started
     finally:
         await scorer.http.aclose()
-    return Scores(label, by_query, latencies, seconds, data.pairs)
+    return Scores(label, by_query, latencies, seconds, data.pairs, named)
 
 
-def score(data: EvalData, endpoint: Endpoint, model: str | None, progress: bool = True) -> Scores:
+def score(data: EvalData, endpoint: Endpoint, model: str | None, progress: bool = True, raw: bool = False) -> Scores:
     """Every query of `data` scored by `model` (None: the endpoint's default) at `endpoint`; raises EvaluationError
-    with the endpoint's own message when it refuses."""
-    return asyncio.run(_score(data, endpoint, model, progress))
+    with the endpoint's own message when it refuses. `raw`: the model's raw scores (`use_activation: false`)."""
+    return asyncio.run(_score(data, endpoint, model, progress, raw))
+
+
+def store_name(endpoint: Endpoint, model_id: str) -> str:
+    """The name the endpoint's model store keeps `model_id` under: the `tag` that this server's `GET /v1/models`
+    shows (`baai--bge-reranker-base:<version>`), else the id in that spelling (another vendor's endpoint)."""
+    headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
+    try:
+        cards = httpx.get(f"{endpoint.base_url}/v1/models", headers=headers, timeout=endpoint.timeout_s).json()["data"]
+        tag = next(str(card["tag"]) for card in cards if card.get("id") == model_id and card.get("tag"))
+        return tag.partition(":")[0]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError, StopIteration):
+        return model_id.lower().replace("/", "--")

@@ -1,5 +1,6 @@
 """The `--report` page: one self-contained HTML file (figures embedded as PNG data, no outside URL) with the table,
-the paired tests, metrics per model, quality against latency, and each model's score histograms with its threshold."""
+the paired tests, metrics per model, quality against latency, each model's score histograms with its threshold, and with
+--calibrate each model's reliability diagram."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from rerank_server.evaluation.errors import EvaluationError
-from rerank_server.evaluation.report import HEADLINE, describe, metric_label, rows
+from rerank_server.evaluation.report import HEADLINE, calibration_line, describe, metric_label, rows
 from rerank_server.evaluation.results import Evaluation, ModelResult
 
 _STYLE = """
@@ -91,6 +92,28 @@ def _histogram_figure(model: ModelResult) -> Figure:
     return figure
 
 
+def _reliability_figure(model: ModelResult) -> Figure:
+    """Predicted probability against the observed share of relevant pairs, held out, before and after calibration:
+    a calibrated model's points lie on the diagonal."""
+    assert model.calibration is not None
+    held = model.calibration.heldout
+    figure = Figure(figsize=(4.5, 4.5))
+    axes = figure.subplots()
+    axes.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
+    for label, bins, marker in (
+        (f"before (ECE {held.ece_before:.3f})", held.reliability_before, "o"),
+        (f"after (ECE {held.ece_after:.3f})", held.reliability_after, "s"),
+    ):
+        axes.plot([b.mean_predicted for b in bins], [b.observed for b in bins], marker=marker, label=label)
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1)
+    axes.set_xlabel("predicted probability of relevance")
+    axes.set_ylabel("share of relevant pairs")
+    axes.set_title(f"{model.model}: reliability, held out")
+    _legend_below(axes)
+    return figure
+
+
 def _table(header: list[str], cells: list[list[str]]) -> str:
     head = "".join(f"<th>{escape(cell)}</th>" for cell in header)
     body = "".join("<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in row) + "</tr>" for row in cells)
@@ -130,6 +153,17 @@ def render(evaluation: Evaluation) -> str:
         "<ul>" + "".join(f"<li>{_threshold_text(model)}</li>" for model in evaluation.models) + "</ul>",
         f'<p class="note">{escape(evaluation.score_note)}</p>',
     ]
+    if calibrated := [model for model in evaluation.models if model.calibration is not None]:
+        parts += [
+            "<h2>Calibration</h2>",
+            "<ul>"
+            + "".join(f"<li>{escape(calibration_line(m.model, m.calibration))}</li>" for m in calibrated)  # type: ignore[arg-type]
+            + "</ul>",
+            '<p class="note">Held out: each pair\'s calibrated probability comes from a fit that never saw its query '
+            "(k-fold cross-validation split by query); before is the uncalibrated score, sigmoid(raw). Attach a "
+            "model's file with <code>import_models.py NAME --calibration FILE</code>.</p>",
+        ]
+        parts += [_png(_reliability_figure(model)) for model in calibrated]
     if significance:
         parts += ["<h2>Paired t-tests (per query, two-sided)</h2>"]
         parts += [f"<p>{escape(describe(c))}</p>" for c in evaluation.significance if c.metric == HEADLINE]

@@ -6,7 +6,7 @@ import textwrap
 from pathlib import Path
 
 from rerank_server.evaluation.errors import EvaluationError
-from rerank_server.evaluation.results import Comparison, Evaluation
+from rerank_server.evaluation.results import CalibrationFit, Comparison, Evaluation
 
 BASELINE = "baseline"
 HEADLINE = "ndcg@10"
@@ -40,6 +40,19 @@ def rows(evaluation: Evaluation) -> tuple[list[str], list[list[str]]]:
     return header, cells
 
 
+def calibration_line(model: str, fit: CalibrationFit) -> str:
+    """One model's calibration in a line: the map, and ECE, Brier score and precision at 0.5 before and after."""
+    held = fit.heldout
+    return (
+        f"{model}: sigmoid({fit.scale:.4g} * (raw {'-' if fit.bias >= 0 else '+'} {abs(fit.bias):.4g}));  "
+        f"ECE {held.ece_before:.3f} → {held.ece_after:.3f}, "
+        f"Brier {held.brier_before:.3f} → {held.brier_after:.3f}, log loss {held.log_loss_before:.3f} → "
+        f"{held.log_loss_after:.3f}, precision at 0.5 {_number(held.precision_at_0_5_before, 3)} → "
+        f"{_number(held.precision_at_0_5_after, 3)}, recall at 0.5 {held.recall_at_0_5_before:.3f} → "
+        f"{held.recall_at_0_5_after:.3f}"
+    )
+
+
 def headline_tests(evaluation: Evaluation) -> list[Comparison]:
     """The paired tests on nDCG@10, the ones the table's reader wants first."""
     return [comparison for comparison in evaluation.significance if comparison.metric == HEADLINE]
@@ -65,6 +78,10 @@ def table(evaluation: Evaluation) -> str:
                                enumerate(zip(row, widths, strict=True))).rstrip())  # fmt: skip
         if index == 0:
             lines.append("  ".join("-" * width for width in widths))
+    if calibrated := [model for model in evaluation.models if model.calibration is not None]:
+        folds = calibrated[0].calibration.heldout.folds  # type: ignore[union-attr]
+        lines += ["", f"Calibration, held out ({folds}-fold cross-validation split by query), before → after:"]
+        lines += [f"  {calibration_line(model.model, model.calibration)}" for model in calibrated]  # type: ignore[arg-type]
     if tests := headline_tests(evaluation):
         lines += ["", "Paired t-test on nDCG@10 per query (two-sided):", *(f"  {describe(c)}" for c in tests)]
     lines += ["", *textwrap.wrap(evaluation.score_note, 100)]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from typing import Literal
+
+from pydantic import BaseModel, Field
 
 SCORE_NOTE = (
     "Thresholds and histograms are on relevance_score as the endpoint returns it: by default a 0-1 score (the sigmoid "
@@ -45,6 +47,52 @@ class ScoreDistribution(BaseModel):
     non_relevant_counts: list[int]
 
 
+class ReliabilityBin(BaseModel):
+    """One bin of a reliability diagram (10 equal-width bins of the predicted probability)."""
+
+    mean_predicted: float
+    observed: float  # the share of relevant pairs in the bin
+    count: int
+
+
+class FittedOn(BaseModel):
+    queries: int
+    pairs: int
+    relevant: int
+    data_sha256: str = Field(description="sha256 of the labelled pairs as [query, document, label] JSON lines")
+
+
+class HeldOut(BaseModel):
+    """The calibration judged by k-fold cross-validation split by query: each pair's calibrated probability comes from
+    a fit that never saw its query. `before` is the uncalibrated relevance score, sigmoid(raw)."""
+
+    folds: int
+    ece_before: float
+    ece_after: float
+    brier_before: float
+    brier_after: float
+    log_loss_before: float
+    log_loss_after: float
+    precision_at_0_5_before: float | None  # None: no pair scored 0.5 or more
+    precision_at_0_5_after: float | None
+    recall_at_0_5_before: float
+    recall_at_0_5_after: float
+    reliability_before: list[ReliabilityBin]
+    reliability_after: list[ReliabilityBin]
+
+
+class CalibrationFit(BaseModel):
+    """What `--calibrate` writes per model, and what `import_models.py NAME --calibration FILE` attaches."""
+
+    model: str
+    method: Literal["platt"]
+    scale: float
+    bias: float
+    formula: str
+    fitted_on: FittedOn
+    heldout: HeldOut
+
+
 class ModelResult(BaseModel):
     model: str
     metrics: dict[str, float]
@@ -54,6 +102,7 @@ class ModelResult(BaseModel):
     pairs: int
     threshold: Threshold
     score_distribution: ScoreDistribution
+    calibration: CalibrationFit | None = None
 
 
 class Baseline(BaseModel):

@@ -24,12 +24,12 @@ from rerank_server.evaluation.threshold import distribution, find_threshold
 
 
 def model_result(
-    data: EvalData, scores: Scores, cutoffs: Sequence[int], target_precision: float
+    data: EvalData, scores: Scores, cutoffs: Sequence[int], target_precision: float, relevant_from: int = 1
 ) -> tuple[ModelResult, PerQuery]:
     """One model's findings, and its per-query metric values for the paired tests."""
     values = per_query(judged_qrels(data), scored_run(data, scores.by_query), cutoffs)
     flat = [score for query in data.queries for score in scores.by_query[query.qid]]
-    relevant = [label >= 1 for query in data.queries for label in query.labels]
+    relevant = [label >= relevant_from for query in data.queries for label in query.labels]
     p50, p95 = (float(value) for value in np.percentile(scores.latencies_ms, [50, 95]))
     result = ModelResult(
         model=scores.model,

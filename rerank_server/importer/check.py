@@ -1,5 +1,5 @@
 """The checks an import runs before anything is committed: the tokenizer fits the weights, and the stored copy loads
-the way the server loads it and scores a pair."""
+the way the server loads it and passes the server's load check (models/canary.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,6 @@ from pathlib import Path
 
 from rerank_server.importer.folder import ModelImportError
 from rerank_server.models.store import StoredReranker
-
-TEST_QUERY = "what is a panda?"
-TEST_DOCUMENT = "The giant panda is a bear species endemic to China."
 
 
 def first_line(exc: BaseException) -> str:
@@ -39,16 +36,20 @@ def check_vocabulary(folder: Path, model_id: str, trust_remote_code: bool = Fals
 
 
 def check_runs(stored: StoredReranker) -> float:
-    """Load `stored` the way the server does and score one pair; the score, or ModelImportError saying why not."""
+    """Load `stored` the way the server does and score the load check's pairs (models/canary.py), as the server does
+    at every load; the first pair's score, or ModelImportError saying why not."""
     import torch
 
     from rerank_server.backends.torch_backend import resolve_device
+    from rerank_server.models.canary import CanaryFailed, check_canary
     from rerank_server.models.loaded import load_reranker
 
     try:
         model = load_reranker(stored, device=resolve_device("auto"))
-        logit = float(model.forward(model.encode([TEST_QUERY], [TEST_DOCUMENT]))[0])
+        logit = check_canary(model, stored.model_id)[0]  # releases a model that fails
         model.release()
+    except CanaryFailed as exc:
+        raise ModelImportError(str(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - every kind of broken model ends in the same advice
         raise ModelImportError(
             f"{stored.model_id}: the model could not score a test pair ({first_line(exc)}); check that the folder's "
@@ -58,7 +59,4 @@ def check_runs(stored: StoredReranker) -> float:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    score = float(torch.sigmoid(torch.tensor(logit, dtype=torch.float32)))
-    if not 0.0 <= score <= 1.0:
-        raise ModelImportError(f"{stored.model_id}: the model scored a test pair {score}, not a number in 0..1")
-    return score
+    return float(torch.sigmoid(torch.tensor(logit, dtype=torch.float32)))

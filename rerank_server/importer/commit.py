@@ -14,6 +14,7 @@ from rerank_server import backends
 from rerank_server.backends import BackendName
 from rerank_server.catalog import canonical_id, model_id_problem, store_name
 from rerank_server.importer import remote_code
+from rerank_server.importer.card import card_license
 from rerank_server.importer.check import check_runs, check_vocabulary, first_line
 from rerank_server.importer.folder import WEIGHT_FILES, ModelImportError, inspect_folder
 from rerank_server.models.store import APP_LABEL, StoredReranker, as_stored, find_reranker, list_rerankers
@@ -110,6 +111,7 @@ def store_folder(
         "parameters": info.parameters,
         "remote_code": code.digests() if code else {},
         "module_stack": info.module_stack,
+        "license": card_license(folder, model_id),
     }
     labels = {**APP_LABEL, "model-id": metadata["model_id"]}
     with bentoml.models.create(store_name(model_id), labels=labels, metadata=metadata) as model:

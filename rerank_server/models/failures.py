@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from rerank_server.models.canary import CanaryFailed
 from rerank_server.models.loaded import RemoteCodeRefused
 from rerank_server.models.store import StoredReranker
 
@@ -34,7 +35,7 @@ class LoadFailures:
         earlier = self._failed.get(stored.model_id)
         failures = earlier.failures + 1 if earlier and earlier.tag == stored.tag else 1
         backoff = LOAD_RETRY_BACKOFF_S[min(failures, len(LOAD_RETRY_BACKOFF_S)) - 1]
-        lasting = isinstance(exc, RemoteCodeRefused)
+        lasting = isinstance(exc, (RemoteCodeRefused, CanaryFailed))
         reason = str(exc) if lasting else f"{type(exc).__name__}: {str(exc)[:500]}"
         message = f"The model `{stored.model_id}` could not be loaded: {reason}"
         self._failed[stored.model_id] = _Failure(stored.tag, message, failures, time.monotonic() + backoff, lasting)
@@ -53,6 +54,11 @@ class LoadFailures:
         """Seconds until `stored` is tried again (0: now)."""
         failure = self._failed.get(stored.model_id)
         return max(failure.retry_at - time.monotonic(), 0.0) if failure and failure.tag == stored.tag else 0.0
+
+    def reason(self, stored: StoredReranker) -> str | None:
+        """Why `stored`'s last load failed, until a load of it works (back-off or not), or None."""
+        failure = self._failed.get(stored.model_id)
+        return failure.message if failure and failure.tag == stored.tag else None
 
     def forget(self, model_id: str) -> None:
         self._failed.pop(model_id, None)

@@ -22,6 +22,7 @@ from rerank_server.backends.torch_backend import resolve_device, resolve_dtype
 from rerank_server.cpu import has_amx_bf16, usable_cpus
 from rerank_server.errors import ModelLoadError, UnknownModelError
 from rerank_server.metrics import RerankMetrics, worker_label
+from rerank_server.models.canary import check_canary
 from rerank_server.models.failures import LoadFailures
 from rerank_server.models.loaded import LoadedReranker, load_reranker
 from rerank_server.models.store import StoredReranker, find_reranker, list_rerankers
@@ -91,6 +92,11 @@ class ModelRegistry:
         found = find_reranker(wanted, self._stored)
         if found is None:
             raise UnknownModelError(wanted, [s.model_id for s in self._stored])
+        if found.calibration_problem:
+            raise ModelLoadError(
+                f"The model `{found.model_id}` is not served: {self.failure(found)}; attach a valid one or remove it "
+                "(import_models.py NAME --calibration FILE, or --no-calibration)"
+            )
         if not name or not name.strip():
             self._default_id = found.model_id
         return found
@@ -100,6 +106,14 @@ class ModelRegistry:
     def loaded_ids(self) -> list[str]:
         with self._changed:
             return list(self._loaded)
+
+    def failure(self, stored: StoredReranker) -> str | None:
+        """Why `stored` is not served: a calibration file that cannot be used, or its last load's failure (the load
+        check's refusal among them); None when nothing stands in its way."""
+        if stored.calibration_problem:
+            return f"its calibration cannot be used: {stored.calibration_problem}"
+        with self._changed:
+            return self.failures.reason(stored)
 
     def version(self, model: LoadedReranker) -> str:
         """The stored tag `model` was loaded from (its scores belong to that version)."""
@@ -374,7 +388,9 @@ class ModelRegistry:
         torch.cuda.empty_cache()  # a no-op without CUDA
 
     def _load_model(self, stored: StoredReranker) -> LoadedReranker:
-        return load_reranker(
+        model = load_reranker(
             stored, device=self.device, dtype=self.settings.dtype, tokenizers=self.settings.tokenizers,
             allow_remote_code=self.settings.allow_remote_code,
         )  # fmt: skip
+        check_canary(model, stored.model_id)  # on this device and dtype: where a broken conversion shows
+        return model

@@ -14,7 +14,8 @@ from pathlib import Path
 import bentoml
 
 from rerank_server.backends import BackendName, is_cpu_runtime
-from rerank_server.catalog import canonical_id
+from rerank_server.catalog import canonical_id, known_model
+from rerank_server.models.calibration import Calibration, stored_calibration
 
 # Marks our models among whatever else shares the user's BentoML store.
 APP_LABEL = {"app": "rerank-server"}
@@ -43,6 +44,12 @@ class StoredReranker:
     remote_code: dict[str, str] = field(default_factory=dict)
     # Scored by a sentence-transformers score head after a plain transformer (the Ettin rerankers), not a classifier.
     module_stack: bool = False
+    # The model card's license (the catalogue's when the card has none); "" when neither tells.
+    license: str = ""
+    # What turns its raw scores into relevance scores beyond the recipe's own sigmoid (models/calibration.py), and why
+    # a calibration file that is there cannot be used (the model is then refused, not served uncalibrated).
+    calibration: Calibration | None = None
+    calibration_problem: str | None = None
 
     @property
     def owned_by(self) -> str:
@@ -69,8 +76,11 @@ def as_stored(model: bentoml.Model) -> StoredReranker | None:
     meta = model.info.metadata
     if model.info.labels.get("app") != APP_LABEL["app"] or "model_id" not in meta:
         return None
+    calibration, calibration_problem = stored_calibration(Path(model.path))
+    model_id = str(meta["model_id"])
+    known = known_model(model_id)
     return StoredReranker(
-        model_id=str(meta["model_id"]),
+        model_id=model_id,
         tag=str(model.tag),
         path=Path(model.path),
         max_length=int(meta["max_length"]),
@@ -87,6 +97,10 @@ def as_stored(model: bentoml.Model) -> StoredReranker | None:
         parameters=int(meta.get("parameters", 0)),
         remote_code=dict(meta.get("remote_code") or {}),
         module_stack=bool(meta.get("module_stack", False)),
+        # Imports before licenses were stored: the catalogue's entry, where it has one.
+        license=str(meta.get("license") or (known.license if known else "")),
+        calibration=calibration,
+        calibration_problem=calibration_problem,
     )
 
 

@@ -149,6 +149,10 @@ class Recipe(ABC):
     reference_max_length: ClassVar[int] = 512
     # Whether queries and documents may hold images (`Content`); text recipes take `str` only.
     takes_images: ClassVar[bool] = False
+    # What `relevance_score` is without a calibration (the sigmoid of the raw score, always; for yes/no LLM
+    # rerankers that is p(yes) against no), and what the raw score (`use_activation: false`) is: /v1/models shows both.
+    score_kind: ClassVar[Literal["sigmoid", "p-yes"]] = "sigmoid"
+    raw_score: ClassVar[str] = "the classifier's logit"
 
     @classmethod
     def load_extras(cls, path: Path) -> dict[str, Any]:

@@ -27,6 +27,7 @@ _SLACK = 16
 class BgeGemmaRecipe(Recipe):
     name = "bge-gemma"
     description = "bge-reranker-v2-gemma: 'A: query' / 'B: passage' / prompt, the 'Yes' logit at the last token"
+    raw_score = "the 'Yes' logit at the last token"
     padding_side = "left"
     uses_instruction = True
 

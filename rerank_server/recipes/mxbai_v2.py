@@ -40,6 +40,7 @@ _MIN_MIDDLE = 8
 
 class MxbaiV2Recipe(Recipe):
     name = "mxbai-v2"
+    raw_score = "logit('1') - logit('0') at the last token (useful range about -12 to 22)"
     description = (
         "mxbai-rerank v2: query/document prompt of mixedbread's package, logit of '1' minus '0' at the last token"
     )

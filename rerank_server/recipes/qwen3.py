@@ -28,6 +28,8 @@ _SLACK = 16
 class Qwen3Recipe(Recipe):
     name = "qwen3"
     description = "Qwen3-Reranker: instruction/query/document chat prompt, yes vs no at the last token"
+    score_kind = "p-yes"
+    raw_score = "logit('yes') - logit('no') at the last token"
     padding_side = "left"
     uses_instruction = True
     reference_max_length = 8192

@@ -76,6 +76,8 @@ def _parts(item: Item) -> tuple[str | None, tuple[ImageInput, ...]]:
 class Qwen3VLRecipe(Recipe):
     name = "qwen3-vl"
     description = "Qwen3-VL-Reranker: text and images, instruction/query/document chat messages, yes vs no"
+    score_kind = "p-yes"
+    raw_score = "logit('yes') - logit('no') at the last token"
     padding_side = "left"
     uses_instruction = True
     reference_max_length = 8192

@@ -10,6 +10,8 @@ const SIDES = ["a", "b"];
 const byId = (id) => document.getElementById(id);
 
 let modelsLoaded = false;
+// GET /v1/models' cards by model id: what each model's scores mean and its license, shown beside its results.
+const cardsById = new Map();
 
 function setState(state) {
   byId("playground").dataset.state = state;
@@ -88,7 +90,13 @@ function modelOption(card) {
   const option = document.createElement("option");
   option.value = card.id;
   option.dataset.recipe = card.recipe || "cross-encoder";
-  const notes = [card.recipe, card.default ? "default" : "", card.loaded ? "" : "loads on first use"];
+  const notes = [
+    card.recipe,
+    card.default ? "default" : "",
+    card.score && card.score.kind === "calibrated" ? "calibrated" : "",
+    card.non_commercial ? "non-commercial license" : "",
+    card.status === "failed" ? "failed to load" : card.loaded ? "" : "loads on first use",
+  ];
   option.textContent = `${card.id} (${notes.filter(Boolean).join(", ")})`;
   return option;
 }
@@ -112,6 +120,8 @@ function fillModels(cards) {
 
 async function loadModels() {
   const body = await callApi("v1/models", { method: "GET" });
+  cardsById.clear();
+  for (const card of body.data) cardsById.set(card.id, card);
   fillModels(body.data);
   modelsLoaded = true;
 }
@@ -203,9 +213,27 @@ function resultItem(result, rank, documents) {
   return item;
 }
 
+// What this model's scores mean, and a flag for a license that forbids commercial use.
+function showScoring(side, modelId) {
+  const card = cardsById.get(modelId);
+  const scoring = byId(`scoring-${side}`);
+  const kind = card && card.score ? card.score.kind : "";
+  scoring.dataset.scoreKind = kind;
+  if (kind === "calibrated") {
+    const { scale, bias } = card.score.calibration;
+    scoring.textContent = `calibrated: probability of relevance, sigmoid(${scale.toPrecision(4)} \u00D7 (raw \u2212 ${bias.toPrecision(4)}))`;
+  } else {
+    scoring.textContent = kind === "p-yes" ? "not calibrated: p(yes) of the model" : "not calibrated: sigmoid of the raw score";
+  }
+  const flag = byId(`license-${side}`);
+  flag.hidden = !(card && card.non_commercial);
+  flag.textContent = card && card.non_commercial ? ` \u00B7 ${card.license}: non-commercial use only` : "";
+}
+
 function showResults(side, model, outcome) {
   const { answer, latency, documents } = outcome;
   byId(`name-${side}`).textContent = answer.model || model;
+  showScoring(side, answer.model || model);
   const tokens = byId(`tokens-${side}`);
   tokens.dataset.tokens = String(answer.usage.prompt_tokens);
   tokens.textContent = `${answer.usage.prompt_tokens} tokens seen`;

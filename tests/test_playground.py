@@ -448,3 +448,29 @@ def test_with_an_api_key_the_page_loads_and_asks_for_the_key(browser, chromium, 
         output = subprocess.run(["bash", "-c", command], capture_output=True, text=True, check=True, env=env).stdout
         assert_same_ranking(shown(page, "a"), json.loads(output), DOCUMENTS)
         watched.assert_clean(expected_errors=("status of 401",))
+
+
+def test_the_page_says_whether_scores_are_calibrated_and_flags_non_commercial_licenses(
+    page: Watched, server: RunningServer, fixture_model_dir: Path, tmp_path: Path
+) -> None:
+    import import_models
+    from rerank_server.importer.sources import import_from_folder
+
+    folder = shutil.copytree(fixture_model_dir, tmp_path / "nc")
+    (folder / "README.md").write_text("---\nlicense: cc-by-nc-4.0\n---\n# A reranker\n", encoding="utf-8")
+    model = import_from_folder("test-org/nc-calibrated", folder).stored.model_id
+    assert import_models.main([model, "--logit-scale", "0.5", "--logit-bias", "1.5"]) == 0
+    page.open()
+    assert "calibrated" in page.page.text_content(f"#model-a option[value='{model}']")
+    assert "non-commercial license" in page.page.text_content(f"#model-a option[value='{model}']")
+    fill(page.page, model, FIXTURE_MODEL_ID)
+    run(page.page)
+    answer = api_rerank(server.url, {"model": model, "query": QUERY, "documents": DOCUMENTS})
+    assert_same_ranking(shown(page.page, "a"), answer, DOCUMENTS)
+    assert page.page.get_attribute("#scoring-a", "data-score-kind") == "calibrated"
+    assert "sigmoid(0.5000" in page.page.text_content("#scoring-a")
+    assert page.page.is_visible("#license-a") and "cc-by-nc-4.0: non-commercial" in page.page.text_content("#license-a")
+    assert page.page.get_attribute("#scoring-b", "data-score-kind") == "sigmoid"
+    assert page.page.text_content("#scoring-b").startswith("not calibrated")
+    assert not page.page.is_visible("#license-b")
+    page.assert_clean()

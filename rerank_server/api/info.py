@@ -23,13 +23,13 @@ from rerank_server.api.wire import (
 from rerank_server.catalog import non_commercial
 from rerank_server.engine.engine import ServedModel
 from rerank_server.models.store import StoredReranker
-from rerank_server.recipes import RECIPES
+from rerank_server.recipes import RECIPES, Recipe
 
 router = APIRouter()
 
 
 def _score_info(stored: StoredReranker) -> ScoreInfo:
-    recipe = RECIPES[stored.recipe]
+    recipe = RECIPES.get(stored.recipe, Recipe)  # a recipe this version does not know: the base's account
     calibration = stored.calibration
     if calibration is None:
         return ScoreInfo(kind=recipe.score_kind, raw=recipe.raw_score)

@@ -49,6 +49,15 @@ class RerankMetrics:
         )
         self.cache_hits = Counter("rerank_cache_hits_total", "Pair scores answered from the result cache.")
         self.cache_misses = Counter("rerank_cache_misses_total", "Pair scores looked up in the cache and not found.")
+        self.embedding_cache_hits = Counter(
+            "rerank_embedding_cache_hits_total", "Documents of late-interaction models whose embeddings were cached."
+        )
+        self.embedding_cache_misses = Counter(
+            "rerank_embedding_cache_misses_total", "Documents of late-interaction models encoded (not in the cache)."
+        )
+        self.embedding_cache_bytes = Gauge(
+            "rerank_embedding_cache_bytes", "Bytes of document embeddings held.", multiprocess_mode="livesum"
+        )
 
 
 def worker_label() -> str:

@@ -75,6 +75,12 @@ class Settings(BaseSettings):
         "usable CPU, at most 4; on a CPU one.",
     )
     cache_size: int = Field(0, ge=0, description="Pair scores kept in the in-memory LRU result cache (0: off).")
+    embedding_cache_mb: int = Field(
+        256,
+        ge=0,
+        description="MiB of document token embeddings kept for late-interaction (ColBERT) models, least recently used "
+        "out (0: off).",
+    )
 
     max_loaded_models: int = Field(0, ge=0, description="Most models loaded at once (0: no limit); LRU unloads.")
     max_model_memory_mb: int = Field(0, ge=0, description="Most MiB of loaded weights (0: no limit); LRU unloads.")

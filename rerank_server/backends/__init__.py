@@ -91,10 +91,12 @@ def load_backend(
     remote_code: bool = False,
     module_stack: bool = False,
     vision: bool = False,
+    late_interaction: bool = False,
 ) -> Backend:
     """The stored model at `path` loaded for `backend` (a CPU runtime ignores `device` and `dtype`). `remote_code`:
     the checkpoint's own modelling code; `module_stack`: a sentence-transformers score head after the transformer;
-    `vision`: a vision-language reranker (torch only), scored from its last-token logits like a causal one."""
+    `vision`: a vision-language reranker (torch only), scored from its last-token logits like a causal one;
+    `late_interaction`: a ColBERT encoder, token embeddings out (torch only)."""
     if backend in ("onnx", "onnx-int8"):
         from rerank_server.backends.onnx_backend import OnnxBackend
 
@@ -111,6 +113,10 @@ def load_backend(
         # torch sizes its pool from the host's cores, not the container's quota (see rerank_server.cpu).
         torch.set_num_threads(threads)
     with _TRANSFORMERS_LOADING:
+        if late_interaction:
+            from rerank_server.backends.late_interaction import TokenEmbeddings
+
+            return TokenEmbeddings(path, device=device, dtype=dtype)  # type: ignore[return-value]
         if vision:
             from rerank_server.backends.vision_backend import VisionLastTokenLogit
 

@@ -12,7 +12,7 @@ import asyncio
 import concurrent.futures
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -43,6 +43,7 @@ class DocumentScores:
     logits: list[float]
     document_tokens: list[int]  # what the model saw of each document (all its windows), templates included
     calibration: Calibration | None = None
+    relevance: Callable[[list[float]], list[float]] | None = None  # the recipe's own map (None: the sigmoid)
 
     @property
     def tokens(self) -> int:
@@ -55,6 +56,8 @@ class DocumentScores:
         so a cached score never carries another calibration."""
         if self.calibration is not None:
             return self.calibration.apply(self.logits)
+        if self.relevance is not None:
+            return self.relevance(self.logits)
         return torch.sigmoid(torch.tensor(self.logits, dtype=torch.float32)).tolist()
 
     def ranking(self, top_n: int | None = None) -> list[int]:
@@ -85,6 +88,7 @@ class _Work:
     keys: list[bytes] = field(default_factory=list)
     computed: list[int] = field(default_factory=list)  # pairs sent to the model, in the order of `future`'s logits
     future: concurrent.futures.Future[torch.Tensor] | None = None
+    relevance: Callable[[list[float]], list[float]] | None = None
 
     def cancel(self) -> None:
         if self.future is not None:
@@ -253,7 +257,7 @@ class RerankEngine:
             owners = [i for i, windows in enumerate(pieces) for _ in windows]
             pair_queries = [queries[i] for i in owners]
             pair_documents = [window for windows in pieces for window in windows]
-            work = _Work(stored, owners, [None] * len(owners), [0] * len(owners))
+            work = _Work(stored, owners, [None] * len(owners), [0] * len(owners), relevance=loaded.recipe.relevance)
             version = self.registry.version(loaded)
             self._look_up(work, version, loaded.recipe.uses_instruction, options, pair_queries, pair_documents)
             if work.computed:
@@ -321,7 +325,7 @@ class RerankEngine:
             assert logit is not None
             best[owner] = max(best[owner], logit)
             tokens[owner] += count
-        return DocumentScores(work.stored.model_id, best, tokens, work.stored.calibration)
+        return DocumentScores(work.stored.model_id, best, tokens, work.stored.calibration, work.relevance)
 
 
 def _for_model(

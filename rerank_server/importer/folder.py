@@ -11,6 +11,7 @@ from typing import Any
 from rerank_server.catalog import known_model
 from rerank_server.models.loaded import ships_own_code
 from rerank_server.recipes import RECIPES, recipe_from_id, recipe_from_prompt
+from rerank_server.recipes.colbert import ColbertSettings, colbert_settings
 
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
 # Rerankers whose scoring lives only in their repository's own Python code (`trust_remote_code`), which this server
@@ -141,6 +142,8 @@ def inspect_folder(
             f"{model_id} ships its own modelling code (auto_map in its config), which would run inside the server: "
             "import it with --trust-remote-code to store that code with the weights and run it (if you trust it)"
         )
+    if (colbert := colbert_settings(folder)) is not None:
+        return _late_interaction(folder, model_id, config, architecture, recipe, colbert)
     stack = module_stack(folder)
     if not architecture.endswith(("ForSequenceClassification", "ForCausalLM", _VISION_SUFFIX)) and not stack:
         raise ModelImportError(
@@ -171,6 +174,38 @@ def inspect_folder(
     return FolderInfo(
         architecture, num_labels, _max_length(folder, model_id, config, chosen), chosen,
         str(dtype) if dtype else None, _parameters(folder), stack,
+    )  # fmt: skip
+
+
+def _late_interaction(
+    folder: Path, model_id: str, config: dict[str, Any], architecture: str, chosen: str | None, colbert: ColbertSettings
+) -> FolderInfo:
+    """A PyLate ColBERT folder: the bare encoder, its Dense projection, the query and document lengths. Never a
+    cross-encoder (sentence-transformers would convert it to one and score nonsense)."""
+    if chosen not in (None, "colbert"):
+        raise ModelImportError(
+            f"{model_id} is a late-interaction (ColBERT) model: it is scored with the colbert recipe"
+        )
+    modules = read_json(folder / "modules.json") if (folder / "modules.json").is_file() else []
+    types = (
+        [str(module.get("type", "")) for module in modules if isinstance(module, dict)]
+        if isinstance(modules, list)
+        else []
+    )
+    dense = next((m for m in modules if str(m.get("type", "")).endswith("Dense")), None) if types else None
+    if not types or not types[0].endswith(".Transformer") or dense is None:
+        raise ModelImportError(f"{folder}: a ColBERT folder lists its transformer and Dense projection in modules.json")
+    weights = folder / str(dense.get("path") or "1_Dense")
+    if not any((weights / name).is_file() for name in ("model.safetensors", "pytorch_model.bin")):
+        raise ModelImportError(f"{weights} holds no weights of the Dense projection")
+    if not any(next(folder.glob(pattern), None) for pattern in WEIGHT_FILES):
+        raise ModelImportError(f"{folder} holds no model weights (*.safetensors or pytorch_model.bin)")
+    if not (folder / "tokenizer.json").is_file() and not (folder / "vocab.txt").is_file():
+        raise ModelImportError(f"{folder} holds no tokenizer files")
+    dtype = config.get("dtype") or config.get("torch_dtype")
+    return FolderInfo(
+        architecture, 1, colbert.query_length + colbert.document_length, "colbert", str(dtype) if dtype else None,
+        _parameters(folder),
     )  # fmt: skip
 
 

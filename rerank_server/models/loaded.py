@@ -21,6 +21,8 @@ import numpy as np
 
 from rerank_server.backends import Backend, is_cpu_runtime, load_backend
 from rerank_server.cpu import usable_cpus
+from rerank_server.models.embedding_cache import EmbeddingCache, new_owner
+from rerank_server.models.late_interaction import late_interaction_scores
 from rerank_server.recipes import DEFAULT_OPTIONS, RECIPES, EncodedPairs, ImageInput, Item, Recipe, TextOptions
 
 if TYPE_CHECKING:
@@ -100,9 +102,12 @@ def pad(rows: Sequence[list[int]], value: int, side: str) -> tuple[np.ndarray, n
 class LoadedReranker:
     """A reranker ready to score: text → tokens on any thread (a recipe copy each), tokens → logits a pass at a time."""
 
-    def __init__(self, recipes: RecipePool, backend: Backend) -> None:
+    def __init__(self, recipes: RecipePool, backend: Backend, embeddings: EmbeddingCache | None = None) -> None:
         self.recipes = recipes
         self.backend = backend
+        # Late-interaction models: the worker's document-embedding cache, and this copy's own keys in it.
+        self.embeddings = embeddings
+        self.owner = new_owner()
         # One forward at a time keeps the accelerator's memory use predictable (the batcher's thread is the only
         # caller while serving; tools may call from anywhere).
         self._forward_lock = threading.Lock()
@@ -153,6 +158,9 @@ class LoadedReranker:
         side, pad_id = self.recipe.padding_side, self.recipe.pad_id
         ids, mask = pad(encoded.input_ids, pad_id, side)
         types = pad(encoded.token_type_ids, 0, side)[0] if encoded.token_type_ids is not None else None
+        if encoded.late is not None:
+            with self._forward_lock:
+                return late_interaction_scores(self.backend, encoded.late, self.embeddings, self.owner)  # type: ignore[arg-type]
         pairs = [pair for pair in encoded.images or () if pair is not None]
         if not pairs:
             with self._forward_lock:
@@ -164,8 +172,11 @@ class LoadedReranker:
             return self.backend.logits(ids, mask, types, pixel_values=pixels, image_grid_thw=grids)  # type: ignore[call-arg]
 
     def release(self) -> None:
-        """Drop the weights (the caller frees accelerator memory once nothing refers to them)."""
+        """Drop the weights and the document embeddings this copy cached (the caller frees accelerator memory once
+        nothing refers to them)."""
         self.backend.release()
+        if self.embeddings is not None:
+            self.embeddings.forget(self.owner)
 
 
 class RemoteCodeRefused(RuntimeError):
@@ -220,6 +231,7 @@ def load_reranker(
     threads: int = 0,
     tokenizers: int = 0,
     allow_remote_code: bool = True,
+    embeddings: EmbeddingCache | None = None,
 ) -> LoadedReranker:
     """A stored reranker loaded with its recipe on its backend (`device` and `dtype` are torch's; a CPU runtime
     ignores them). `dtype` is a RERANK_DTYPE choice. A model that runs its own code loads only when
@@ -240,7 +252,7 @@ def load_reranker(
     return load_folder(
         stored.path, recipe=stored.recipe, max_length=stored.max_length, causal=stored.causal, backend=stored.backend,
         device=device, dtype=dtype, checkpoint_dtype=stored.checkpoint_dtype, threads=threads, tokenizers=tokenizers,
-        remote_code=bool(stored.remote_code), module_stack=stored.module_stack,
+        remote_code=bool(stored.remote_code), module_stack=stored.module_stack, embeddings=embeddings,
     )  # fmt: skip
 
 
@@ -258,6 +270,7 @@ def load_folder(
     tokenizers: int = 0,
     remote_code: bool = False,
     module_stack: bool = False,
+    embeddings: EmbeddingCache | None = None,
 ) -> LoadedReranker:
     """A model folder loaded as `load_reranker` loads a stored one (for tools, benchmarks and tests)."""
     from rerank_server.backends.torch_backend import resolve_dtype
@@ -275,5 +288,6 @@ def load_folder(
         backend, path, causal=causal, head=recipes.first.last_token_head() if causal or vision else None,
         pad_id=recipes.first.pad_id, device=device, dtype=resolve_dtype(dtype, device, checkpoint_dtype),
         threads=threads or usable_cpus(), remote_code=remote_code, module_stack=module_stack, vision=vision,
+        late_interaction=recipe_class.late_interaction,
     )  # fmt: skip
-    return LoadedReranker(recipes, model)
+    return LoadedReranker(recipes, model, embeddings)

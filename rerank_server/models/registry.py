@@ -23,6 +23,7 @@ from rerank_server.cpu import has_amx_bf16, usable_cpus
 from rerank_server.errors import ModelLoadError, UnknownModelError
 from rerank_server.metrics import RerankMetrics, worker_label
 from rerank_server.models.canary import check_canary
+from rerank_server.models.embedding_cache import EmbeddingCache
 from rerank_server.models.failures import LoadFailures
 from rerank_server.models.loaded import LoadedReranker, load_reranker
 from rerank_server.models.store import StoredReranker, find_reranker, list_rerankers
@@ -62,6 +63,7 @@ class ModelRegistry:
         # newer one does not load.
         self._displaced: dict[str, StoredReranker] = {}
         self.failures = LoadFailures()
+        self.embeddings = EmbeddingCache(settings.embedding_cache_mb * 2**20, metrics)
         self._changed = threading.Condition()
         self._scanning = threading.Lock()  # one rescan at a time
         self._stored: list[StoredReranker] = list_rerankers()
@@ -391,6 +393,7 @@ class ModelRegistry:
         model = load_reranker(
             stored, device=self.device, dtype=self.settings.dtype, tokenizers=self.settings.tokenizers,
             allow_remote_code=self.settings.allow_remote_code,
+            embeddings=self.embeddings if self.settings.embedding_cache_mb else None,
         )  # fmt: skip
         check_canary(model, stored.model_id)  # on this device and dtype: where a broken conversion shows
         return model

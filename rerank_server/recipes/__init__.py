@@ -13,12 +13,14 @@ from rerank_server.recipes.base import (
     ImageInput,
     Item,
     LastTokenHead,
+    LatePair,
     PairImages,
     Recipe,
     RecipeError,
     TextOptions,
 )
 from rerank_server.recipes.bge_gemma import BgeGemmaRecipe
+from rerank_server.recipes.colbert import ColbertRecipe
 from rerank_server.recipes.cross_encoder import CrossEncoderRecipe
 from rerank_server.recipes.mxbai_v2 import MxbaiV2Recipe
 from rerank_server.recipes.qwen3 import Qwen3Recipe
@@ -32,6 +34,7 @@ __all__ = [
     "ImageInput",
     "Item",
     "LastTokenHead",
+    "LatePair",
     "PairImages",
     "Recipe",
     "RecipeError",
@@ -41,7 +44,8 @@ __all__ = [
 ]
 
 RECIPES: dict[str, type[Recipe]] = {
-    recipe.name: recipe for recipe in (CrossEncoderRecipe, Qwen3Recipe, BgeGemmaRecipe, MxbaiV2Recipe, Qwen3VLRecipe)
+    recipe.name: recipe
+    for recipe in (CrossEncoderRecipe, Qwen3Recipe, BgeGemmaRecipe, MxbaiV2Recipe, Qwen3VLRecipe, ColbertRecipe)
 }
 
 # Text that only a family's own prompt contains: a chat template (sentence-transformers' causal-LM CrossEncoder

@@ -84,6 +84,17 @@ class PairImages:
 
 
 @dataclass(frozen=True)
+class LatePair:
+    """One pair of a late-interaction model, encoded apart: the query's ids (expanded) and how many of its leading
+    positions are attended to, the document's ids and which of its positions MaxSim uses (the skiplist's are not)."""
+
+    query: tuple[int, ...]
+    attended: int
+    document: tuple[int, ...]
+    kept: tuple[bool, ...]
+
+
+@dataclass(frozen=True)
 class EncodedPairs:
     """Tokenized pairs, unpadded, in request order: what the model thread needs, prepared on another thread.
 
@@ -94,6 +105,9 @@ class EncodedPairs:
     token_type_ids: list[list[int]] | None = None
     # Multimodal recipes: each pair's images (None for a pair without any); None when no pair has one.
     images: list[PairImages | None] | None = None
+    # Late-interaction recipes: each pair's query and document apart (`input_ids` then holds them end to end, which is
+    # what the pass planner counts).
+    late: list[LatePair] | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -108,13 +122,15 @@ class EncodedPairs:
             return self
         types = self.token_type_ids[start:stop] if self.token_type_ids is not None else None
         images = self.images[start:stop] if self.images is not None else None
-        return EncodedPairs(self.input_ids[start:stop], types, images)
+        late = self.late[start:stop] if self.late is not None else None
+        return EncodedPairs(self.input_ids[start:stop], types, images, late)
 
     def select(self, rows: Sequence[int]) -> EncodedPairs:
         """The pairs at `rows`, in that order."""
         types = [self.token_type_ids[i] for i in rows] if self.token_type_ids is not None else None
         images = [self.images[i] for i in rows] if self.images is not None else None
-        return EncodedPairs([self.input_ids[i] for i in rows], types, images)
+        late = [self.late[i] for i in rows] if self.late is not None else None
+        return EncodedPairs([self.input_ids[i] for i in rows], types, images, late)
 
     @classmethod
     def concat(cls, parts: Sequence[EncodedPairs]) -> EncodedPairs:
@@ -126,7 +142,10 @@ class EncodedPairs:
         images = None
         if any(part.images is not None for part in parts):  # text-only requests of a multimodal model join in
             images = [pair for part in parts for pair in (part.images or [None] * len(part))]
-        return cls([ids for part in parts for ids in part.input_ids], types, images)
+        late = None
+        if all(part.late is not None for part in parts):  # one model's parts: all late, or none
+            late = [pair for part in parts for pair in part.late or ()]
+        return cls([ids for part in parts for ids in part.input_ids], types, images, late)
 
 
 @dataclass(frozen=True)
@@ -151,8 +170,10 @@ class Recipe(ABC):
     takes_images: ClassVar[bool] = False
     # What `relevance_score` is without a calibration (the sigmoid of the raw score, always; for yes/no LLM
     # rerankers that is p(yes) against no), and what the raw score (`use_activation: false`) is: /v1/models shows both.
-    score_kind: ClassVar[Literal["sigmoid", "p-yes"]] = "sigmoid"
+    score_kind: ClassVar[Literal["sigmoid", "p-yes", "mean-maxsim"]] = "sigmoid"
     raw_score: ClassVar[str] = "the classifier's logit"
+    # Query and document encoded apart (`EncodedPairs.late`), scored by MaxSim of token embeddings (ColBERT).
+    late_interaction: ClassVar[bool] = False
 
     @classmethod
     def load_extras(cls, path: Path) -> dict[str, Any]:
@@ -164,6 +185,13 @@ class Recipe(ABC):
         self.tokenizer = tokenizer
         self.max_length = max_length  # most tokens of one pair, template included
         self.long_text = LongText(tokenizer)
+
+    def relevance(self, raw: list[float]) -> list[float]:
+        """The relevance score of raw scores without a calibration: their sigmoid, as the family's reference applies
+        it (in float32, as the reference computes it)."""
+        import torch
+
+        return torch.sigmoid(torch.tensor(raw, dtype=torch.float32)).tolist()
 
     @property
     def pad_id(self) -> int:

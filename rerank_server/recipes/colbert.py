@@ -1,0 +1,172 @@
+"""Late-interaction rerankers (ColBERT, as PyLate saves them: answerai-colbert-small, GTE-ModernColBERT,
+mxbai-edge-colbert): the query and each document are encoded apart, one vector per token, and the score is MaxSim,
+the sum over the query's tokens of its best cosine against the document's tokens.
+
+The reference is PyLate's `models.ColBERT.encode(..., is_query=True/False)` and `scores.colbert_scores`: each text
+truncated to its length less one (`query_length`, `document_length`), the prefix token (`[Q] ` / `[D] `, or
+`[unused0]` / `[unused1]`) inserted after the first token; a query padded to its length with the mask token (query
+expansion), attended or not per `attend_to_expansion_tokens` and always kept in MaxSim; a document's skiplist tokens
+(punctuation) dropped after encoding; the projection and L2 normalisation are the backend's. PyLate's `rank.rerank`
+pads a list's documents together; here each document gets the score it gets alone.
+
+A document's token embeddings do not depend on the query: the loaded model keeps them (`models/embedding_cache.py`),
+so a document seen before costs no encoder pass.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rerank_server.errors import InputTooLongError
+from rerank_server.recipes.base import EncodedPairs, LatePair, Recipe, RecipeError, TextOptions
+
+CONFIG_FILE = "config_sentence_transformers.json"
+
+
+@dataclass(frozen=True)
+class ColbertSettings:
+    """What PyLate's `config_sentence_transformers.json` says about encoding (PyLate's defaults where it is silent)."""
+
+    query_prefix: str = "[unused0]"
+    document_prefix: str = "[unused1]"
+    query_length: int = 32
+    document_length: int = 180
+    do_query_expansion: bool = True
+    attend_to_expansion_tokens: bool = False
+    skiplist_words: tuple[str, ...] = ()
+
+
+def colbert_settings(folder: Path) -> ColbertSettings | None:
+    """The ColBERT settings of a PyLate folder, or None when the folder is not one (`model_type` is not ColBERT)."""
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict) or config.get("model_type") != "ColBERT":
+        return None
+    defaults = ColbertSettings()
+    expansion = bool(config.get("do_query_expansion", defaults.do_query_expansion))
+    return ColbertSettings(
+        query_prefix=str(config.get("query_prefix") if config.get("query_prefix") is not None else "[unused0]"),
+        document_prefix=str(
+            config.get("document_prefix") if config.get("document_prefix") is not None else "[unused1]"
+        ),
+        query_length=int(config.get("query_length") or defaults.query_length),
+        document_length=int(config.get("document_length") or defaults.document_length),
+        do_query_expansion=expansion,
+        # PyLate never attends to expansion tokens it does not make.
+        attend_to_expansion_tokens=expansion and bool(config.get("attend_to_expansion_tokens", False)),
+        skiplist_words=tuple(str(word) for word in config.get("skiplist_words") or ()),
+    )
+
+
+def maxsim(query: torch.Tensor, document: torch.Tensor) -> torch.Tensor:
+    """MaxSim of one pair of L2-normalised token embeddings: each query token's best cosine over the document's
+    tokens, summed (a document with no kept token scores 0)."""
+    if not len(document):
+        return torch.zeros((), dtype=torch.float32)
+    return (query.float() @ document.float().T).max(dim=1).values.sum()
+
+
+class ColbertRecipe(Recipe):
+    name = "colbert"
+    description = "late interaction (PyLate ColBERT): query and document encoded apart, MaxSim of their token vectors"
+    score_kind = "mean-maxsim"
+    raw_score = (
+        "MaxSim: over the query's tokens (expansion included), the sum of each one's best cosine in the document"
+    )
+    late_interaction = True
+
+    @classmethod
+    def load_extras(cls, path: Path) -> dict[str, Any]:
+        settings = colbert_settings(path)
+        if settings is None:
+            raise RecipeError(f"{path} has no ColBERT {CONFIG_FILE} (model_type ColBERT)", "model")
+        return {"settings": settings}
+
+    def __init__(self, tokenizer: Any, max_length: int, settings: ColbertSettings) -> None:
+        super().__init__(tokenizer, max_length)
+        self.settings = settings
+        self.query_prefix_id = self._token_id(settings.query_prefix)
+        self.document_prefix_id = self._token_id(settings.document_prefix)
+        # PyLate pads queries with the mask token (an encoder's), else the end token (a decoder's).
+        pad = tokenizer.mask_token_id if tokenizer.mask_token_id is not None else tokenizer.eos_token_id
+        self.expansion_id = pad if pad is not None else self.pad_id
+        self.skiplist = {self.tokenizer.convert_tokens_to_ids(word) for word in settings.skiplist_words}
+
+    def _token_id(self, prefix: str) -> int | None:
+        if not prefix:
+            return None
+        token = self.tokenizer.convert_tokens_to_ids(prefix)
+        if token is None or token == self.tokenizer.unk_token_id:
+            raise RecipeError(f"the ColBERT prefix {prefix!r} is not a token of the model's tokenizer", "model")
+        return token
+
+    def _ids(self, texts: Sequence[str], length: int, prefix: int | None) -> list[list[int]]:
+        """Each text as PyLate tokenizes it: cut to `length` tokens less the prefix, the prefix after the first."""
+        room = length - 1 if prefix is not None else length
+        cut = [self.long_text.cut(text, room + 1)[0] for text in texts]  # (it sets the tokenizer's truncation too)
+        backend = self.tokenizer.backend_tokenizer
+        backend.no_padding()
+        backend.enable_truncation(room)
+        rows = [encoding.ids for encoding in backend.encode_batch(cut, add_special_tokens=True)]
+        return [[row[0], prefix, *row[1:]] if prefix is not None else row for row in rows]
+
+    def relevance(self, raw: list[float]) -> list[float]:
+        """MaxSim over the query length: the mean best cosine of a query token, at most 1 (a sigmoid of a sum of up to
+        32 cosines would say ~1.0 for every document)."""
+        return [value / self.settings.query_length for value in raw]
+
+    def limit(self, options: TextOptions) -> int:
+        if options.max_length is not None and options.max_length >= 0:
+            raise RecipeError(
+                "truncate_prompt_tokens does not apply to a ColBERT model: a document is cut to its document_length "
+                f"({self.settings.document_length}) and a query to its query_length ({self.settings.query_length})",
+                "truncate_prompt_tokens",
+            )
+        return self.max_length
+
+    def encode(self, queries: Sequence[str], documents: Sequence[str], options: TextOptions) -> EncodedPairs:
+        self.limit(options)
+        if options.max_document_tokens:
+            documents = self.cut_documents(documents, options.max_document_tokens, options.side)
+        distinct = list(dict.fromkeys(queries))
+        expanded = {}
+        for query, ids in zip(
+            distinct, self._ids(distinct, self.settings.query_length, self.query_prefix_id), strict=True
+        ):
+            attended = len(ids)
+            if self.settings.do_query_expansion:
+                ids = ids + [self.expansion_id] * (self.settings.query_length - len(ids))
+                if self.settings.attend_to_expansion_tokens:
+                    attended = len(ids)
+            expanded[query] = (tuple(ids), attended)
+        if not options.truncate:
+            self._refuse_truncation(documents)
+        document_ids = self._ids(documents, self.settings.document_length, self.document_prefix_id)
+        late = []
+        for query, ids in zip(queries, document_ids, strict=True):
+            query_ids, attended = expanded[query]
+            late.append(LatePair(query_ids, attended, tuple(ids), tuple(token not in self.skiplist for token in ids)))
+        return EncodedPairs([[*pair.query, *pair.document] for pair in late], late=late)
+
+    def _refuse_truncation(self, documents: Sequence[str]) -> None:
+        """TEI's `truncate: false`: a document over the document length is refused, not cut."""
+        for document in documents:
+            tokens = self.long_text.count(document) + self.tokenizer.num_special_tokens_to_add()
+            if tokens + (self.document_prefix_id is not None) > self.settings.document_length:
+                raise InputTooLongError(
+                    f"`inputs` must have less than {self.settings.document_length} tokens. Given: {tokens + 1}", "texts"
+                )
+
+    def document_room(self, query: str, options: TextOptions) -> int:
+        # The query never shares a document's room: a window is as long as a whole document may be.
+        room = self.settings.document_length - self.tokenizer.num_special_tokens_to_add()
+        room -= self.document_prefix_id is not None
+        return min(room, options.max_document_tokens or room)

@@ -1,0 +1,114 @@
+"""ColBERT fixtures saved as PyLate saves a model, and PyLate's scoring written out independently of the server.
+
+The reference follows PyLate 1.6's `models.ColBERT` (`tokenize`, `encode`, `skiplist_mask`) and
+`scores.colbert_scores`: PyLate itself pins sentence-transformers 5.3 and transformers <= 5.3, older than this
+project's, so its code is re-implemented here from its source rather than installed. Each document is scored alone
+(PyLate's `rank.rerank` pads a list's documents together).
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+
+import torch
+import transformers
+
+from tests.fixture_models import _modernbert_config, minilm_source
+
+SKIPLIST = list(string.punctuation)
+
+
+def build_colbert(target: Path, backbone: str = "bert", document_length: int = 48) -> Path:
+    """A PyLate-shaped ColBERT folder: a bare encoder (MiniLM-L6's BERT, or a tiny random ModernBERT with `[Q] ` /
+    `[D] ` added as tokens, as GTE-ModernColBERT has them), a 1_Dense projection without bias, and PyLate's config."""
+    torch.manual_seed(1)
+    if backbone == "bert":
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(minilm_source()))
+        encoder = transformers.AutoModel.from_pretrained(str(minilm_source()))
+        prefixes, attend = ("[unused0]", "[unused1]"), False
+    else:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(
+            str(minilm_source()), model_input_names=["input_ids", "attention_mask"]
+        )
+        tokenizer.add_tokens(["[Q] ", "[D] "])
+        encoder = transformers.ModernBertModel(_modernbert_config(tokenizer, architectures=["ModernBertModel"]))
+        prefixes, attend = ("[Q] ", "[D] "), True
+    encoder.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    hidden = encoder.config.hidden_size
+    dense = torch.nn.Linear(hidden, 24, bias=False)
+    (target / "1_Dense").mkdir()
+    from safetensors.torch import save_file
+
+    save_file({"linear.weight": dense.weight.detach().contiguous()}, target / "1_Dense" / "model.safetensors")
+    (target / "1_Dense" / "config.json").write_text(
+        json.dumps({"in_features": hidden, "out_features": 24, "bias": False, "activation_function": "Identity"})
+    )
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Dense", "type": "pylate.models.Dense.Dense"},
+    ]
+    (target / "modules.json").write_text(json.dumps(modules))
+    config = {
+        "model_type": "ColBERT",
+        "query_prefix": prefixes[0],
+        "document_prefix": prefixes[1],
+        "query_length": 32,
+        "document_length": document_length,
+        "attend_to_expansion_tokens": attend,
+        "skiplist_words": SKIPLIST,
+        "do_query_expansion": True,
+    }
+    (target / "config_sentence_transformers.json").write_text(json.dumps(config))
+    return target
+
+
+class PyLateReference:
+    """PyLate's ColBERT.encode and colbert_scores on a folder, one document at a time."""
+
+    def __init__(self, folder: Path) -> None:
+        self.config = json.loads((folder / "config_sentence_transformers.json").read_text())
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+        # PyLate: "If it is a MLM model, use the MASK token" as the padding of query expansion.
+        self.tokenizer.pad_token_id = self.tokenizer.mask_token_id
+        self.model = transformers.AutoModel.from_pretrained(str(folder)).eval()
+        from safetensors.torch import load_file
+
+        self.weight = load_file(str(folder / "1_Dense" / "model.safetensors"))["linear.weight"]
+        self.skiplist = [self.tokenizer.convert_tokens_to_ids(word) for word in self.config["skiplist_words"]]
+
+    def tokenize(self, text: str, is_query: bool) -> dict[str, torch.Tensor]:
+        length = self.config["query_length" if is_query else "document_length"]
+        prefix = self.tokenizer.convert_tokens_to_ids(self.config["query_prefix" if is_query else "document_prefix"])
+        padding = "max_length" if is_query and self.config["do_query_expansion"] else False
+        out = self.tokenizer(
+            [text], padding=padding, truncation=True, max_length=length - 1, return_tensors="pt",
+            return_token_type_ids=False,
+        )  # fmt: skip
+        ids, mask = out["input_ids"], out["attention_mask"]
+        ids = torch.cat([ids[:, :1], torch.full((1, 1), prefix), ids[:, 1:]], dim=1)
+        mask = torch.cat([mask[:, :1], torch.ones((1, 1), dtype=mask.dtype), mask[:, 1:]], dim=1)
+        if is_query and self.config["attend_to_expansion_tokens"]:
+            mask.fill_(1)
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def ids(self, text: str, is_query: bool) -> list[int]:
+        return self.tokenize(text, is_query)["input_ids"][0].tolist()
+
+    def encode(self, text: str, is_query: bool) -> torch.Tensor:
+        features = self.tokenize(text, is_query)
+        with torch.no_grad():
+            embeddings = self.model(**features).last_hidden_state[0] @ self.weight.T
+        if is_query:
+            keep = torch.ones(embeddings.shape[0], dtype=torch.bool)  # query expansion: every position kept
+        else:
+            keep = features["attention_mask"][0].bool()
+            for token in self.skiplist:
+                keep &= features["input_ids"][0] != token
+        return torch.nn.functional.normalize(embeddings[keep], p=2, dim=1)
+
+    def score(self, query: str, document: str) -> float:
+        q, d = self.encode(query, True), self.encode(document, False)
+        return float((q @ d.T).max(dim=1).values.sum())

@@ -20,9 +20,10 @@ from tests.fixture_models import _modernbert_config, minilm_source
 SKIPLIST = list(string.punctuation)
 
 
-def build_colbert(target: Path, backbone: str = "bert", document_length: int = 48) -> Path:
+def build_colbert(target: Path, backbone: str = "bert", document_length: int = 48, nested: bool = False) -> Path:
     """A PyLate-shaped ColBERT folder: a bare encoder (MiniLM-L6's BERT, or a tiny random ModernBERT with `[Q] ` /
-    `[D] ` added as tokens, as GTE-ModernColBERT has them), a 1_Dense projection without bias, and PyLate's config."""
+    `[D] ` added as tokens, as GTE-ModernColBERT has them), a 1_Dense projection without bias, and PyLate's config.
+    `nested`: the transformer in `0_Transformer/`, as some uploads (answerai-colbert-small-v1) keep it."""
     torch.manual_seed(1)
     if backbone == "bert":
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(minilm_source()))
@@ -35,8 +36,11 @@ def build_colbert(target: Path, backbone: str = "bert", document_length: int = 4
         tokenizer.add_tokens(["[Q] ", "[D] "])
         encoder = transformers.ModernBertModel(_modernbert_config(tokenizer, architectures=["ModernBertModel"]))
         prefixes, attend = ("[Q] ", "[D] "), True
-    encoder.save_pretrained(target)
+    encoder.save_pretrained(target / "0_Transformer" if nested else target)
     tokenizer.save_pretrained(target)
+    if nested:
+        tokenizer.save_pretrained(target / "0_Transformer")
+        (target / "config.json").write_text((target / "0_Transformer" / "config.json").read_text())
     hidden = encoder.config.hidden_size
     dense = torch.nn.Linear(hidden, 24, bias=False)
     (target / "1_Dense").mkdir()
@@ -47,7 +51,12 @@ def build_colbert(target: Path, backbone: str = "bert", document_length: int = 4
         json.dumps({"in_features": hidden, "out_features": 24, "bias": False, "activation_function": "Identity"})
     )
     modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {
+            "idx": 0,
+            "name": "0",
+            "path": "0_Transformer" if nested else "",
+            "type": "sentence_transformers.models.Transformer",
+        },
         {"idx": 1, "name": "1", "path": "1_Dense", "type": "pylate.models.Dense.Dense"},
     ]
     (target / "modules.json").write_text(json.dumps(modules))
@@ -73,7 +82,8 @@ class PyLateReference:
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
         # PyLate: "If it is a MLM model, use the MASK token" as the padding of query expansion.
         self.tokenizer.pad_token_id = self.tokenizer.mask_token_id
-        self.model = transformers.AutoModel.from_pretrained(str(folder)).eval()
+        modules = json.loads((folder / "modules.json").read_text())
+        self.model = transformers.AutoModel.from_pretrained(str(folder / modules[0]["path"])).eval()
         from safetensors.torch import load_file
 
         self.weight = load_file(str(folder / "1_Dense" / "model.safetensors"))["linear.weight"]

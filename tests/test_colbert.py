@@ -50,6 +50,12 @@ def test_a_pylate_folder_is_stored_as_a_late_interaction_model(colbert_models, t
     for model_id, architecture in ((BERT_ID, "BertModel"), (MODERN_ID, "ModernBertModel")):
         stored = find_reranker(model_id)
         assert (stored.recipe, stored.architecture, stored.max_length) == ("colbert", architecture, 32 + 48)
+    nested = build_colbert(tmp_path / "nested", "bert", nested=True)
+    stored = import_from_folder("test-org/nested-colbert", nested).stored
+    assert (stored.recipe, stored.architecture) == ("colbert", "BertModel")
+    with scoring_engine() as engine:
+        logits = score_directly(engine.registry.get(stored.model_id), [QUERY] * 2, DOCUMENTS[:2]).logits
+    assert logits == pytest.approx([PyLateReference(nested).score(QUERY, d) for d in DOCUMENTS[:2]], abs=1e-5)
     folder = build_colbert(tmp_path / "misfiled", "bert")
     with pytest.raises(ModelImportError, match="late-interaction"):
         import_from_folder("test-org/misfiled", folder, ImportOptions(recipe="cross-encoder"))

@@ -4,20 +4,17 @@ then L2 normalisation of each token's vector. Token ids in, one unit vector per 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from rerank_server.backends.torch_backend import TorchBackend
+from rerank_server.recipes.colbert import module_folders
 
 
-def _dense_weight(folder: Path) -> torch.Tensor:
-    """The projection matrix (out x in) of the folder's Dense module (its path from modules.json)."""
-    modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
-    dense = next(m for m in modules if str(m.get("type", "")).endswith("Dense"))
-    where = folder / str(dense.get("path") or "1_Dense")
+def _dense_weight(where: Path) -> torch.Tensor:
+    """The projection matrix (out x in) of a Dense module's folder."""
     if (where / "model.safetensors").is_file():
         from safetensors.torch import load_file
 
@@ -35,10 +32,14 @@ class TokenEmbeddings(TorchBackend):
     def __init__(self, path: Path, *, device: str, dtype: torch.dtype) -> None:
         from transformers import AutoModel
 
+        folders = module_folders(path)
+        if folders is None:
+            raise ValueError(f"{path}: modules.json does not list a transformer and a Dense projection")
+        encoder, dense = folders
         self.device = device
         self.dtype = dtype
-        self.encoder = AutoModel.from_pretrained(path, dtype=dtype, local_files_only=True).to(device).eval()
-        self.projection = _dense_weight(path).to(device=device, dtype=dtype)
+        self.encoder = AutoModel.from_pretrained(encoder, dtype=dtype, local_files_only=True).to(device).eval()
+        self.projection = _dense_weight(dense).to(device=device, dtype=dtype)
         self._measure(self.encoder)
         self.weight_bytes += self.projection.numel() * self.projection.element_size()
 

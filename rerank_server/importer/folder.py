@@ -11,7 +11,7 @@ from typing import Any
 from rerank_server.catalog import known_model
 from rerank_server.models.loaded import ships_own_code
 from rerank_server.recipes import RECIPES, recipe_from_id, recipe_from_prompt
-from rerank_server.recipes.colbert import ColbertSettings, colbert_settings
+from rerank_server.recipes.colbert import ColbertSettings, colbert_settings, module_folders
 
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
 # Rerankers whose scoring lives only in their repository's own Python code (`trust_remote_code`), which this server
@@ -186,26 +186,22 @@ def _late_interaction(
         raise ModelImportError(
             f"{model_id} is a late-interaction (ColBERT) model: it is scored with the colbert recipe"
         )
-    modules = read_json(folder / "modules.json") if (folder / "modules.json").is_file() else []
-    types = (
-        [str(module.get("type", "")) for module in modules if isinstance(module, dict)]
-        if isinstance(modules, list)
-        else []
-    )
-    dense = next((m for m in modules if str(m.get("type", "")).endswith("Dense")), None) if types else None
-    if not types or not types[0].endswith(".Transformer") or dense is None:
+    if (folders := module_folders(folder)) is None:
         raise ModelImportError(f"{folder}: a ColBERT folder lists its transformer and Dense projection in modules.json")
-    weights = folder / str(dense.get("path") or "1_Dense")
-    if not any((weights / name).is_file() for name in ("model.safetensors", "pytorch_model.bin")):
-        raise ModelImportError(f"{weights} holds no weights of the Dense projection")
-    if not any(next(folder.glob(pattern), None) for pattern in WEIGHT_FILES):
-        raise ModelImportError(f"{folder} holds no model weights (*.safetensors or pytorch_model.bin)")
+    encoder, dense = folders
+    if not any((dense / name).is_file() for name in ("model.safetensors", "pytorch_model.bin")):
+        raise ModelImportError(f"{dense} holds no weights of the Dense projection")
+    if not any(next(encoder.glob(pattern), None) for pattern in WEIGHT_FILES):
+        raise ModelImportError(f"{encoder} holds no model weights (*.safetensors or pytorch_model.bin)")
     if not (folder / "tokenizer.json").is_file() and not (folder / "vocab.txt").is_file():
         raise ModelImportError(f"{folder} holds no tokenizer files")
+    if encoder != folder:  # the transformer's own config names the encoder
+        config = read_json(encoder / "config.json") or config
+        architecture = str((config.get("architectures") or [architecture])[0])
     dtype = config.get("dtype") or config.get("torch_dtype")
     return FolderInfo(
         architecture, 1, colbert.query_length + colbert.document_length, "colbert", str(dtype) if dtype else None,
-        _parameters(folder),
+        _parameters(encoder),
     )  # fmt: skip
 
 

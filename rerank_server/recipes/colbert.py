@@ -66,6 +66,22 @@ def colbert_settings(folder: Path) -> ColbertSettings | None:
     )
 
 
+def module_folders(folder: Path) -> tuple[Path, Path] | None:
+    """Where a ColBERT folder keeps its transformer and its Dense projection (modules.json: the transformer first,
+    often at the top, in `0_Transformer/` in some uploads; the Dense module in `1_Dense/`), or None when modules.json
+    does not list both."""
+    try:
+        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(modules, list) or not modules or not all(isinstance(m, dict) for m in modules):
+        return None
+    dense = next((m for m in modules if str(m.get("type", "")).endswith("Dense")), None)
+    if not str(modules[0].get("type", "")).endswith("Transformer") or dense is None:
+        return None
+    return folder / str(modules[0].get("path") or ""), folder / str(dense.get("path") or "1_Dense")
+
+
 def maxsim(query: torch.Tensor, document: torch.Tensor) -> torch.Tensor:
     """MaxSim of one pair of L2-normalised token embeddings: each query token's best cosine over the document's
     tokens, summed (a document with no kept token scores 0)."""

@@ -99,6 +99,16 @@ KNOWN_MODELS: tuple[KnownModel, ...] = (
     KnownModel("cross-encoder/ettin-reranker-150m-v1", 7999, "~0.6 GB", "Ettin 150M, long documents"),
     KnownModel("cross-encoder/ettin-reranker-400m-v1", 7999, "~1.6 GB", "Ettin 400M"),
     KnownModel("cross-encoder/ettin-reranker-1b-v1", 7999, "~4 GB", "Ettin 1B: near mxbai-rerank-large-v2"),
+    # Late interaction (ColBERT, PyLate folders): max_length is the query length plus the document length of its
+    # published config, which the import reads from the folder itself.
+    KnownModel(
+        "lightonai/GTE-ModernColBERT-v1",
+        332,
+        "~0.6 GB",
+        "late interaction (ColBERT), English, long documents",
+        "colbert",
+        license="apache-2.0",
+    ),  # fmt: skip
     KnownModel(
         "jinaai/jina-reranker-v2-base-multilingual",
         1024,

@@ -132,7 +132,8 @@ function recipeOf(select) {
 }
 
 function takesInstruction(recipe) {
-  return recipe !== null && recipe !== "cross-encoder";
+  // Cross-encoders and late-interaction (ColBERT) models read no instruction; the LLM rerankers do.
+  return recipe !== null && recipe !== "cross-encoder" && recipe !== "colbert";
 }
 
 function updateInstructionField() {

@@ -81,7 +81,9 @@ async def _request_validation_error(request: Request, exc: RequestValidationErro
     # A body that is not even JSON reaches no route: on `/rerank` its text tells which format it was meant to be.
     if isinstance(exc.body, str | bytes) and looks_like_tei(request.url.path, exc.body):
         request.state.error_format = "tei"
-    return await _http_error(request, describe(list(exc.errors()), _error_format(request)))
+    # A score body is shown as one: a vLLM score client shown the rerank body would not know what to change.
+    example = rerank.SCORE_EXAMPLE if request.url.path in ("/score", "/v1/score") else None
+    return await _http_error(request, describe(list(exc.errors()), _error_format(request), example))
 
 
 @app.exception_handler(StarletteHTTPException)

@@ -1,6 +1,6 @@
-"""Rerank and score routes: vLLM / Jina / Cohere (`/v1/rerank`, `/v2/rerank`), TEI (`/rerank` with `texts`), and
-vLLM's `/score`. Each parses its format, asks the engine, and writes its format's answer; a client that disconnects
-cancels its request's queued work."""
+"""Rerank and score routes: vLLM / Jina / Cohere (`/v1/rerank`, `/v2/rerank`), TEI (`/rerank` with `texts`), the
+path Ollama clients call (`/api/rerank`), and vLLM's `/score`. Each parses its format, asks the engine, and writes
+its format's answer; a client that disconnects cancels its request's queued work."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from rerank_server.api.dependencies import Engine
 from rerank_server.api.errors import ErrorFormat, describe, from_failure, invalid
 from rerank_server.api.tracking import current_request
 from rerank_server.api.wire import (
+    SCORE_SIDES,
     ErrorResponse,
     RerankRequest,
     RerankResponse,
@@ -23,6 +24,7 @@ from rerank_server.api.wire import (
     ScoreData,
     ScoreRequest,
     ScoreResponse,
+    ScoreSide,
     TEIError,
     TEIRank,
     TEIRerankRequest,
@@ -160,6 +162,14 @@ async def rerank_v2(http: Request, request: RerankRequest, engine: Engine) -> Re
     return await _rerank(http, request, engine)
 
 
+@router.post("/api/rerank", response_model=RerankResponse, response_model_exclude_none=True, responses=RERANK_RESPONSES)
+async def rerank_ollama(http: Request, request: RerankRequest, engine: Engine) -> RerankResponse:
+    """The rerank path of Ollama clients (Dify's Ollama plugin, LangChain's `OllamaRerank`), which POST
+    `{model, query, documents, top_n, return_documents}` there although Ollama itself never shipped it: the same
+    request and answer as `/v1/rerank`, sorted best first (the Dify plugin keeps `results[:top_n]` as they come)."""
+    return await _rerank(http, request, engine)
+
+
 async def _rerank_tei(http: Request, request: TEIRerankRequest, engine: RerankEngine) -> list[TEIRank]:
     check_count(len(request.texts), "texts", engine, "tei")
     options = TextOptions(
@@ -212,19 +222,43 @@ async def rerank(
 # --- vLLM score -----------------------------------------------------------------------------------------------------
 
 
+SCORE_EXAMPLE = '{"queries": "...", "documents": ["...", "..."]}'
+
+
+def _score_sides(request: ScoreRequest) -> tuple[tuple[str, ScoreSide], tuple[str, ScoreSide]]:
+    """The request's two sides, or a 400 that says how `/score` names them (not the rerank body)."""
+    sides = request.sides()
+    if sides is not None:
+        return sides
+    names = "`queries` and `documents` (or `queries` and `items`, `data_1` and `data_2`, `text_1` and `text_2`)"
+    given = next((pair for pair in SCORE_SIDES if any(getattr(request, name) is not None for name in pair)), None)
+    if given is None:
+        raise invalid(f"`/score` takes two sides, {names}; send {SCORE_EXAMPLE}", "queries")
+    sent = [name for pair in SCORE_SIDES for name in pair if getattr(request, name) is not None]
+    missing = next(name for name in given if getattr(request, name) is None)
+    message = f"`{missing}` is required beside `{sent[0]}`: `/score` takes two sides, {names}; send {SCORE_EXAMPLE}"
+    raise invalid(message, missing)
+
+
 @router.post("/score", response_model=ScoreResponse, responses=RERANK_RESPONSES)
 @router.post("/v1/score", response_model=ScoreResponse, responses=RERANK_RESPONSES, include_in_schema=False)
 async def score(http: Request, request: ScoreRequest, engine: Engine) -> ScoreResponse:
-    """vLLM's score API: `text_1` against each `text_2` (or pairwise for two lists), scores in input order. Either
-    side may hold images for a multimodal reranker (`{text?, image?}` objects or vLLM's `{content: [parts]}`)."""
-    firsts = multimodal.parse_many(request.text_1, "text_1")
-    seconds = multimodal.parse_many(request.text_2, "text_2")
-    check_count(len(firsts), "text_1", engine)
-    check_count(len(seconds), "text_2", engine)
+    """vLLM's score API: the first side against each item of the second (or pairwise for two lists of the same
+    length), scores in input order. The sides are `queries` + `documents`, `queries` + `items`, `data_1` + `data_2` or
+    `text_1` + `text_2`, each a string, an item or a list. Either side may hold images for a multimodal reranker
+    (`{text?, image?}` objects or vLLM's `{content: [parts]}`)."""
+    (first_name, first), (second_name, second) = _score_sides(request)
+    firsts = multimodal.parse_many(first, first_name)
+    seconds = multimodal.parse_many(second, second_name)
+    check_count(len(firsts), first_name, engine)
+    check_count(len(seconds), second_name, engine)
     if len(firsts) != 1 and len(firsts) != len(seconds):
-        message = f"`text_1` has {len(firsts)} items and `text_2` {len(seconds)}: give one text_1 or as many as text_2"
-        raise invalid(message, "text_1")
-    firsts, seconds = await multimodal.resolve([firsts, seconds], engine.settings, "text_2")
+        message = (
+            f"`{first_name}` has {len(firsts)} items and `{second_name}` {len(seconds)}: give one of `{first_name}` "
+            f"(scored against each of `{second_name}`) or as many as `{second_name}` (scored pairwise)"
+        )
+        raise invalid(message, first_name)
+    firsts, seconds = await multimodal.resolve([firsts, seconds], engine.settings, second_name)
     if len(firsts) == 1:
         firsts = firsts * len(seconds)
     options = TextOptions(max_length=request.truncate_prompt_tokens, instruction=request.instruction)

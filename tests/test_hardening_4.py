@@ -1,0 +1,126 @@
+"""Hardening, round 4 (issue #28): what real RAG applications' client code and a fresh review found, each with its
+number in the issue. Each test failed before its fix."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.conftest import FIXTURE_MODEL_ID, RunningServer, running_server
+
+KEY = "round-4-key"
+QUERY = "where do pandas live?"
+DOCUMENTS = ["pandas eat bamboo", "python is a language", "the giant panda lives in China"]
+
+
+@pytest.fixture(scope="module")
+def keyed(stored_fixture, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A real `bentoml serve` with an API key, as the clients below meet it."""
+    folder = tmp_path_factory.mktemp("round-4")
+    env = {"RERANK_DEFAULT_MODEL": FIXTURE_MODEL_ID, "RERANK_API_KEY": KEY}
+    with running_server(folder / "serve.log", env) as running:
+        yield running
+
+
+def _auth(key: str = KEY) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+# --- 2. null for an optional field ------------------------------------------------------------------------------
+
+# The least body of each request schema the routes take; a new schema gets a body here, or the walk below fails.
+LEAST_BODIES = {
+    "RerankRequest": {"query": QUERY, "documents": DOCUMENTS},
+    "ScoreRequest": {"queries": QUERY, "documents": DOCUMENTS},
+}
+
+
+def _optional_fields(client, schema_name: str) -> list[str]:
+    schema = client.get("/openapi.json").json()["components"]["schemas"][schema_name]
+    return sorted(set(schema["properties"]) - set(schema.get("required", [])))
+
+
+def test_2_null_for_any_optional_field_is_the_default_on_every_route(client) -> None:
+    """Xinference's client sends `"return_documents": null` (and other nulls) on every call its caller left unset."""
+    walked: list[tuple[str, str]] = []
+    for path, item in client.get("/openapi.json").json()["paths"].items():
+        body = item.get("post", {}).get("requestBody", {}).get("content", {}).get("application/json", {})
+        ref = body.get("schema", {}).get("$ref", "")
+        if not ref:
+            continue
+        name = ref.rsplit("/", 1)[-1]
+        assert name in LEAST_BODIES, f"{path} takes {name}: add its least body to LEAST_BODIES"
+        for field in _optional_fields(client, name):
+            if field in LEAST_BODIES[name]:
+                continue
+            answer = client.post(path, json={**LEAST_BODIES[name], field: None})
+            assert answer.status_code == 200, (path, field, answer.text)
+            walked.append((path, field))
+    assert ("/v1/rerank", "return_documents") in walked and ("/score", "use_activation") in walked
+    # /rerank takes either body (its schema is open): both formats, each optional field null.
+    tei = {"query": QUERY, "texts": DOCUMENTS}
+    for field in ("raw_scores", "return_text", "truncate", "truncation_direction", "model", "instruction"):
+        answer = client.post("/rerank", json={**tei, field: None})
+        assert answer.status_code == 200 and isinstance(answer.json(), list), (field, answer.text)
+    for field in _optional_fields(client, "RerankRequest"):
+        answer = client.post("/rerank", json={**LEAST_BODIES["RerankRequest"], field: None})
+        assert answer.status_code == 200, (field, answer.text)
+    cohere = client.post("/v1/rerank", json={"query": QUERY, "documents": [{"text": "d", "image": None}]})
+    assert cohere.status_code == 200, cohere.text
+
+
+def test_2_null_is_still_refused_for_a_required_field(client) -> None:
+    answer = client.post("/v1/rerank", json={"query": None, "documents": DOCUMENTS})
+    assert answer.status_code == 400 and answer.json()["error"]["param"] == "query"
+
+
+def test_2_the_batchable_api_takes_null_options_too(keyed) -> None:
+    pair = {"model": FIXTURE_MODEL_ID, "query": "q", "document": "d", "max_length": None, "truncation_side": None}
+    answer = httpx.post(f"{keyed.url}/score_pairs", json={"pairs": [pair]}, headers=_auth(), timeout=60)
+    assert answer.status_code == 200 and answer.json()[0]["score"] is not None, answer.text
+
+
+# --- 1. vLLM's /score fields ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("first", "second"), [("queries", "documents"), ("queries", "items"), ("data_1", "data_2")])
+def test_1_score_takes_each_pair_of_names_vllm_takes(client, first: str, second: str) -> None:
+    expected = client.post("/score", json={"text_1": QUERY, "text_2": DOCUMENTS}).json()["data"]
+    one_to_many = client.post("/score", json={first: QUERY, second: DOCUMENTS})
+    assert one_to_many.status_code == 200, one_to_many.text
+    assert [d["score"] for d in one_to_many.json()["data"]] == pytest.approx([d["score"] for d in expected])
+    single = client.post("/v1/score", json={first: QUERY, second: DOCUMENTS[2]}).json()["data"]
+    assert [d["score"] for d in single] == pytest.approx([expected[2]["score"]])
+    pairwise = client.post("/score", json={first: [QUERY, "a language"], second: DOCUMENTS[1:]}).json()["data"]
+    assert pairwise[0]["score"] == pytest.approx(expected[1]["score"]) and len(pairwise) == 2
+
+
+def test_1_score_refusals_are_worded_for_the_score_body(client) -> None:
+    for body in ({"query": QUERY, "documents": DOCUMENTS}, {"queries": QUERY}, {}):
+        answer = client.post("/score", json=body)
+        message = answer.json()["error"]["message"]
+        assert answer.status_code == 400 and '"queries"' in message and 'query": ' not in message, message
+    only_first = client.post("/score", json={"queries": QUERY}).json()["error"]
+    assert only_first["param"] == "documents"
+    unequal = client.post("/score", json={"queries": ["a", "b"], "items": ["c", "d", "e"]}).json()["error"]
+    assert unequal["param"] == "queries" and "`items`" in unequal["message"]
+    malformed = client.post("/score", content=b"{", headers={"Content-Type": "application/json"}).json()["error"]
+    assert '"queries"' in malformed["message"]
+
+
+# --- 5. Ollama's /api/rerank --------------------------------------------------------------------------------------
+
+
+def test_5_ollama_clients_rerank_path_answers_like_v1_rerank_sorted(keyed) -> None:
+    """Dify's Ollama plugin and LangChain's OllamaRerank POST this body to `{base}/api/rerank`."""
+    body = {"model": FIXTURE_MODEL_ID, "query": QUERY, "documents": DOCUMENTS, "top_n": 2, "return_documents": True}
+    ollama = httpx.post(f"{keyed.url}/api/rerank", json=body, headers=_auth(), timeout=60)
+    assert ollama.status_code == 200, ollama.text
+    reference = httpx.post(f"{keyed.url}/v1/rerank", json=body, headers=_auth(), timeout=60).json()
+    results = ollama.json()["results"]
+    assert [r["index"] for r in results] == [r["index"] for r in reference["results"]]
+    assert results[0]["relevance_score"] >= results[1]["relevance_score"]
+    assert results[0]["document"]["text"] == DOCUMENTS[results[0]["index"]]
+    assert httpx.post(f"{keyed.url}/api/rerank", json=body).status_code == 401

@@ -3,12 +3,14 @@ number in the issue. Each test failed before its fix."""
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.conftest import FIXTURE_MODEL_ID, RunningServer, running_server
+from tests.conftest import FIXTURE_MODEL_ID, RunningServer, routes_client, running_server, scoring_engine
 
 KEY = "round-4-key"
 QUERY = "where do pandas live?"
@@ -124,3 +126,84 @@ def test_5_ollama_clients_rerank_path_answers_like_v1_rerank_sorted(keyed) -> No
     assert results[0]["relevance_score"] >= results[1]["relevance_score"]
     assert results[0]["document"]["text"] == DOCUMENTS[results[0]["index"]]
     assert httpx.post(f"{keyed.url}/api/rerank", json=body).status_code == 401
+
+
+# --- 4. TEI's GET /info ---------------------------------------------------------------------------------------------
+
+
+def test_4_tei_info_answers_as_tei_does_for_a_reranker_without_a_key(keyed) -> None:
+    """Dify's HuggingFace-TEI plugin reads `model_type`'s one key ("reranker") and `max_input_length` before it saves
+    a model; RAGFlow's TEI provider sends no key."""
+    answer = httpx.get(f"{keyed.url}/info")
+    assert answer.status_code == 200, answer.text
+    info = answer.json()
+    assert info["model_id"] == FIXTURE_MODEL_ID and list(info["model_type"]) == ["reranker"]
+    assert info["model_type"]["reranker"]["id2label"] == {"0": "LABEL_0"}
+    cards = httpx.get(f"{keyed.url}/v1/models", headers=_auth()).json()["data"]
+    assert info["max_input_length"] == next(c["max_length"] for c in cards if c["id"] == FIXTURE_MODEL_ID)
+    assert info["max_client_batch_size"] > 0 and isinstance(info["version"], str)
+
+
+# --- 3. Xinference's model and auth routes --------------------------------------------------------------------------
+
+
+def test_3_xinference_clients_find_the_model_by_its_short_name_with_keys_on(keyed) -> None:
+    """What xinference-client's `RESTfulClient(url, api_key).get_model(uid).rerank(...)` sends, with Dify's
+    Xinference provider's Model UID: the short name (Dify refuses a "/" there)."""
+    auth = httpx.get(f"{keyed.url}/v1/cluster/auth")  # asked first, without the key
+    assert (auth.status_code, auth.json()) == (200, {"auth": True})
+    short = FIXTURE_MODEL_ID.rsplit("/", 1)[-1]
+    for uid in (short, FIXTURE_MODEL_ID):
+        described = httpx.get(f"{keyed.url}/v1/models/{uid}", headers=_auth())
+        assert described.status_code == 200, described.text
+        assert described.json()["model_type"] == "rerank" and described.json()["id"] == FIXTURE_MODEL_ID
+    assert httpx.get(f"{keyed.url}/v1/models/{short}").status_code == 401
+    unknown = httpx.get(f"{keyed.url}/v1/models/no-such-reranker", headers=_auth())
+    assert unknown.status_code == 404 and "does not exist" in unknown.json()["detail"]
+    body = {
+        "model": short, "documents": DOCUMENTS, "query": QUERY, "top_n": None, "max_chunks_per_doc": None,
+        "return_documents": None, "return_len": None, "kwargs": "{}",
+    }  # fmt: skip
+    ranked = httpx.post(f"{keyed.url}/v1/rerank", json=body, headers=_auth(), timeout=60)
+    assert ranked.status_code == 200, ranked.text
+    results = ranked.json()["results"]
+    assert len(results) == 3 and results[0]["relevance_score"] >= results[-1]["relevance_score"]
+
+
+def test_3_the_docs_tell_dify_users_to_type_the_short_name() -> None:
+    from tests.conftest import REPO_ROOT
+
+    text = (REPO_ROOT / "docs" / "integrations.md").read_text(encoding="utf-8")
+    xinference = text[text.index("The Xinference provider") :].split("\n\n", 1)[0]
+    assert "short name\n`bge-reranker-base`" in xinference and "`BAAI/" not in xinference
+
+
+# --- 10. Retry-After and the back-off -------------------------------------------------------------------------------
+
+
+def test_10_a_model_in_its_load_back_off_says_the_real_wait_and_no_server_path(
+    stored_fixture, fixture_model_dir, monkeypatch, caplog
+) -> None:
+    from rerank_server.importer.sources import import_from_folder
+    from rerank_server.models import failures as failures_module
+
+    monkeypatch.setattr(failures_module, "LOAD_RETRY_BACKOFF_S", (15.0,))
+    model_id = "test-org/unreadable-weights"
+    stored = import_from_folder(model_id, fixture_model_dir).stored
+    with scoring_engine() as engine:
+        load = engine.registry._factory
+
+        def unreadable(stored_model):
+            if stored_model.model_id == model_id:
+                raise OSError(f"[Errno 5] Input/output error: '{stored_model.path}/model.safetensors'")
+            return load(stored_model)
+
+        engine.registry._factory = unreadable
+        with routes_client(engine) as client, caplog.at_level(logging.ERROR, logger="bentoml"):
+            for _ in range(2):  # the failed load, then a refusal within its back-off
+                answer = client.post("/v1/rerank", json={"model": model_id, "query": "q", "documents": ["d"]})
+                assert answer.status_code == 503
+                assert answer.headers["retry-after"] == "15", answer.headers
+                assert "next try is in 15 s" in answer.json()["error"]["message"]
+                assert str(stored.path) not in answer.text and os.environ["BENTOML_HOME"] not in answer.text
+        assert str(stored.path) in caplog.text, "the log keeps where the model is"

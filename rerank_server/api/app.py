@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from rerank_server.api import info, playground, rerank
+from rerank_server.api import info, playground, rerank, vendor_info
 from rerank_server.api.errors import ErrorFormat, HTTPError, describe, looks_like_tei
 from rerank_server.api.rerank import CLIENT_CLOSED_REQUEST, ClientGone
 
@@ -44,6 +44,7 @@ app.mount("/docs-assets", StaticFiles(directory=_docs_assets()), name="docs-asse
 app.mount(playground.ASSETS_PATH, playground.assets(), name="playground-assets")
 app.include_router(rerank.router)
 app.include_router(info.router)
+app.include_router(vendor_info.router)
 app.include_router(playground.router)
 
 

@@ -62,7 +62,9 @@ def from_failure(exc: BaseException, error_format: ErrorFormat) -> HTTPError | N
     if isinstance(exc, UnknownModelError):
         return HTTPError(404, str(exc), "NotFoundError", "NotFound", "model")
     if isinstance(exc, ModelLoadError):
-        return HTTPError(503, str(exc), "ServiceUnavailableError", "Unhealthy", "model", RETRY_SOON)
+        # A model in its load back-off says when the next try is: clients that honour Retry-After wait that long.
+        retry = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else RETRY_SOON
+        return HTTPError(503, str(exc), "ServiceUnavailableError", "Unhealthy", "model", retry)
     if isinstance(exc, QueueFullError):
         message = f"Too many pairs are waiting, retry shortly: {exc}"
         return HTTPError(429, message, "TooManyRequestsError", "Overloaded", headers=RETRY_SOON)

@@ -319,6 +319,53 @@ class ServerStatus(BaseModel):
     supported_models: list[str]
 
 
+# --- What other servers' clients ask before they rerank ------------------------------------------------------------
+
+
+class ModelDescription(ModelCard):
+    """One model at `GET /v1/models/{id}`: OpenAI's model object with our card, and the fields Xinference's clients
+    read from its own model description (xinference-client's `get_model` picks its handle by `model_type`)."""
+
+    model_type: Literal["rerank"] = "rerank"
+    model_name: str = Field(description="Xinference: the short name (the id's last part).")
+    model_uid: str = Field(description="Xinference: the uid to send as `model`, here the full id.")
+    model_ability: list[str] = Field(default_factory=lambda: ["rerank"])
+
+
+class ClusterAuth(BaseModel):
+    """Xinference's `GET /v1/cluster/auth`: whether calls need a key (its clients ask this before any other call)."""
+
+    auth: bool
+
+
+class TEIReranker(BaseModel):
+    id2label: dict[str, str]
+    label2id: dict[str, int]
+
+
+class TEIModelType(BaseModel):
+    reranker: TEIReranker
+
+
+class TEIInfo(BaseModel):
+    """text-embeddings-inference's `GET /info`, as it answers for a reranker: the server's default model."""
+
+    model_id: str
+    model_sha: str | None = None
+    model_dtype: str
+    model_type: TEIModelType
+    max_concurrent_requests: int = Field(description="Here: most pairs waiting (RERANK_MAX_QUEUE_PAIRS).")
+    max_input_length: int = Field(description="Tokens per (query, text) pair; longer pairs are truncated.")
+    max_batch_tokens: int | None = Field(description="Padded tokens per forward pass (RERANK_TOKEN_BUDGET).")
+    max_batch_requests: int | None = None
+    max_client_batch_size: int = Field(description="Most texts per request (RERANK_MAX_DOCUMENTS).")
+    auto_truncate: bool = True
+    tokenization_workers: int
+    version: str
+    sha: str | None = None
+    docker_label: str | None = None
+
+
 # --- Errors ---------------------------------------------------------------------------------------------------------
 
 

@@ -118,6 +118,13 @@ class RerankEngine:
         default = self.registry.default_model_id
         return [ServedModel(s, s.model_id in loaded, s.model_id == default) for s in self.registry.refresh()]
 
+    def served_model(self, name: str | None) -> ServedModel:
+        """The stored reranker `name` means (the default when None), as `served_models` shows it. Blocking: may
+        rescan the store; raises UnknownModelError."""
+        stored = self.registry.resolve(name)
+        default = stored.model_id == self.registry.default_model_id
+        return ServedModel(stored, stored.model_id in self.registry.loaded_ids(), default)
+
     def loaded_ids(self) -> list[str]:
         return self.registry.loaded_ids()
 

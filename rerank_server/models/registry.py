@@ -208,7 +208,7 @@ class ModelRegistry:
                     self._pin(current)
                     return current
                 if (refused := self.failures.blocking(stored)) is not None:
-                    raise ModelLoadError(refused)
+                    raise ModelLoadError(refused, self.failures.retry_after(stored))
                 if model_id not in self._loading:
                     room, freed = self._make_room(stored)
                     evicted += freed
@@ -239,7 +239,8 @@ class ModelRegistry:
                 return current
             displaced = self._displaced.pop(failed.model_id, None)
             if displaced is None:
-                raise ModelLoadError(self.failures.blocking(failed) or f"The model `{failed.model_id}` did not load")
+                message = self.failures.blocking(failed) or f"The model `{failed.model_id}` did not load"
+                raise ModelLoadError(message, self.failures.retry_after(failed))
             self._loading[failed.model_id] = self._expected_bytes(displaced)
         logger.warning(
             "Serving %s %s again: its newer import %s did not load", failed.model_id, displaced.tag, failed.tag
@@ -262,11 +263,13 @@ class ModelRegistry:
         except Exception as exc:
             with self._changed:
                 message = self.failures.remember(stored, exc)
+                retry_after = self.failures.retry_after(stored)
                 self._loading.pop(model_id, None)
                 self._changed.notify_all()
-            logger.error("%s (from %s)", message, stored.path)
+            # The caller's message has no file paths; the log has the error as raised, and where the model is.
+            logger.error("%s (from %s: %s: %s)", message, stored.path, type(exc).__name__, exc)
             logger.debug("Loading %s failed", model_id, exc_info=True)
-            raise ModelLoadError(message) from exc
+            raise ModelLoadError(message, retry_after) from exc
         with self._changed:
             self._loading.pop(model_id, None)
             self.failures.forget(model_id)

@@ -207,3 +207,17 @@ def test_10_a_model_in_its_load_back_off_says_the_real_wait_and_no_server_path(
                 assert "next try is in 15 s" in answer.json()["error"]["message"]
                 assert str(stored.path) not in answer.text and os.environ["BENTOML_HOME"] not in answer.text
         assert str(stored.path) in caplog.text, "the log keeps where the model is"
+
+
+# --- 11. Clickjacking and caching headers ---------------------------------------------------------------------------
+
+
+def test_11_no_page_can_be_framed_and_the_root_varies_by_accept(client) -> None:
+    for path in ("/docs", "/bentoml", "/playground"):
+        page = client.get(path)
+        assert page.status_code == 200, path
+        assert "frame-ancestors 'none'" in page.headers["content-security-policy"], path
+        assert page.headers["x-frame-options"] == "DENY", path
+    for accept in ("text/html", "application/json"):
+        root = client.get("/", headers={"accept": accept})
+        assert root.status_code == 200 and "accept" in root.headers.get("vary", "").lower(), accept

@@ -51,11 +51,13 @@ app.include_router(playground.router)
 @app.get("/docs", include_in_schema=False)
 async def docs() -> HTMLResponse:
     """Swagger UI of the rerank routes, with every asset served by this server."""
-    return get_swagger_ui_html(
+    page = get_swagger_ui_html(
         openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} - docs",
         swagger_js_url="/docs-assets/swagger-ui-bundle.js", swagger_css_url="/docs-assets/swagger-ui.css",
         swagger_favicon_url="/docs-assets/favicon.png",
     )  # fmt: skip
+    page.headers.update(playground.DOCS_HEADERS)
+    return page
 
 
 def _error_format(request: Request) -> ErrorFormat:

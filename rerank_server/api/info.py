@@ -40,13 +40,14 @@ async def list_models(engine: Engine) -> ModelList:
 
 
 @router.get("/", response_model=ServerStatus, responses={200: {"content": {"text/html": {}}}})
-async def status(request: Request, engine: Engine) -> Response | ServerStatus:
+async def status(request: Request, response: Response, engine: Engine) -> Response | ServerStatus:
     """Server status for programs: loaded models, the default model and every servable model.
 
     A browser (asking for HTML) gets a page of links instead: the playground, the API docs and BentoML's UI.
     """
     if asks_for_html(request.headers.getlist("accept")):
         return home_page()
+    response.headers["Vary"] = "Accept"  # browsers get a page here: a cache must keep the two apart
     served = await anyio.to_thread.run_sync(engine.served_models)
     return ServerStatus(
         loaded_models=engine.loaded_ids(),

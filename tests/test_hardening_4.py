@@ -5,12 +5,24 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import FIXTURE_MODEL_ID, RunningServer, routes_client, running_server, scoring_engine
+from tests.conftest import (
+    FIXTURE_MODEL_ID,
+    REPO_ROOT,
+    RunningServer,
+    free_port,
+    routes_client,
+    running_server,
+    scoring_engine,
+)
 
 KEY = "round-4-key"
 QUERY = "where do pandas live?"
@@ -171,8 +183,6 @@ def test_3_xinference_clients_find_the_model_by_its_short_name_with_keys_on(keye
 
 
 def test_3_the_docs_tell_dify_users_to_type_the_short_name() -> None:
-    from tests.conftest import REPO_ROOT
-
     text = (REPO_ROOT / "docs" / "integrations.md").read_text(encoding="utf-8")
     xinference = text[text.index("The Xinference provider") :].split("\n\n", 1)[0]
     assert "short name\n`bge-reranker-base`" in xinference and "`BAAI/" not in xinference
@@ -221,3 +231,49 @@ def test_11_no_page_can_be_framed_and_the_root_varies_by_accept(client) -> None:
     for accept in ("text/html", "application/json"):
         root = client.get("/", headers={"accept": accept})
         assert root.status_code == 200 and "accept" in root.headers.get("vary", "").lower(), accept
+
+
+# --- 12. evaluate.py's input --------------------------------------------------------------------------------------
+
+
+def _beir_folder(tmp_path: Path) -> Path:
+    from tests.test_evaluate import DATA
+
+    folder = tmp_path / "beir"
+    shutil.copytree(DATA / "beir", folder)
+    (folder / "run.trec").write_text("q1 Q0 d1 1 2.0 bm25\n", encoding="utf-8")
+    return folder
+
+
+def test_12_qrels_that_are_not_utf8_fail_in_one_line(tmp_path: Path) -> None:
+    from tests.test_evaluate import assert_one_line_error, evaluate
+
+    folder = _beir_folder(tmp_path)
+    (folder / "qrels" / "test.tsv").write_bytes("query-id\tcorpus-id\tscore\nq1\td1\t1\n# é\n".encode("latin-1"))
+    done = evaluate(folder, "--candidates", folder / "run.trec", "--base-url", "http://127.0.0.1:9")
+    assert_one_line_error(done, r"test\.tsv: not UTF-8 text")
+
+
+def test_12_files_saved_with_a_byte_order_mark_read_as_without(tmp_path: Path) -> None:
+    from rerank_server.evaluation.data import load
+    from tests.test_evaluate import DATA
+
+    jsonl = tmp_path / "data.jsonl"
+    jsonl.write_bytes(b"\xef\xbb\xbf" + (DATA / "en.jsonl").read_bytes())
+    assert len(load(jsonl).queries) == len(load(DATA / "en.jsonl").queries)
+    folder = _beir_folder(tmp_path)
+    for name in ("qrels/test.tsv", "queries.jsonl", "corpus.jsonl", "run.trec"):
+        (folder / name).write_bytes(b"\xef\xbb\xbf" + (folder / name).read_bytes())
+    assert load(folder, folder / "run.trec").queries[0].qid == "q1"
+
+
+def test_12_evaluate_honours_rerank_base_url_as_the_clients_do() -> None:
+    from tests.test_evaluate import DATA, assert_one_line_error
+
+    port = free_port()
+    env = {**os.environ, "RERANK_BASE_URL": f"http://127.0.0.1:{port}"}
+    done = subprocess.run(
+        [sys.executable, "evaluate.py", str(DATA / "en.jsonl")], cwd=REPO_ROOT, env=env, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert_one_line_error(done, rf"cannot reach http://127\.0\.0\.1:{port}")

@@ -277,3 +277,23 @@ def test_12_evaluate_honours_rerank_base_url_as_the_clients_do() -> None:
         text=True, timeout=300,
     )  # fmt: skip
     assert_one_line_error(done, rf"cannot reach http://127\.0\.0\.1:{port}")
+
+
+# --- 8. A catalogue entry and the folder's own limit ------------------------------------------------------------
+
+
+def test_8_a_smaller_copy_under_a_catalogue_id_keeps_its_own_limit_and_long_documents_work(
+    stored_fixture, fixture_model_dir
+) -> None:
+    """A MiniLM folder (512 positions) under bge-reranker-v2-m3's id (8,192 in the catalogue): a fine-tune or a
+    distilled copy. A long document is truncated to what the folder takes, not a 500 from the forward pass."""
+    from rerank_server.importer.sources import import_from_folder
+
+    stored = import_from_folder("BAAI/bge-reranker-v2-m3", fixture_model_dir).stored
+    assert stored.max_length == 512
+    with scoring_engine() as engine, routes_client(engine, raise_server_exceptions=False) as client:
+        long_document = " ".join(["pandas live in the bamboo forests of China"] * 400)
+        body = {"model": stored.model_id, "query": QUERY, "documents": [long_document, "short"]}
+        answer = client.post("/v1/rerank", json=body)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["usage"]["total_tokens"] <= 512 + 20

@@ -3,9 +3,11 @@ number in the issue. Each test failed before its fix."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -297,3 +299,57 @@ def test_8_a_smaller_copy_under_a_catalogue_id_keeps_its_own_limit_and_long_docu
         answer = client.post("/v1/rerank", json=body)
         assert answer.status_code == 200, answer.text
         assert answer.json()["usage"]["total_tokens"] <= 512 + 20
+
+
+# --- 9. An internal error ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def breakable(stored_fixture, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A server whose model forward fails while the test's flag file exists (tests/faults)."""
+    folder = tmp_path_factory.mktemp("breakable")
+    env = {
+        "RERANK_DEFAULT_MODEL": FIXTURE_MODEL_ID, "RERANK_TEST_BREAK_FILE": str(folder / "break-the-device"),
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "tests" / "faults"), str(REPO_ROOT)]),
+    }  # fmt: skip
+    with running_server(folder / "serve.log", env) as running:
+        running.break_file = folder / "break-the-device"  # type: ignore[attr-defined]
+        yield running
+
+
+def _exchange(sock: socket.socket, body: bytes) -> tuple[int, dict[str, str], bytes]:
+    """One POST /v1/rerank on an open keep-alive connection: status, headers, body."""
+    sock.sendall(
+        b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection"
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    while len(rest) < int(headers["content-length"]):
+        rest += sock.recv(65536)
+    return int(lines[0].split()[1]), headers, rest
+
+
+def test_9_an_internal_error_is_one_log_line_and_a_500_on_a_connection_kept_open(breakable) -> None:
+    breakable.break_file.write_text("broken")
+    with socket.create_connection(("127.0.0.1", breakable.port), timeout=60) as sock:
+        try:
+            status, headers, body = _exchange(sock, b'{"query": "q", "documents": ["broken device"]}')
+        finally:
+            breakable.break_file.unlink()
+        assert status == 500 and json.loads(body)["error"]["type"] == "InternalServerError", body
+        assert headers.get("connection", "").lower() != "close"
+        status, _, body = _exchange(sock, b'{"query": "q", "documents": ["the device works again"]}')
+        assert status == 200, body  # the same connection
+    request_id = headers["x-request-id"]
+    log = breakable.log.read_text()
+    assert "Exception in ASGI application" not in log and "Traceback" not in log, log[-3000:]
+    lines = [line for line in log.splitlines() if "Internal error" in line]
+    assert len(lines) == 1 and request_id in lines[0] and "RuntimeError" in lines[0], lines

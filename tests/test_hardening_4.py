@@ -3,6 +3,8 @@ number in the issue. Each test failed before its fix."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
 import logging
 import os
@@ -10,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -353,3 +356,58 @@ def test_9_an_internal_error_is_one_log_line_and_a_500_on_a_connection_kept_open
     assert "Exception in ASGI application" not in log and "Traceback" not in log, log[-3000:]
     lines = [line for line in log.splitlines() if "Internal error" in line]
     assert len(lines) == 1 and request_id in lines[0] and "RuntimeError" in lines[0], lines
+
+
+# --- 6. A model load and BentoML's dispatcher ---------------------------------------------------------------------
+
+SLOW_MODEL = "test-org/slow-storage"
+
+
+@pytest.fixture(scope="module")
+def slow_storage(
+    stored_fixture, fixture_model_dir, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """A server on which every load of SLOW_MODEL takes 6 s longer (tests/faults)."""
+    from rerank_server.importer.sources import import_from_folder
+
+    import_from_folder(SLOW_MODEL, fixture_model_dir)
+    folder = tmp_path_factory.mktemp("slow-storage")
+    env = {
+        "RERANK_DEFAULT_MODEL": FIXTURE_MODEL_ID, "RERANK_TEST_SLOW_LOAD": f"{SLOW_MODEL}=6",
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "tests" / "faults"), str(REPO_ROOT)]),
+    }  # fmt: skip
+    with running_server(folder / "serve.log", env) as running:
+        yield running
+
+
+def test_6_a_model_load_does_not_hold_up_score_pairs_calls_for_loaded_models(slow_storage) -> None:
+    url = f"{slow_storage.url}/score_pairs"
+
+    def call(model: str) -> tuple[float, httpx.Response]:
+        started = time.monotonic()
+        pair = {"model": model, "query": "q", "document": "d"}
+        answer = httpx.post(url, json={"pairs": [pair]}, timeout=60)
+        return time.monotonic() - started, answer
+
+    for _ in range(12):  # past BentoML's training dispatches, one at a time
+        assert call(FIXTURE_MODEL_ID)[1].status_code == 200
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        loading = pool.submit(call, SLOW_MODEL)
+        time.sleep(0.5)
+        elapsed, answer = call(FIXTURE_MODEL_ID)
+        assert answer.status_code == 200 and answer.json()[0]["score"] is not None
+        assert elapsed < 2.0, f"a one-pair call for a loaded model took {elapsed:.1f} s behind another model's load"
+        slow_elapsed, slow_answer = loading.result()
+    assert slow_answer.status_code == 200 and slow_elapsed > 5
+
+
+def test_6_time_in_bentomls_dispatcher_counts_against_the_deadline(stored_fixture) -> None:
+    from rerank_server.api.pairs import CallerPair, score_pairs
+    from rerank_server.errors import DeadlineExceededError
+
+    with scoring_engine(request_timeout_s=5.0) as engine:
+        engine.registry.get(FIXTURE_MODEL_ID)
+        pair = CallerPair(model=FIXTURE_MODEL_ID, query="q", document="d")
+        pair._arrived = time.monotonic() - 5.0  # it waited its whole deadline for a dispatch
+        with pytest.raises(DeadlineExceededError):
+            asyncio.run(score_pairs(engine, [pair]))

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -140,6 +142,8 @@ class RerankEngine:
         options: TextOptions = DEFAULT_OPTIONS,
         *,
         max_chunks: int | None = None,
+        arrived: float | None = None,
+        while_loading: Callable[[], AbstractAsyncContextManager[object]] | None = None,
     ) -> DocumentScores:
         """Score each (queries[i], documents[i]) pair with `model` (the default model when None). A query or document
         is a text, or a `Content` with images for a multimodal model (a text-only model refuses it, naming itself).
@@ -147,13 +151,16 @@ class RerankEngine:
         With `max_chunks` > 1 a text document too long for the model is split into up to that many windows and keeps
         its best window's logit. Raises the errors of `rerank_server.errors` (and torch.OutOfMemoryError);
         cancelling the call (a client that went away) takes its pairs that have not started out of the queue.
+        `arrived` (time.monotonic()) is when the request came, if it waited before this call (in BentoML's
+        dispatcher): the deadline counts from then. A wait for the model to load runs inside `while_loading()`.
         """
-        deadline = time.monotonic() + self.settings.request_timeout_s
+        deadline = (time.monotonic() if arrived is None else arrived) + self.settings.request_timeout_s
         arguments = (model, queries, documents, options, max_chunks, deadline)
         # Preparing counts against the deadline too: a first load, or a wait for room, is part of the request's time.
         work = await self._within(deadline, self._submit(self._preparing, *arguments, False))
         if work is None:  # the model must be loaded first (or room made for it)
-            work = await self._within(deadline, self._submit(self._waiting_for_load, *arguments, True))
+            async with while_loading() if while_loading else contextlib.nullcontext():
+                work = await self._within(deadline, self._submit(self._waiting_for_load, *arguments, True))
         if work.future is not None:
             await self._within(deadline, work.future)  # cancelling this wait cancels the batcher's future too
         return self._finish(work, len(documents))

@@ -12,8 +12,10 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -411,3 +413,95 @@ def test_6_time_in_bentomls_dispatcher_counts_against_the_deadline(stored_fixtur
         pair._arrived = time.monotonic() - 5.0  # it waited its whole deadline for a dispatch
         with pytest.raises(DeadlineExceededError):
             asyncio.run(score_pairs(engine, [pair]))
+
+
+# --- 7. Image URL fetches ---------------------------------------------------------------------------------------
+
+
+class _CountedImages(BaseHTTPRequestHandler):
+    """An image host that counts the fetches it gets; `/slow-*` answers after a second."""
+
+    hits: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.hits.append(self.path)
+        if self.path.startswith("/slow-"):
+            time.sleep(1.0)
+        from tests.fixture_images import GOOD
+
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(GOOD)))
+        self.end_headers()
+        self.wfile.write(GOOD)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+@pytest.fixture()
+def counted_images() -> Iterator[str]:
+    _CountedImages.hits = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _CountedImages)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+URL_SETTINGS = {"image_urls": True, "image_urls_allow_private": "127.0.0.0/8", "image_url_timeout_s": 5.0}
+
+
+def test_7_an_unknown_or_text_only_model_is_refused_before_any_image_is_fetched(stored_fixture, counted_images) -> None:
+    documents = [{"image": f"{counted_images}/{i}.png"} for i in range(6)]
+    with scoring_engine(**URL_SETTINGS) as engine, routes_client(engine) as client:
+        unknown = client.post("/v1/rerank", json={"model": "no-org/no-model", "query": "q", "documents": documents})
+        assert unknown.status_code == 404, unknown.text
+        text_only = client.post("/v1/rerank", json={"model": FIXTURE_MODEL_ID, "query": "q", "documents": documents})
+        assert text_only.status_code == 400 and "ranks text only" in text_only.json()["error"]["message"]
+        score = client.post("/score", json={"model": FIXTURE_MODEL_ID, "queries": "q", "documents": documents})
+        assert score.status_code == 400
+    assert _CountedImages.hits == [], "no image was fetched for a model that cannot take it"
+
+
+def test_7_image_fetches_stop_when_the_client_leaves(stored_vl, counted_images) -> None:
+    from rerank_server.api.app import app
+    from rerank_server.api.dependencies import current_engine
+    from tests.conftest import QWEN3_VL_ID
+
+    documents = [{"image": f"{counted_images}/slow-{i}.png"} for i in range(24)]
+    body = json.dumps({"model": QWEN3_VL_ID, "query": "q", "documents": documents}).encode()
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": "/v1/rerank", "raw_path": b"/v1/rerank", "root_path": "", "query_string": b"",
+        "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1), "server": ("test", 80),
+    }  # fmt: skip
+    statuses: list[int] = []
+
+    async def leaving_client() -> None:
+        sent = False
+
+        async def receive() -> dict:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await asyncio.sleep(0.5)  # the client gives up
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        await app(scope, receive, send)
+
+    with scoring_engine(**URL_SETTINGS) as engine:
+        app.dependency_overrides[current_engine] = lambda: engine
+        try:
+            asyncio.run(leaving_client())
+        finally:
+            app.dependency_overrides.clear()
+    time.sleep(1.5)  # what would start after the client left has had time to
+    assert statuses == [499]
+    assert len(_CountedImages.hits) <= 8, f"{len(_CountedImages.hits)} fetches: they went on after the client left"

@@ -110,6 +110,11 @@ def decode_base64(reference: str, field: str, max_bytes: int) -> bytes:
     return raw
 
 
+def first_image(groups: Sequence[Sequence[Parsed]]) -> str | None:
+    """The field of the first image reference in `groups`, None when they hold none."""
+    return next((item.references[0][1] for group in groups for item in group if isinstance(item, Pending)), None)
+
+
 def _is_url(reference: str) -> bool:
     return reference[:8].lower().startswith(("http://", "https://"))
 

@@ -5,15 +5,17 @@ its format's answer; a client that disconnects cancels its request's queued work
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Annotated, Any, TypeVar
 
+import anyio
 from fastapi import APIRouter, Body, Request
 from pydantic import ValidationError
 
 from rerank_server.api import multimodal
 from rerank_server.api.dependencies import Engine
 from rerank_server.api.errors import ErrorFormat, describe, from_failure, invalid
+from rerank_server.api.multimodal import Parsed
 from rerank_server.api.tracking import current_request
 from rerank_server.api.wire import (
     SCORE_SIDES,
@@ -31,7 +33,7 @@ from rerank_server.api.wire import (
     Usage,
 )
 from rerank_server.engine.engine import DocumentScores, RerankEngine
-from rerank_server.recipes import Item, TextOptions
+from rerank_server.recipes import TextOptions
 
 T = TypeVar("T")
 # Status written to the access log for a request whose client left before the answer (nginx's convention).
@@ -78,20 +80,32 @@ async def _score(
     request: Request,
     engine: RerankEngine,
     model: str | None,
-    queries: list[Item],
-    documents: list[Item],
+    queries: Sequence[Parsed],
+    documents: Sequence[Parsed],
     options: TextOptions,
     *,
     max_chunks: int | None = None,
     error_format: ErrorFormat = "vllm",
+    images_field: str = "documents",
 ) -> DocumentScores:
-    """The engine's scores; its failures as the format's HTTP errors; cancelled when the client leaves."""
+    """The engine's scores for each (query, document) pair, one query standing for every document; its failures as
+    the format's HTTP errors. Image references are fetched or decoded only once the model is known to take images,
+    and, with the scoring, cancelled when the client leaves."""
     context = current_request()
     context.pairs = len(documents)
+
+    async def resolved_and_scored() -> DocumentScores:
+        firsts, seconds = list(queries), list(documents)
+        if (field := multimodal.first_image([firsts, seconds])) is not None:
+            # An unknown or text-only model is refused before any URL is fetched.
+            await anyio.to_thread.run_sync(engine.check_takes_images, model, field)
+            firsts, seconds = await multimodal.resolve([firsts, seconds], engine.settings, images_field)
+        if len(firsts) == 1:
+            firsts = firsts * len(seconds)
+        return await engine.score(model, firsts, seconds, options, max_chunks=max_chunks)
+
     try:
-        scored = await _unless_client_leaves(
-            request, engine.score(model, queries, documents, options, max_chunks=max_chunks)
-        )
+        scored = await _unless_client_leaves(request, resolved_and_scored())
     except ClientGone:
         raise
     except Exception as exc:
@@ -115,15 +129,11 @@ async def _rerank(http: Request, request: RerankRequest, engine: RerankEngine) -
     parsed = multimodal.parse_many(request.documents, "documents")
     check_count(len(parsed), "documents", engine)
     query = multimodal.parse_one(request.query, "query")
-    (query,), documents = await multimodal.resolve([[query], parsed], engine.settings)
     options = TextOptions(
         max_length=request.truncate_prompt_tokens, max_document_tokens=request.max_tokens_per_doc,
         instruction=request.instruction,
     )  # fmt: skip
-    scored = await _score(
-        http, engine, request.model, [query] * len(documents), documents, options,
-        max_chunks=request.max_chunks_per_doc,
-    )  # fmt: skip
+    scored = await _score(http, engine, request.model, [query], parsed, options, max_chunks=request.max_chunks_per_doc)
     values = scored.scores if request.use_activation else scored.logits
     sent = multimodal.echoes(request.documents) if request.return_documents else None
     results = [
@@ -176,9 +186,7 @@ async def _rerank_tei(http: Request, request: TEIRerankRequest, engine: RerankEn
         side="left" if request.truncation_direction.lower() == "left" else "right", instruction=request.instruction,
         truncate=request.truncate,
     )  # fmt: skip
-    scored = await _score(
-        http, engine, request.model, [request.query] * len(request.texts), request.texts, options, error_format="tei"
-    )
+    scored = await _score(http, engine, request.model, [request.query], request.texts, options, error_format="tei")
     values = scored.logits if request.raw_scores else scored.scores
     return [
         TEIRank(index=i, score=values[i], text=request.texts[i] if request.return_text else None)
@@ -258,11 +266,8 @@ async def score(http: Request, request: ScoreRequest, engine: Engine) -> ScoreRe
             f"(scored against each of `{second_name}`) or as many as `{second_name}` (scored pairwise)"
         )
         raise invalid(message, first_name)
-    firsts, seconds = await multimodal.resolve([firsts, seconds], engine.settings, second_name)
-    if len(firsts) == 1:
-        firsts = firsts * len(seconds)
     options = TextOptions(max_length=request.truncate_prompt_tokens, instruction=request.instruction)
-    scored = await _score(http, engine, request.model, firsts, seconds, options)
+    scored = await _score(http, engine, request.model, firsts, seconds, options, images_field=second_name)
     values = scored.scores if request.use_activation else scored.logits
     data = [ScoreData(index=i, score=s) for i, s in enumerate(values)]
     usage = Usage(prompt_tokens=scored.tokens, total_tokens=scored.tokens)

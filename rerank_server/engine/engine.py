@@ -29,7 +29,7 @@ from rerank_server.metrics import RerankMetrics, get_metrics
 from rerank_server.models.loaded import LoadedReranker
 from rerank_server.models.registry import ModelRegistry
 from rerank_server.models.store import StoredReranker
-from rerank_server.recipes import DEFAULT_OPTIONS, Content, ImageInput, Item, TextOptions
+from rerank_server.recipes import DEFAULT_OPTIONS, RECIPES, Content, ImageInput, Item, TextOptions
 from rerank_server.settings import Settings
 
 T = TypeVar("T")
@@ -126,6 +126,13 @@ class RerankEngine:
         stored = self.registry.resolve(name)
         default = stored.model_id == self.registry.default_model_id
         return ServedModel(stored, stored.model_id in self.registry.loaded_ids(), default)
+
+    def check_takes_images(self, model: str | None, field: str) -> None:
+        """Refuse images for `model` before any is fetched or decoded: UnknownModelError when it is not stored,
+        InvalidInputError (naming `field`) when it ranks text only. Blocking: may rescan the store."""
+        stored = self.registry.resolve(model)
+        if not RECIPES[stored.recipe].takes_images:
+            raise InvalidInputError(_text_only(stored, field), field)
 
     def loaded_ids(self) -> list[str]:
         return self.registry.loaded_ids()
@@ -330,16 +337,19 @@ def _for_model(
         return queries, documents
     for item in (*queries, *documents):
         if isinstance(item, Content) and item.images:
-            raise InvalidInputError(
-                f"`{item.images[0].field}` is an image, and {stored.model_id} ranks text only; send images to a "
-                "multimodal reranker (recipe qwen3-vl, such as Qwen/Qwen3-VL-Reranker-2B)",
-                item.images[0].field,
-            )
+            raise InvalidInputError(_text_only(stored, item.images[0].field), item.images[0].field)
 
     def text(item: Item) -> str:
         return item if isinstance(item, str) else item.text or ""
 
     return [text(q) for q in queries], [text(d) for d in documents]
+
+
+def _text_only(stored: StoredReranker, field: str) -> str:
+    return (
+        f"`{field}` is an image, and {stored.model_id} ranks text only; send images to a multimodal reranker (recipe "
+        "qwen3-vl, such as Qwen/Qwen3-VL-Reranker-2B)"
+    )
 
 
 def _distinct_images(pairs: Sequence[tuple[Item, Item]]) -> list[ImageInput]:

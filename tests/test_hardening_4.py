@@ -505,3 +505,34 @@ def test_7_image_fetches_stop_when_the_client_leaves(stored_vl, counted_images) 
     time.sleep(1.5)  # what would start after the client left has had time to
     assert statuses == [499]
     assert len(_CountedImages.hits) <= 8, f"{len(_CountedImages.hits)} fetches: they went on after the client left"
+
+
+# --- 14. Image files and the image-memory bound -----------------------------------------------------------------
+
+
+def _image_memory_refusals() -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("rerank_rejected_total", {"reason": "image_memory"}) or 0.0
+
+
+def test_14_image_files_are_reserved_before_they_are_read_and_refusals_are_counted(stored_vl, counted_images) -> None:
+    from tests.conftest import QWEN3_VL_ID
+    from tests.fixture_images import GOOD, b64
+
+    with scoring_engine(**URL_SETTINGS, max_image_memory_mb=1) as engine, routes_client(engine) as client:
+        holding = engine.image_memory.reserve(2**20 - 1024)  # another request's images
+        before = _image_memory_refusals()
+        documents = [{"image": f"{counted_images}/{i}.png"} for i in range(4)]
+        answer = client.post("/v1/rerank", json={"model": QWEN3_VL_ID, "query": "q", "documents": documents})
+        assert answer.status_code == 429 and "RERANK_MAX_IMAGE_MEMORY_MB" in answer.text, answer.text
+        assert _CountedImages.hits == [], "refused before any file was fetched"
+        inline = client.post(
+            "/v1/rerank", json={"model": QWEN3_VL_ID, "query": "q", "documents": [{"image": b64(GOOD)}]}
+        )
+        assert inline.status_code == 429
+        assert _image_memory_refusals() == before + 2, "the bound's refusals count in rerank_rejected_total"
+        holding()
+        answer = client.post("/v1/rerank", json={"model": QWEN3_VL_ID, "query": "q", "documents": documents})
+        assert answer.status_code == 200, answer.text
+        assert engine.image_memory.held == 0, "the files' reservation is given back when the request ends"

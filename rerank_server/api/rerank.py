@@ -96,13 +96,25 @@ async def _score(
 
     async def resolved_and_scored() -> DocumentScores:
         firsts, seconds = list(queries), list(documents)
-        if (field := multimodal.first_image([firsts, seconds])) is not None:
-            # An unknown or text-only model is refused before any URL is fetched.
-            await anyio.to_thread.run_sync(engine.check_takes_images, model, field)
-            firsts, seconds = await multimodal.resolve([firsts, seconds], engine.settings, images_field)
-        if len(firsts) == 1:
-            firsts = firsts * len(seconds)
-        return await engine.score(model, firsts, seconds, options, max_chunks=max_chunks)
+        files = None
+        try:
+            if (field := multimodal.first_image([firsts, seconds])) is not None:
+                # An unknown or text-only model is refused before any URL is fetched.
+                await anyio.to_thread.run_sync(engine.check_takes_images, model, field)
+                # The files are reserved before they are read (429 beyond RERANK_MAX_IMAGE_MEMORY_MB), and held
+                # until the request ends: its items hold them.
+                files = engine.image_memory.reserve(
+                    multimodal.file_bytes([firsts, seconds], engine.settings.max_image_bytes)
+                )
+                firsts, seconds = await multimodal.resolve([firsts, seconds], engine.settings, images_field)
+                files.shrink(multimodal.read_bytes([firsts, seconds]))
+            if len(firsts) == 1:
+                firsts = firsts * len(seconds)
+            held = files.size if files else 0
+            return await engine.score(model, firsts, seconds, options, max_chunks=max_chunks, images_held=held)
+        finally:
+            if files is not None:
+                files()
 
     try:
         scored = await _unless_client_leaves(request, resolved_and_scored())

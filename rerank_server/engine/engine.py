@@ -97,7 +97,7 @@ class RerankEngine:
             token_budget=settings.token_budget, metrics=self.metrics,
         )  # fmt: skip
         self.cache = ScoreCache(settings.cache_size) if settings.cache_size else None
-        self.image_memory = ImageMemory(settings.max_image_memory_mb * 2**20)
+        self.image_memory = ImageMemory(settings.max_image_memory_mb * 2**20, self.metrics)
         # Resolving and tokenizing block: they get threads of their own, so they never take the event loop's default
         # pool from other work. Waiting for a model to load (or for room to load it) gets a pool of its own, so that
         # requests waiting on a slow load never hold up requests for loaded models.
@@ -151,6 +151,7 @@ class RerankEngine:
         max_chunks: int | None = None,
         arrived: float | None = None,
         while_loading: Callable[[], AbstractAsyncContextManager[object]] | None = None,
+        images_held: int = 0,
     ) -> DocumentScores:
         """Score each (queries[i], documents[i]) pair with `model` (the default model when None). A query or document
         is a text, or a `Content` with images for a multimodal model (a text-only model refuses it, naming itself).
@@ -160,9 +161,10 @@ class RerankEngine:
         cancelling the call (a client that went away) takes its pairs that have not started out of the queue.
         `arrived` (time.monotonic()) is when the request came, if it waited before this call (in BentoML's
         dispatcher): the deadline counts from then. A wait for the model to load runs inside `while_loading()`.
+        `images_held`: bytes of `image_memory` the request holds already (its image files).
         """
         deadline = (time.monotonic() if arrived is None else arrived) + self.settings.request_timeout_s
-        arguments = (model, queries, documents, options, max_chunks, deadline)
+        arguments = (model, queries, documents, options, max_chunks, deadline, images_held)
         # Preparing counts against the deadline too: a first load, or a wait for room, is part of the request's time.
         work = await self._within(deadline, self._submit(self._preparing, *arguments, False))
         if work is None:  # the model must be loaded first (or room made for it)
@@ -230,6 +232,7 @@ class RerankEngine:
         options: TextOptions,
         max_chunks: int | None,
         deadline: float,
+        images_held: int,
         wait_for_load: bool,
     ) -> _Work | None:
         """Resolve and pin the model, cut windows, answer what the cache knows, tokenize and queue the rest.
@@ -264,7 +267,7 @@ class RerankEngine:
                 computed = [(pair_queries[i], pair_documents[i]) for i in work.computed]
                 # What the images will take is reserved before any is decoded (429 when the bound is reached).
                 images = loaded.image_bytes(_distinct_images(computed), self.settings.max_image_pixels)
-                release_images = self.image_memory.reserve(images)
+                release_images = self.image_memory.reserve(images, own=images_held)
                 encoded = loaded.encode([q for q, _ in computed], [d for _, d in computed], options)
                 for position, length in zip(work.computed, encoded.lengths, strict=True):
                     work.tokens[position] = length

@@ -536,3 +536,20 @@ def test_14_image_files_are_reserved_before_they_are_read_and_refusals_are_count
         answer = client.post("/v1/rerank", json={"model": QWEN3_VL_ID, "query": "q", "documents": documents})
         assert answer.status_code == 200, answer.text
         assert engine.image_memory.held == 0, "the files' reservation is given back when the request ends"
+
+
+# --- 13. Qwen3-VL names the real cause of an overlong text ------------------------------------------------------
+
+
+def test_13_a_text_of_special_tokens_is_not_blamed_on_images(stored_vl) -> None:
+    from tests.conftest import QWEN3_VL_ID
+
+    with scoring_engine() as engine, routes_client(engine) as client:
+        document = "<|im_start|>" * 9000  # the truncation keeps every special token, as the reference's does
+        answer = client.post("/v1/rerank", json={"model": QWEN3_VL_ID, "query": "q", "documents": ["fine", document]})
+        assert answer.status_code == 400, answer.text
+        error = answer.json()["error"]
+        assert "images take" not in error["message"] and "fewer or smaller images" not in error["message"], error
+        assert "special tokens" in error["message"] and error["param"] == "documents", error
+        fine = client.post("/v1/rerank", json={"model": QWEN3_VL_ID, "query": "q", "documents": ["a <|im_start|> b"]})
+        assert fine.status_code == 200, fine.text

@@ -69,7 +69,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--model", action="append", default=[], metavar="NAME",
         help="a model to evaluate; repeat it to compare several (default: the endpoint's default model)",
     )  # fmt: skip
-    parser.add_argument("--base-url", default=DEFAULT_BASE_URL, help=f"where POST /v1/rerank is ({DEFAULT_BASE_URL})")
+    parser.add_argument(
+        "--base-url", default=os.environ.get("RERANK_BASE_URL") or DEFAULT_BASE_URL,
+        help=f"where POST /v1/rerank is (RERANK_BASE_URL, as the Python clients read it, else {DEFAULT_BASE_URL})",
+    )  # fmt: skip
     parser.add_argument("--api-key", default=os.environ.get("RERANK_API_KEY"), help="bearer key (RERANK_API_KEY)")
     parser.add_argument("--instruction", help="the instruction for LLM rerankers (Qwen3-Reranker)")
     parser.add_argument("--concurrency", type=_positive_int, default=1, help="requests in flight (1)")

@@ -31,6 +31,7 @@ settings = get_settings()
 GPUS = workers.visible_gpus()
 WORKERS = workers.worker_count(settings.workers, GPUS)
 dispatcher.bound_learned_wait(settings.api_max_wait_ms / 1000)
+dispatcher.lend_dispatch_slots()
 # A call's pairs: at most RERANK_MAX_DOCUMENTS, as on the routes, and admitted into the queue's bound before BentoML's
 # dispatcher holds them (see rerank_server.api.pairs).
 Pairs = Annotated[list[CallerPair], Field(max_length=settings.max_documents), AfterValidator(api_pairs.admit)]
@@ -120,7 +121,8 @@ class Reranker:
         """
         api_pairs.hand_over(pairs)
         try:
-            results = await api_pairs.score_pairs(self.engine, pairs)
+            # A wait for a model's load lets BentoML dispatch the calls behind this one (for loaded models).
+            results = await api_pairs.score_pairs(self.engine, pairs, dispatcher.slot_set_aside)
         except Exception as exc:
             if (refused := api_pairs.refusal(exc)) is None:
                 raise

@@ -30,7 +30,12 @@ class UnknownModelError(LookupError):
 
 
 class ModelLoadError(RuntimeError):
-    """A stored model cannot be used now: it failed to load, or the loaded-model budget has no room (503)."""
+    """A stored model cannot be used now: it failed to load, or the loaded-model budget has no room (503).
+    `retry_after_s`: when a new try can succeed (a failed load's back-off), if known."""
+
+    def __init__(self, message: str, retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class QueueFullError(RuntimeError):

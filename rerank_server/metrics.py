@@ -38,7 +38,9 @@ class RerankMetrics:
         )
         self.queued_pairs = Gauge("rerank_queue_pairs", "Pairs waiting for the model.", multiprocess_mode="livesum")
         self.rejected = Counter(
-            "rerank_rejected_total", "Requests refused before scoring: queue_full (429) or timeout (504).", ["reason"]
+            "rerank_rejected_total",
+            "Requests refused before scoring: queue_full or image_memory (429), or timeout (504).",
+            ["reason"],
         )
         self.model_load = Histogram(
             "rerank_model_load_seconds", "Time to load a model.", ["model"], buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120)

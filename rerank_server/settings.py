@@ -108,8 +108,8 @@ class Settings(BaseSettings):
     max_image_memory_mb: int = Field(
         2048,
         ge=1,
-        description="Most MiB of prepared pixels held by requests waiting for the model, per worker; beyond it a "
-        "request with images gets 429 at once (a request alone is taken when nothing else holds any).",
+        description="Most MiB of image files and prepared pixels held by requests waiting for the model, per worker; "
+        "beyond it a request with images gets 429 at once (a request alone is taken when nothing else holds any).",
     )
     image_urls: bool = Field(False, description="Fetch images given as http(s) URLs (off: such images get a 400).")
     image_urls_allow_private: str = Field(

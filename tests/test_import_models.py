@@ -58,11 +58,13 @@ def test_local_models_folder_is_used_before_the_hub(fixture_model_dir: Path, tmp
     assert result.stored.source == f"dir:{tmp_path / 'models' / 'local-first'}"
 
 
-def test_catalogue_models_get_their_known_max_length(fixture_model_dir: Path, tmp_path: Path) -> None:
+def test_catalogue_models_get_their_known_max_length_within_the_folders_own(
+    fixture_model_dir: Path, tmp_path: Path
+) -> None:
     _copy(fixture_model_dir, tmp_path / "models" / "bge-reranker-v2-m3")
     result = import_model("bge-reranker-v2-m3", models_dir=tmp_path / "models")
     assert result.stored.model_id == "BAAI/bge-reranker-v2-m3"
-    assert result.stored.max_length == 8192
+    assert result.stored.max_length == 512  # the catalogue's 8,192, cut to the MiniLM folder's 512 positions
     assert result.stored.tag.startswith("baai--bge-reranker-v2-m3:")
 
 

@@ -17,10 +17,12 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from rerank_server.api import info, playground, rerank
+from rerank_server.api import info, playground, rerank, vendor_info
 from rerank_server.api.errors import ErrorFormat, HTTPError, describe, looks_like_tei
 from rerank_server.api.rerank import CLIENT_CLOSED_REQUEST, ClientGone
+from rerank_server.api.tracking import current_request, printable
 
 logger = logging.getLogger("bentoml")
 
@@ -44,17 +46,20 @@ app.mount("/docs-assets", StaticFiles(directory=_docs_assets()), name="docs-asse
 app.mount(playground.ASSETS_PATH, playground.assets(), name="playground-assets")
 app.include_router(rerank.router)
 app.include_router(info.router)
+app.include_router(vendor_info.router)
 app.include_router(playground.router)
 
 
 @app.get("/docs", include_in_schema=False)
 async def docs() -> HTMLResponse:
     """Swagger UI of the rerank routes, with every asset served by this server."""
-    return get_swagger_ui_html(
+    page = get_swagger_ui_html(
         openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} - docs",
         swagger_js_url="/docs-assets/swagger-ui-bundle.js", swagger_css_url="/docs-assets/swagger-ui.css",
         swagger_favicon_url="/docs-assets/favicon.png",
     )  # fmt: skip
+    page.headers.update(playground.DOCS_HEADERS)
+    return page
 
 
 def _error_format(request: Request) -> ErrorFormat:
@@ -66,13 +71,45 @@ async def _http_error(request: Request, exc: HTTPError) -> JSONResponse:
     return JSONResponse(exc.body(_error_format(request)), status_code=exc.status, headers=exc.headers)
 
 
-@app.exception_handler(Exception)
-async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    # Still a bug to fix (it is logged with its traceback), but the client gets JSON, not a bare text page.
-    logger.exception("Unhandled error on %s %s", request.method, request.url.path)
-    return await _http_error(
-        request, HTTPError(500, f"Internal error: {type(exc).__name__}", "InternalServerError", "Backend")
-    )
+class _UnexpectedErrors:
+    """An exception no handler knows (a bug, a failing device) answered with our 500 body, and ended here.
+
+    Starlette's handler for `Exception` answers, then raises the exception again to the server: uvicorn logs it
+    twice more ("Exception in ASGI application") and closes the client's keep-alive connection, so that the client's
+    next pooled request fails with "connection reset". Here it is logged once, with the request id, and kept.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception as exc:
+            if started:
+                raise  # part of an answer is out: only the server can end it
+            request = Request(scope, receive)
+            logger.error(
+                "Internal error on %s %s, request_id=%s: %s: %s", printable(request.method, 16),
+                printable(request.url.path), current_request().request_id, type(exc).__name__, printable(str(exc)),
+            )  # fmt: skip
+            logger.debug("The internal error's traceback", exc_info=exc)
+            error = HTTPError(500, f"Internal error: {type(exc).__name__}", "InternalServerError", "Backend")
+            response = await _http_error(request, error)
+            await response(scope, receive, send)
+
+
+app.add_middleware(_UnexpectedErrors)
 
 
 @app.exception_handler(RequestValidationError)
@@ -81,7 +118,9 @@ async def _request_validation_error(request: Request, exc: RequestValidationErro
     # A body that is not even JSON reaches no route: on `/rerank` its text tells which format it was meant to be.
     if isinstance(exc.body, str | bytes) and looks_like_tei(request.url.path, exc.body):
         request.state.error_format = "tei"
-    return await _http_error(request, describe(list(exc.errors()), _error_format(request)))
+    # A score body is shown as one: a vLLM score client shown the rerank body would not know what to change.
+    example = rerank.SCORE_EXAMPLE if request.url.path in ("/score", "/v1/score") else None
+    return await _http_error(request, describe(list(exc.errors()), _error_format(request), example))
 
 
 @app.exception_handler(StarletteHTTPException)

@@ -62,7 +62,9 @@ def from_failure(exc: BaseException, error_format: ErrorFormat) -> HTTPError | N
     if isinstance(exc, UnknownModelError):
         return HTTPError(404, str(exc), "NotFoundError", "NotFound", "model")
     if isinstance(exc, ModelLoadError):
-        return HTTPError(503, str(exc), "ServiceUnavailableError", "Unhealthy", "model", RETRY_SOON)
+        # A model in its load back-off says when the next try is: clients that honour Retry-After wait that long.
+        retry = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else RETRY_SOON
+        return HTTPError(503, str(exc), "ServiceUnavailableError", "Unhealthy", "model", retry)
     if isinstance(exc, QueueFullError):
         message = f"Too many pairs are waiting, retry shortly: {exc}"
         return HTTPError(429, message, "TooManyRequestsError", "Overloaded", headers=RETRY_SOON)
@@ -85,8 +87,10 @@ _ACCEPTS = {
     "documents": 'a list of strings or of objects (`{text}`, `{text?, image?}`, `{"content": [parts]}`)',
     "documents[]": 'a string, an object with `text` and/or `image`, or `{"content": [parts]}`',
     "query": 'a string, an object with `text` and/or `image`, or `{"content": [parts]}`',
-    "text_1": "a string, an object with `text` and/or `image`, or a list of them",
-    "text_2": "a string, an object with `text` and/or `image`, or a list of them",
+    **dict.fromkeys(
+        ("text_1", "text_2", "data_1", "data_2", "queries", "items"),
+        "a string, an object with `text` and/or `image`, or a list of them",
+    ),
     "texts": "a list of strings",
 }
 _EXAMPLES = {
@@ -104,13 +108,16 @@ def _dotted(path: Sequence[str | int]) -> str:
     return ".".join(str(part) for part in path)
 
 
-def describe(errors: Sequence[dict[str, Any]], error_format: ErrorFormat = "vllm") -> HTTPError:
-    """The first validation error as one sentence that names the field and what to send."""
+def describe(
+    errors: Sequence[dict[str, Any]], error_format: ErrorFormat = "vllm", example: str | None = None
+) -> HTTPError:
+    """The first validation error as one sentence that names the field and what to send (`example`, else the rerank
+    body of the format)."""
     if not errors:
         return invalid("invalid request", None, error_format)
     first = errors[0]
     kind, loc = first.get("type", ""), tuple(first.get("loc", ()))
-    example = _EXAMPLES[error_format]
+    example = example or _EXAMPLES[error_format]
     if kind == "json_invalid":
         position = loc[1] if len(loc) > 1 else "?"
         reason = (first.get("ctx") or {}).get("error", "malformed")

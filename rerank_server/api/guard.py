@@ -22,6 +22,9 @@ PROBE_PATHS = frozenset({"/readyz", "/livez", "/healthz", "/health", "/metrics"}
 # API calls it makes). The status document at `/` lists the models, as `/v1/models` does, so it needs a key like
 # `/v1/models` when keys are set; the page a browser gets at `/` does not.
 OPEN_GET_PATHS = frozenset({"/docs", "/docs.json", "/openapi.json", "/schema.json", "/playground", "/bentoml"})
+# What TEI's and Xinference's clients ask before they send a key (TEI's is as open as its /health; Xinference's says
+# whether a key is needed at all).
+OPEN_GET_PATHS |= {"/info", "/v1/cluster/auth"}
 OPEN_GET_PREFIXES = ("/static_content/", "/assets/", "/docs-assets/", "/playground-assets/")
 _READ_METHODS = frozenset({"GET", "HEAD"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})

@@ -10,18 +10,10 @@ from fastapi.responses import JSONResponse, Response
 from rerank_server.api.dependencies import Engine, Health
 from rerank_server.api.guard import asks_for_html
 from rerank_server.api.playground import home_page
-from rerank_server.api.wire import (
-    CalibrationInfo,
-    ErrorResponse,
-    ModelCard,
-    ModelList,
-    ScoreInfo,
-    ServerStatus,
-    TEIError,
-    unix_time,
-)
+from rerank_server.api.wire import ErrorResponse, TEIError, unix_time
+from rerank_server.api.wire_info import CalibrationInfo, ModelCard, ModelList, ScoreInfo, ServerStatus
 from rerank_server.catalog import non_commercial
-from rerank_server.engine.engine import ServedModel
+from rerank_server.engine.scores import ServedModel
 from rerank_server.models.store import StoredReranker
 from rerank_server.recipes import RECIPES, Recipe
 
@@ -68,13 +60,14 @@ async def list_models(engine: Engine) -> ModelList:
 
 
 @router.get("/", response_model=ServerStatus, responses={200: {"content": {"text/html": {}}}})
-async def status(request: Request, engine: Engine) -> Response | ServerStatus:
+async def status(request: Request, response: Response, engine: Engine) -> Response | ServerStatus:
     """Server status for programs: loaded models, the default model and every servable model.
 
     A browser (asking for HTML) gets a page of links instead: the playground, the API docs and BentoML's UI.
     """
     if asks_for_html(request.headers.getlist("accept")):
         return home_page()
+    response.headers["Vary"] = "Accept"  # browsers get a page here: a cache must keep the two apart
     served = await anyio.to_thread.run_sync(engine.served_models)
     return ServerStatus(
         loaded_models=engine.loaded_ids(),

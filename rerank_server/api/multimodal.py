@@ -110,6 +110,36 @@ def decode_base64(reference: str, field: str, max_bytes: int) -> bytes:
     return raw
 
 
+def first_image(groups: Sequence[Sequence[Parsed]]) -> str | None:
+    """The field of the first image reference in `groups`, None when they hold none."""
+    return next((item.references[0][1] for group in groups for item in group if isinstance(item, Pending)), None)
+
+
+def file_bytes(groups: Sequence[Sequence[Parsed]], max_bytes: int) -> int:
+    """The most bytes the image files of `groups` can take once read, known before any is: a URL's body at most
+    `max_bytes` (RERANK_MAX_IMAGE_BYTES), base64 three bytes per four characters."""
+    total = 0
+    for reference, _ in (
+        ref for group in groups for item in group if isinstance(item, Pending) for ref in item.references
+    ):
+        total += (
+            max_bytes if _is_url(reference) else min(len(reference.partition(",")[2] or reference) * 3 // 4, max_bytes)
+        )
+    return total
+
+
+def read_bytes(groups: Sequence[Sequence[Item]]) -> int:
+    """The bytes the image files of resolved `groups` hold (each image counted once per request)."""
+    images = {
+        id(image): len(image.data)
+        for group in groups
+        for item in group
+        if isinstance(item, Content)
+        for image in item.images
+    }
+    return sum(images.values())
+
+
 def _is_url(reference: str) -> bool:
     return reference[:8].lower().startswith(("http://", "https://"))
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from http import HTTPStatus
 
 import torch
@@ -71,10 +73,13 @@ class CallerPair(PairToScore):
 
     _request: RequestContext | None = PrivateAttr(default=None)
     _held: Held | None = PrivateAttr(default=None)
+    # When the call came (time.monotonic()): its time in BentoML's dispatcher counts against its deadline.
+    _arrived: float | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _remember_request(self) -> CallerPair:
         self._request = current_request()
+        self._arrived = time.monotonic()
         return self
 
 
@@ -125,8 +130,13 @@ def pair_options(pair: PairToScore) -> TextOptions:
     return TextOptions(pair.max_length, pair.truncation_side, pair.max_document_tokens, pair.instruction)
 
 
-async def score_pairs(engine: RerankEngine, pairs: Sequence[PairToScore]) -> list[PairResult]:
-    """Scores in the order of `pairs`, which may name different models and options.
+async def score_pairs(
+    engine: RerankEngine,
+    pairs: Sequence[PairToScore],
+    while_loading: Callable[[], AbstractAsyncContextManager[object]] | None = None,
+) -> list[PairResult]:
+    """Scores in the order of `pairs`, which may name different models and options; a group's wait for its model to
+    load runs inside `while_loading()` (the service lets BentoML's dispatcher go on meanwhile).
 
     A pair whose model cannot be used, whose options do not fit its model, or whose model failed on it gets an
     `error` instead of a score, and its neighbours are scored. The queue's and the deadline's refusals, shutting down
@@ -139,10 +149,12 @@ async def score_pairs(engine: RerankEngine, pairs: Sequence[PairToScore]) -> lis
     results: list[PairResult | None] = [None] * len(pairs)
 
     async def one_group(model: str, options: TextOptions, positions: list[int]) -> None:
+        arrivals = [arrived for i in positions if (arrived := getattr(pairs[i], "_arrived", None)) is not None]
         try:
             scored = await engine.score(
-                model, [pairs[i].query for i in positions], [pairs[i].document for i in positions], options
-            )
+                model, [pairs[i].query for i in positions], [pairs[i].document for i in positions], options,
+                arrived=min(arrivals, default=None), while_loading=while_loading,
+            )  # fmt: skip
         except REFUSALS:
             raise
         except Exception as exc:  # this group's own failure: its pairs say so, the other groups go on

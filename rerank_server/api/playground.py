@@ -34,8 +34,11 @@ PAGE_CSP = "; ".join(
         "trusted-types 'none'",
     ]
 )
+# Old browsers know X-Frame-Options only: no page of ours may be framed by another site (clickjacking).
+NO_FRAMING = {"X-Frame-Options": "DENY"}
 PAGE_HEADERS = {
     "Content-Security-Policy": PAGE_CSP,
+    **NO_FRAMING,
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     # Revalidated on each load (a 304 when unchanged), so a server upgrade never meets a stale script.
@@ -51,9 +54,12 @@ BENTOML_UI_CSP = "; ".join(
         "img-src 'self' data:",
         "object-src 'none'",
         "frame-src 'none'",
+        "frame-ancestors 'none'",
         "base-uri 'none'",
     ]
 )
+# Swagger UI at /docs runs an inline script, which a full policy would refuse: it is kept from being framed only.
+DOCS_HEADERS = {"Content-Security-Policy": "frame-ancestors 'none'", **NO_FRAMING}
 
 router = APIRouter(include_in_schema=False)
 
@@ -84,7 +90,9 @@ async def playground() -> FileResponse:
 
 def home_page() -> FileResponse:
     """What a browser gets at `/`: links to the playground, the API docs and BentoML's UI."""
-    return _page("home.html")
+    page = _page("home.html")
+    page.headers["Vary"] = "Accept"  # `/` answers JSON to programs: a cache must keep the two apart
+    return page
 
 
 def _bentoml_index_page() -> Path | None:
@@ -103,5 +111,5 @@ async def bentoml_ui() -> Response:
     page = _bentoml_index_page()
     if page is None:
         raise HTTPError(404, "BentoML's UI page is not in this BentoML version", "NotFoundError", "NotFound")
-    headers = {"Content-Security-Policy": BENTOML_UI_CSP}
+    headers = {"Content-Security-Policy": BENTOML_UI_CSP, **NO_FRAMING}
     return FileResponse(page, media_type="text/html; charset=utf-8", headers=headers)

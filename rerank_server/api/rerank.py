@@ -1,21 +1,24 @@
-"""Rerank and score routes: vLLM / Jina / Cohere (`/v1/rerank`, `/v2/rerank`), TEI (`/rerank` with `texts`), and
-vLLM's `/score`. Each parses its format, asks the engine, and writes its format's answer; a client that disconnects
-cancels its request's queued work."""
+"""Rerank and score routes: vLLM / Jina / Cohere (`/v1/rerank`, `/v2/rerank`), TEI (`/rerank` with `texts`), the
+path Ollama clients call (`/api/rerank`), and vLLM's `/score`. Each parses its format, asks the engine, and writes
+its format's answer; a client that disconnects cancels its request's queued work."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Annotated, Any, TypeVar
 
+import anyio
 from fastapi import APIRouter, Body, Request
 from pydantic import ValidationError
 
 from rerank_server.api import multimodal
 from rerank_server.api.dependencies import Engine
 from rerank_server.api.errors import ErrorFormat, describe, from_failure, invalid
+from rerank_server.api.multimodal import Parsed
 from rerank_server.api.tracking import current_request
 from rerank_server.api.wire import (
+    SCORE_SIDES,
     ErrorResponse,
     RerankRequest,
     RerankResponse,
@@ -23,13 +26,15 @@ from rerank_server.api.wire import (
     ScoreData,
     ScoreRequest,
     ScoreResponse,
+    ScoreSide,
     TEIError,
     TEIRank,
     TEIRerankRequest,
     Usage,
 )
-from rerank_server.engine.engine import DocumentScores, RerankEngine
-from rerank_server.recipes import Item, TextOptions
+from rerank_server.engine.engine import RerankEngine
+from rerank_server.engine.scores import DocumentScores
+from rerank_server.recipes import TextOptions
 
 T = TypeVar("T")
 # Status written to the access log for a request whose client left before the answer (nginx's convention).
@@ -76,20 +81,44 @@ async def _score(
     request: Request,
     engine: RerankEngine,
     model: str | None,
-    queries: list[Item],
-    documents: list[Item],
+    queries: Sequence[Parsed],
+    documents: Sequence[Parsed],
     options: TextOptions,
     *,
     max_chunks: int | None = None,
     error_format: ErrorFormat = "vllm",
+    images_field: str = "documents",
 ) -> DocumentScores:
-    """The engine's scores; its failures as the format's HTTP errors; cancelled when the client leaves."""
+    """The engine's scores for each (query, document) pair, one query standing for every document; its failures as
+    the format's HTTP errors. Image references are fetched or decoded only once the model is known to take images,
+    and, with the scoring, cancelled when the client leaves."""
     context = current_request()
     context.pairs = len(documents)
+
+    async def resolved_and_scored() -> DocumentScores:
+        firsts, seconds = list(queries), list(documents)
+        files = None
+        try:
+            if (field := multimodal.first_image([firsts, seconds])) is not None:
+                # An unknown or text-only model is refused before any URL is fetched.
+                await anyio.to_thread.run_sync(engine.check_takes_images, model, field)
+                # The files are reserved before they are read (429 beyond RERANK_MAX_IMAGE_MEMORY_MB), and held
+                # until the request ends: its items hold them.
+                files = engine.image_memory.reserve(
+                    multimodal.file_bytes([firsts, seconds], engine.settings.max_image_bytes)
+                )
+                firsts, seconds = await multimodal.resolve([firsts, seconds], engine.settings, images_field)
+                files.shrink(multimodal.read_bytes([firsts, seconds]))
+            if len(firsts) == 1:
+                firsts = firsts * len(seconds)
+            held = files.size if files else 0
+            return await engine.score(model, firsts, seconds, options, max_chunks=max_chunks, images_held=held)
+        finally:
+            if files is not None:
+                files()
+
     try:
-        scored = await _unless_client_leaves(
-            request, engine.score(model, queries, documents, options, max_chunks=max_chunks)
-        )
+        scored = await _unless_client_leaves(request, resolved_and_scored())
     except ClientGone:
         raise
     except Exception as exc:
@@ -108,15 +137,11 @@ async def _rerank(http: Request, request: RerankRequest, engine: RerankEngine) -
     parsed = multimodal.parse_many(request.documents, "documents")
     check_count(len(parsed), "documents", engine)
     query = multimodal.parse_one(request.query, "query")
-    (query,), documents = await multimodal.resolve([[query], parsed], engine.settings)
     options = TextOptions(
         max_length=request.truncate_prompt_tokens, max_document_tokens=request.max_tokens_per_doc,
         instruction=request.instruction,
     )  # fmt: skip
-    scored = await _score(
-        http, engine, request.model, [query] * len(documents), documents, options,
-        max_chunks=request.max_chunks_per_doc,
-    )  # fmt: skip
+    scored = await _score(http, engine, request.model, [query], parsed, options, max_chunks=request.max_chunks_per_doc)
     values = scored.scores if request.use_activation else scored.logits
     sent = multimodal.echoes(request.documents) if request.return_documents else None
     results = [
@@ -155,15 +180,21 @@ async def rerank_v2(http: Request, request: RerankRequest, engine: Engine) -> Re
     return await _rerank(http, request, engine)
 
 
+@router.post("/api/rerank", response_model=RerankResponse, response_model_exclude_none=True, responses=RERANK_RESPONSES)
+async def rerank_ollama(http: Request, request: RerankRequest, engine: Engine) -> RerankResponse:
+    """The rerank path of Ollama clients (Dify's Ollama plugin, LangChain's `OllamaRerank`), which POST
+    `{model, query, documents, top_n, return_documents}` there although Ollama itself never shipped it: the same
+    request and answer as `/v1/rerank`, sorted best first (the Dify plugin keeps `results[:top_n]` as they come)."""
+    return await _rerank(http, request, engine)
+
+
 async def _rerank_tei(http: Request, request: TEIRerankRequest, engine: RerankEngine) -> list[TEIRank]:
     check_count(len(request.texts), "texts", engine, "tei")
     options = TextOptions(
         side="left" if request.truncation_direction.lower() == "left" else "right", instruction=request.instruction,
         truncate=request.truncate,
     )  # fmt: skip
-    scored = await _score(
-        http, engine, request.model, [request.query] * len(request.texts), request.texts, options, error_format="tei"
-    )
+    scored = await _score(http, engine, request.model, [request.query], request.texts, options, error_format="tei")
     values = scored.logits if request.raw_scores else scored.scores
     return [
         TEIRank(index=i, score=values[i], text=request.texts[i] if request.return_text else None)
@@ -207,23 +238,44 @@ async def rerank(
 # --- vLLM score -----------------------------------------------------------------------------------------------------
 
 
+SCORE_EXAMPLE = '{"queries": "...", "documents": ["...", "..."]}'
+
+
+def _score_sides(request: ScoreRequest) -> tuple[tuple[str, ScoreSide], tuple[str, ScoreSide]]:
+    """The request's two sides, or a 400 that says how `/score` names them (not the rerank body)."""
+    sides = request.sides()
+    if sides is not None:
+        return sides
+    names = "`queries` and `documents` (or `queries` and `items`, `data_1` and `data_2`, `text_1` and `text_2`)"
+    given = next((pair for pair in SCORE_SIDES if any(getattr(request, name) is not None for name in pair)), None)
+    if given is None:
+        raise invalid(f"`/score` takes two sides, {names}; send {SCORE_EXAMPLE}", "queries")
+    sent = [name for pair in SCORE_SIDES for name in pair if getattr(request, name) is not None]
+    missing = next(name for name in given if getattr(request, name) is None)
+    message = f"`{missing}` is required beside `{sent[0]}`: `/score` takes two sides, {names}; send {SCORE_EXAMPLE}"
+    raise invalid(message, missing)
+
+
 @router.post("/score", response_model=ScoreResponse, responses=RERANK_RESPONSES)
 @router.post("/v1/score", response_model=ScoreResponse, responses=RERANK_RESPONSES, include_in_schema=False)
 async def score(http: Request, request: ScoreRequest, engine: Engine) -> ScoreResponse:
-    """vLLM's score API: `text_1` against each `text_2` (or pairwise for two lists), scores in input order. Either
-    side may hold images for a multimodal reranker (`{text?, image?}` objects or vLLM's `{content: [parts]}`)."""
-    firsts = multimodal.parse_many(request.text_1, "text_1")
-    seconds = multimodal.parse_many(request.text_2, "text_2")
-    check_count(len(firsts), "text_1", engine)
-    check_count(len(seconds), "text_2", engine)
+    """vLLM's score API: the first side against each item of the second (or pairwise for two lists of the same
+    length), scores in input order. The sides are `queries` + `documents`, `queries` + `items`, `data_1` + `data_2` or
+    `text_1` + `text_2`, each a string, an item or a list. Either side may hold images for a multimodal reranker
+    (`{text?, image?}` objects or vLLM's `{content: [parts]}`)."""
+    (first_name, first), (second_name, second) = _score_sides(request)
+    firsts = multimodal.parse_many(first, first_name)
+    seconds = multimodal.parse_many(second, second_name)
+    check_count(len(firsts), first_name, engine)
+    check_count(len(seconds), second_name, engine)
     if len(firsts) != 1 and len(firsts) != len(seconds):
-        message = f"`text_1` has {len(firsts)} items and `text_2` {len(seconds)}: give one text_1 or as many as text_2"
-        raise invalid(message, "text_1")
-    firsts, seconds = await multimodal.resolve([firsts, seconds], engine.settings, "text_2")
-    if len(firsts) == 1:
-        firsts = firsts * len(seconds)
+        message = (
+            f"`{first_name}` has {len(firsts)} items and `{second_name}` {len(seconds)}: give one of `{first_name}` "
+            f"(scored against each of `{second_name}`) or as many as `{second_name}` (scored pairwise)"
+        )
+        raise invalid(message, first_name)
     options = TextOptions(max_length=request.truncate_prompt_tokens, instruction=request.instruction)
-    scored = await _score(http, engine, request.model, firsts, seconds, options)
+    scored = await _score(http, engine, request.model, firsts, seconds, options, images_field=second_name)
     values = scored.scores if request.use_activation else scored.logits
     data = [ScoreData(index=i, score=s) for i, s in enumerate(values)]
     usage = Usage(prompt_tokens=scored.tokens, total_tokens=scored.tokens)

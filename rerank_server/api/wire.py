@@ -45,6 +45,24 @@ ModelName = Annotated[str, Field(max_length=256)]
 # How small a positive cap may be depends on the model's template: its recipe refuses what leaves no room.
 TruncatePromptTokens = Annotated[int, Field(ge=-1), AfterValidator(_positive_or_model_limit)]
 
+
+class Body(BaseModel):
+    """A request body: `null` for a field that has a default means the default, as if the field were absent.
+
+    Clients send null for every argument their caller left unset (xinference-client's `return_documents`,
+    `max_chunks_per_doc`); a typed field such as `return_documents: bool` would refuse it.
+    """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_absent(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or None not in data.values():
+            return data
+        fields = cls.model_fields
+        # A required field keeps its null, so that the refusal names it.
+        return {k: v for k, v in data.items() if v is not None or (k in fields and fields[k].is_required())}
+
+
 # --- BentoML's batchable API: one item per (query, document) pair --------------------------------------------------
 
 
@@ -58,7 +76,7 @@ Instruction = Annotated[
 ]
 
 
-class PairToScore(BaseModel):
+class PairToScore(Body):
     """One (query, document) pair to score with one model: the item of BentoML's `/score_pairs` API."""
 
     model: ModelName = Field(description="Model id or alias, e.g. BAAI/bge-reranker-base.")
@@ -99,7 +117,7 @@ ImageRef = Annotated[
 ]
 
 
-class TextDocument(BaseModel):
+class TextDocument(Body):
     """A document or query as an object: Cohere v1's `{text}` (other fields ignored) or Jina m0's `{text?, image?}`
     (a multimodal reranker ranks the image, and the text beside it)."""
 
@@ -143,7 +161,7 @@ class MultiModal(BaseModel):
 Item = Text | TextDocument | MultiModal
 
 
-class RerankRequest(BaseModel):
+class RerankRequest(Body):
     """A rerank request as vLLM, Jina and Cohere (v1 and v2) clients send it; keys we do not use are ignored."""
 
     model_config = ConfigDict(extra="ignore")
@@ -167,7 +185,7 @@ class RerankRequest(BaseModel):
     instruction: Instruction = None
 
 
-class TEIRerankRequest(BaseModel):
+class TEIRerankRequest(Body):
     """text-embeddings-inference's `/rerank` body (sent by LlamaIndex's and RAGFlow's TEI rerankers)."""
 
     model_config = ConfigDict(extra="ignore")
@@ -195,17 +213,37 @@ class TEIError(BaseModel):
     error_type: str
 
 
-class ScoreRequest(BaseModel):
-    """vLLM's `/score`: `text_1` against each `text_2` (one-to-many), or pairwise when both are lists."""
+# vLLM's `/score` names its two sides in one of four ways (its `ScoreRequest` is a union of them), tried in this order.
+SCORE_SIDES = (("queries", "documents"), ("queries", "items"), ("data_1", "data_2"), ("text_1", "text_2"))
+ScoreSide = Item | list[Item]
+
+
+class ScoreRequest(Body):
+    """vLLM's `/score`: the first side against each item of the second (one-to-many), or pairwise when both are lists
+    of the same length. The sides are `queries` + `documents`, `queries` + `items`, `data_1` + `data_2` or `text_1` +
+    `text_2`, as vLLM names them."""
 
     model_config = ConfigDict(extra="ignore")
 
     model: ModelName | None = None
-    text_1: Item | list[Item]
-    text_2: Item | list[Item]
+    queries: ScoreSide | None = Field(None, description="The first side: a query, or a list of them.")
+    documents: ScoreSide | None = Field(None, description="The second side: a document, or a list of them.")
+    items: ScoreSide | None = Field(None, description="vLLM: the second side, beside `queries`.")
+    data_1: ScoreSide | None = Field(None, description="vLLM: the first side, with `data_2`.")
+    data_2: ScoreSide | None = None
+    text_1: ScoreSide | None = Field(None, description="vLLM (older): the first side, with `text_2`.")
+    text_2: ScoreSide | None = None
     truncate_prompt_tokens: TruncatePromptTokens | None = None
     use_activation: bool = True
     instruction: Instruction = None
+
+    def sides(self) -> tuple[tuple[str, ScoreSide], tuple[str, ScoreSide]] | None:
+        """The two sides with the names they were sent under; None when no pair of names is complete."""
+        for first, second in SCORE_SIDES:
+            one, two = getattr(self, first), getattr(self, second)
+            if one is not None and two is not None:
+                return (first, one), (second, two)
+        return None
 
 
 class ScoreData(BaseModel):
@@ -244,76 +282,6 @@ class RerankResponse(BaseModel):
     model: str
     usage: Usage
     results: list[RerankResult]
-
-
-# --- GET /v1/models and GET / ---------------------------------------------------------------------------------------
-
-
-class CalibrationInfo(BaseModel):
-    """The calibration attached to a model (`import_models.py NAME --calibration FILE`)."""
-
-    method: str = Field(description="platt (fitted by evaluate.py --calibrate) or manual (--logit-scale/--logit-bias).")
-    scale: float
-    bias: float
-    formula: str = Field(description="How a raw score becomes relevance_score: sigmoid(scale * (raw - bias)).")
-    fitted_on: dict[str, Any] | None = Field(None, description="queries, pairs, relevant pairs, data_sha256.")
-    heldout: dict[str, Any] | None = Field(
-        None, description="Cross-validated by query, before and after: ECE, Brier score, log loss, precision at 0.5."
-    )
-
-
-class ScoreInfo(BaseModel):
-    """What a model's scores mean."""
-
-    kind: Literal["sigmoid", "p-yes", "mean-maxsim", "calibrated"] = Field(
-        description="What relevance_score is: the sigmoid of the raw score, p(yes) against no (yes/no LLM "
-        "rerankers), MaxSim over the query length (ColBERT: a mean cosine, at most 1), or a calibrated probability "
-        "of relevance (see `calibration`)."
-    )
-    raw: str = Field(description="What the raw score (`use_activation: false`, TEI's `raw_scores`) is.")
-    calibration: CalibrationInfo | None = None
-
-
-class ModelCard(BaseModel):
-    """One stored reranker, OpenAI-style, with what a rerank client needs to know about it."""
-
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str
-    max_length: int = Field(description="Tokens per (query, document) pair; longer pairs are truncated.")
-    loaded: bool
-    default: bool = False
-    tag: str = Field(description="The BentoML model store tag it is served from.")
-    recipe: str = Field(description="How pairs are scored: cross-encoder, qwen3, bge-gemma, ... (README, Models).")
-    backend: str = Field(description="What runs the model: torch, openvino-int8, openvino, onnx-int8 or onnx.")
-    remote_code: bool = Field(
-        False, description="Whether the model runs its own modelling code (imported with --trust-remote-code)."
-    )
-    license: str = Field("", description="The model card's license (e.g. apache-2.0, cc-by-nc-4.0); empty if unknown.")
-    non_commercial: bool = Field(False, description="Whether the license forbids commercial use (CC-BY-NC).")
-    score: ScoreInfo
-    status: Literal["loaded", "available", "failed"] = Field(
-        description="loaded; available (loads on first use); failed (its last load was refused: see `error`)."
-    )
-    error: str | None = Field(None, description="Why the model is not served, when `status` is failed.")
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
-
-
-class ServerStatus(BaseModel):
-    """The status document of the original design, for curl and health checks."""
-
-    status: Literal["running"] = "running"
-    loaded_models: list[str]
-    default_model: str
-    supported_models: list[str]
-    failed_models: dict[str, str] = Field(
-        default_factory=dict, description="Models whose last load was refused, with the reason."
-    )
 
 
 # --- Errors ---------------------------------------------------------------------------------------------------------

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -22,59 +24,16 @@ from rerank_server.engine.batcher import ContinuousBatcher
 from rerank_server.engine.cache import ScoreCache, cache_key
 from rerank_server.engine.image_memory import ImageMemory
 from rerank_server.engine.liveness import CHECK_DOCUMENT, CHECK_QUERY, Liveness
+from rerank_server.engine.scores import DocumentScores, ServedModel
 from rerank_server.errors import BatcherClosedError, DeadlineExceededError, InputTooLongError, InvalidInputError
 from rerank_server.metrics import RerankMetrics, get_metrics
-from rerank_server.models.calibration import Calibration
 from rerank_server.models.loaded import LoadedReranker
 from rerank_server.models.registry import ModelRegistry
 from rerank_server.models.store import StoredReranker
-from rerank_server.recipes import DEFAULT_OPTIONS, Content, ImageInput, Item, TextOptions
+from rerank_server.recipes import DEFAULT_OPTIONS, RECIPES, Content, ImageInput, Item, TextOptions
 from rerank_server.settings import Settings
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class DocumentScores:
-    """A request's result: each document's logit (its best window's, when chunked), in document order, and the
-    calibration its relevance scores go through (the model's at the time of the request)."""
-
-    model_id: str
-    logits: list[float]
-    document_tokens: list[int]  # what the model saw of each document (all its windows), templates included
-    calibration: Calibration | None = None
-    relevance: Callable[[list[float]], list[float]] | None = None  # the recipe's own map (None: the sigmoid)
-
-    @property
-    def tokens(self) -> int:
-        return sum(self.document_tokens)
-
-    @property
-    def scores(self) -> list[float]:
-        """The relevance score of each document in 0..1: the sigmoid of its logit (the recipe's own activation), or
-        with a calibration the calibrated probability. Applied after the result cache, which holds raw logits only,
-        so a cached score never carries another calibration."""
-        if self.calibration is not None:
-            return self.calibration.apply(self.logits)
-        if self.relevance is not None:
-            return self.relevance(self.logits)
-        return torch.sigmoid(torch.tensor(self.logits, dtype=torch.float32)).tolist()
-
-    def ranking(self, top_n: int | None = None) -> list[int]:
-        """Document indices best first, by logit: any calibration is monotone, so this is the order of the relevance
-        scores too, without the ties that rounding a saturated score would make; equal logits keep document order."""
-        order = sorted(range(len(self.logits)), key=self.logits.__getitem__, reverse=True)
-        return order[:top_n] if top_n else order
-
-
-@dataclass(frozen=True)
-class ServedModel:
-    """A stored reranker as the server sees it: whether it is loaded now, and whether it is the default."""
-
-    stored: StoredReranker
-    loaded: bool
-    default: bool
-    failure: str | None = None  # why it is not served (its last load was refused), if it is not
 
 
 @dataclass
@@ -113,7 +72,7 @@ class RerankEngine:
             token_budget=settings.token_budget, metrics=self.metrics,
         )  # fmt: skip
         self.cache = ScoreCache(settings.cache_size) if settings.cache_size else None
-        self.image_memory = ImageMemory(settings.max_image_memory_mb * 2**20)
+        self.image_memory = ImageMemory(settings.max_image_memory_mb * 2**20, self.metrics)
         # Resolving and tokenizing block: they get threads of their own, so they never take the event loop's default
         # pool from other work. Waiting for a model to load (or for room to load it) gets a pool of its own, so that
         # requests waiting on a slow load never hold up requests for loaded models.
@@ -139,6 +98,20 @@ class RerankEngine:
             for s in self.registry.refresh()
         ]
 
+    def served_model(self, name: str | None) -> ServedModel:
+        """The stored reranker `name` means (the default when None), as `served_models` shows it. Blocking: may
+        rescan the store; raises UnknownModelError."""
+        stored = self.registry.resolve(name)
+        default = stored.model_id == self.registry.default_model_id
+        return ServedModel(stored, stored.model_id in self.registry.loaded_ids(), default)
+
+    def check_takes_images(self, model: str | None, field: str) -> None:
+        """Refuse images for `model` before any is fetched or decoded: UnknownModelError when it is not stored,
+        InvalidInputError (naming `field`) when it ranks text only. Blocking: may rescan the store."""
+        stored = self.registry.resolve(model)
+        if not RECIPES[stored.recipe].takes_images:
+            raise InvalidInputError(_text_only(stored, field), field)
+
     def loaded_ids(self) -> list[str]:
         return self.registry.loaded_ids()
 
@@ -154,6 +127,9 @@ class RerankEngine:
         options: TextOptions = DEFAULT_OPTIONS,
         *,
         max_chunks: int | None = None,
+        arrived: float | None = None,
+        while_loading: Callable[[], AbstractAsyncContextManager[object]] | None = None,
+        images_held: int = 0,
     ) -> DocumentScores:
         """Score each (queries[i], documents[i]) pair with `model` (the default model when None). A query or document
         is a text, or a `Content` with images for a multimodal model (a text-only model refuses it, naming itself).
@@ -161,13 +137,17 @@ class RerankEngine:
         With `max_chunks` > 1 a text document too long for the model is split into up to that many windows and keeps
         its best window's logit. Raises the errors of `rerank_server.errors` (and torch.OutOfMemoryError);
         cancelling the call (a client that went away) takes its pairs that have not started out of the queue.
+        `arrived` (time.monotonic()) is when the request came, if it waited before this call (in BentoML's
+        dispatcher): the deadline counts from then. A wait for the model to load runs inside `while_loading()`.
+        `images_held`: bytes of `image_memory` the request holds already (its image files).
         """
-        deadline = time.monotonic() + self.settings.request_timeout_s
-        arguments = (model, queries, documents, options, max_chunks, deadline)
+        deadline = (time.monotonic() if arrived is None else arrived) + self.settings.request_timeout_s
+        arguments = (model, queries, documents, options, max_chunks, deadline, images_held)
         # Preparing counts against the deadline too: a first load, or a wait for room, is part of the request's time.
         work = await self._within(deadline, self._submit(self._preparing, *arguments, False))
         if work is None:  # the model must be loaded first (or room made for it)
-            work = await self._within(deadline, self._submit(self._waiting_for_load, *arguments, True))
+            async with while_loading() if while_loading else contextlib.nullcontext():
+                work = await self._within(deadline, self._submit(self._waiting_for_load, *arguments, True))
         if work.future is not None:
             await self._within(deadline, work.future)  # cancelling this wait cancels the batcher's future too
         return self._finish(work, len(documents))
@@ -230,6 +210,7 @@ class RerankEngine:
         options: TextOptions,
         max_chunks: int | None,
         deadline: float,
+        images_held: int,
         wait_for_load: bool,
     ) -> _Work | None:
         """Resolve and pin the model, cut windows, answer what the cache knows, tokenize and queue the rest.
@@ -264,7 +245,7 @@ class RerankEngine:
                 computed = [(pair_queries[i], pair_documents[i]) for i in work.computed]
                 # What the images will take is reserved before any is decoded (429 when the bound is reached).
                 images = loaded.image_bytes(_distinct_images(computed), self.settings.max_image_pixels)
-                release_images = self.image_memory.reserve(images)
+                release_images = self.image_memory.reserve(images, own=images_held)
                 encoded = loaded.encode([q for q, _ in computed], [d for _, d in computed], options)
                 for position, length in zip(work.computed, encoded.lengths, strict=True):
                     work.tokens[position] = length
@@ -337,16 +318,19 @@ def _for_model(
         return queries, documents
     for item in (*queries, *documents):
         if isinstance(item, Content) and item.images:
-            raise InvalidInputError(
-                f"`{item.images[0].field}` is an image, and {stored.model_id} ranks text only; send images to a "
-                "multimodal reranker (recipe qwen3-vl, such as Qwen/Qwen3-VL-Reranker-2B)",
-                item.images[0].field,
-            )
+            raise InvalidInputError(_text_only(stored, item.images[0].field), item.images[0].field)
 
     def text(item: Item) -> str:
         return item if isinstance(item, str) else item.text or ""
 
     return [text(q) for q in queries], [text(d) for d in documents]
+
+
+def _text_only(stored: StoredReranker, field: str) -> str:
+    return (
+        f"`{field}` is an image, and {stored.model_id} ranks text only; send images to a multimodal reranker (recipe "
+        "qwen3-vl, such as Qwen/Qwen3-VL-Reranker-2B)"
+    )
 
 
 def _distinct_images(pairs: Sequence[tuple[Item, Item]]) -> list[ImageInput]:

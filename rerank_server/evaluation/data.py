@@ -22,6 +22,8 @@ from pydantic import BaseModel, Field, ValidationError
 from rerank_server.evaluation.errors import EvaluationError
 
 Label = Annotated[int, Field(ge=0)]
+# UTF-8, with or without the byte-order mark that Windows editors write (it would break the first line).
+TEXT_ENCODING = "utf-8-sig"
 Qrels = dict[str, dict[str, int]]
 
 
@@ -77,7 +79,7 @@ def _validation_message(exc: ValidationError) -> str:
 def _json_lines(path: Path) -> Iterator[tuple[int, Any]]:
     """(line number, parsed value) for every non-blank line of a JSON-lines file."""
     try:
-        with path.open(encoding="utf-8") as lines:
+        with path.open(encoding=TEXT_ENCODING) as lines:
             for number, line in enumerate(lines, start=1):
                 if not line.strip():
                     continue
@@ -166,7 +168,7 @@ def _corpus_text(value: dict[str, Any]) -> str:
 def _read_qrels(path: Path) -> Qrels:
     qrels: Qrels = {}
     try:
-        with path.open(encoding="utf-8", newline="") as handle:
+        with path.open(encoding=TEXT_ENCODING, newline="") as handle:
             for number, row in enumerate(csv.reader(handle, delimiter="\t"), start=1):
                 if number == 1 and row[:1] == ["query-id"] or not any(cell.strip() for cell in row):
                     continue
@@ -178,6 +180,8 @@ def _read_qrels(path: Path) -> Qrels:
                 if label < 0:
                     raise EvaluationError(f"{path}:{number}: a negative score ({label})")
                 qrels.setdefault(qid, {})[doc_id] = label
+    except UnicodeDecodeError:
+        raise EvaluationError(f"{path}: not UTF-8 text") from None
     except OSError as exc:
         raise EvaluationError(f"cannot read {path}: {exc.strerror or exc}") from None
     return qrels
@@ -190,7 +194,7 @@ def _read_run(path: Path, query_ids: set[str], depth: int) -> tuple[dict[str, li
     first_seen: dict[str, int] = {}
     listed: set[tuple[str, str]] = set()
     try:
-        with path.open(encoding="utf-8") as lines:
+        with path.open(encoding=TEXT_ENCODING) as lines:
             for number, line in enumerate(lines, start=1):
                 if not line.strip():
                     continue

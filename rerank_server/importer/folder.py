@@ -216,11 +216,14 @@ def _check_vision(folder: Path, model_id: str, architecture: str, recipe: str) -
 
 
 def _max_length(folder: Path, model_id: str, config: dict[str, Any], recipe: str) -> int:
-    """The catalogue's max_length, else the recipe's reference value, else what sentence-transformers would use."""
+    """The catalogue's max_length, else the recipe's reference value, else what sentence-transformers would use; never
+    more than the folder's own position limit (a fine-tune or distilled copy under a catalogue id may have fewer)."""
+    positions = config.get("max_position_embeddings")
     known = known_model(model_id)
     if known:
-        return known.max_length
-    positions = config.get("max_position_embeddings")
+        if not isinstance(positions, int) or positions <= 0:
+            return known.max_length
+        return min(known.max_length, positions - _position_offset(config))
     if recipe != "cross-encoder":
         default = RECIPES[recipe].reference_max_length
         return min(default, positions) if isinstance(positions, int) and positions > 0 else default
@@ -229,11 +232,14 @@ def _max_length(folder: Path, model_id: str, config: dict[str, Any], recipe: str
         read_json(folder / "tokenizer_config.json").get("model_max_length"),
     ]
     limit = next((int(c) for c in candidates if isinstance(c, (int, float)) and 0 < c < 1_000_000), 512)
-    # RoBERTa-family models reserve two positions for the padding offset, as sentence-transformers accounts for.
     if isinstance(positions, int) and positions > 0:
-        offset = 2 if config.get("model_type") in ("roberta", "xlm-roberta", "camembert") else 0
-        limit = min(limit, positions - offset)
+        limit = min(limit, positions - _position_offset(config))
     return limit
+
+
+def _position_offset(config: dict[str, Any]) -> int:
+    # RoBERTa-family models reserve two positions for the padding offset, as sentence-transformers accounts for.
+    return 2 if config.get("model_type") in ("roberta", "xlm-roberta", "camembert") else 0
 
 
 def folder_fingerprint(folder: Path) -> str:

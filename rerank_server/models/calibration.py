@@ -127,5 +127,5 @@ def stored_calibration(folder: Path) -> tuple[Calibration | None, str | None]:
         return None, None
     try:
         return read_calibration_file(path), None
-    except CalibrationFileError as exc:
-        return None, str(exc)
+    except CalibrationFileError as exc:  # said to API callers: the file's name, never the store's path
+        return None, str(exc).replace(str(path), CALIBRATION_FILE)

@@ -95,10 +95,8 @@ class ModelRegistry:
         if found is None:
             raise UnknownModelError(wanted, [s.model_id for s in self._stored])
         if found.calibration_problem:
-            raise ModelLoadError(
-                f"The model `{found.model_id}` is not served: {self.failure(found)}; attach a valid one or remove it "
-                "(import_models.py NAME --calibration FILE, or --no-calibration)"
-            )
+            message = f"The model `{found.model_id}` is not served: {self.failure(found)}"
+            raise ModelLoadError(f"{message}; attach a valid one (import_models.py NAME --calibration FILE) or none")
         if not name or not name.strip():
             self._default_id = found.model_id
         return found
@@ -110,8 +108,7 @@ class ModelRegistry:
             return list(self._loaded)
 
     def failure(self, stored: StoredReranker) -> str | None:
-        """Why `stored` is not served: a calibration file that cannot be used, or its last load's failure (the load
-        check's refusal among them); None when nothing stands in its way."""
+        """Why `stored` is not served (an unusable calibration, or its last load's failure), or None."""
         if stored.calibration_problem:
             return f"its calibration cannot be used: {stored.calibration_problem}"
         with self._changed:
@@ -224,7 +221,7 @@ class ModelRegistry:
                     self._pin(current)
                     return current
                 if (refused := self.failures.blocking(stored)) is not None:
-                    raise ModelLoadError(refused)
+                    raise ModelLoadError(refused, self.failures.retry_after(stored))
                 if model_id not in self._loading:
                     room, freed = self._make_room(stored)
                     evicted += freed
@@ -255,7 +252,8 @@ class ModelRegistry:
                 return current
             displaced = self._displaced.pop(failed.model_id, None)
             if displaced is None:
-                raise ModelLoadError(self.failures.blocking(failed) or f"The model `{failed.model_id}` did not load")
+                message = self.failures.blocking(failed) or f"The model `{failed.model_id}` did not load"
+                raise ModelLoadError(message, self.failures.retry_after(failed))
             self._loading[failed.model_id] = self._expected_bytes(displaced)
         logger.warning(
             "Serving %s %s again: its newer import %s did not load", failed.model_id, displaced.tag, failed.tag
@@ -278,11 +276,13 @@ class ModelRegistry:
         except Exception as exc:
             with self._changed:
                 message = self.failures.remember(stored, exc)
+                retry_after = self.failures.retry_after(stored)
                 self._loading.pop(model_id, None)
                 self._changed.notify_all()
-            logger.error("%s (from %s)", message, stored.path)
+            # The caller's message has no file paths; the log has the error as raised, and where the model is.
+            logger.error("%s (from %s: %s: %s)", message, stored.path, type(exc).__name__, exc)
             logger.debug("Loading %s failed", model_id, exc_info=True)
-            raise ModelLoadError(message) from exc
+            raise ModelLoadError(message, retry_after) from exc
         with self._changed:
             self._loading.pop(model_id, None)
             self.failures.forget(model_id)

@@ -104,6 +104,7 @@ class Qwen3VLRecipe(Recipe):
         vision = [tokenizer.convert_tokens_to_ids(t) for t in ("<|vision_start|>", IMAGE_TOKEN, "<|vision_end|>")]
         # The reference keeps the tokenizer's special tokens; image tokens are among them in Qwen's tokenizers.
         self.kept_ids = set(tokenizer.all_special_ids) | {i for i in vision if i is not None}
+        self.kept_texts = [token for token in tokenizer.convert_ids_to_tokens(sorted(self.kept_ids)) if token]
 
     def last_token_head(self) -> LastTokenHead:
         vocabulary = self.tokenizer.get_vocab()
@@ -227,11 +228,11 @@ class Qwen3VLRecipe(Recipe):
         prepared: dict[bytes, tuple[np.ndarray, tuple[int, int, int]]] = {}
         texts: list[str] = []
         pairs: list[PairImages | None] = []
-        fields: list[str] = []
+        fields: list[tuple[str, str | None]] = []  # each pair's last image field; the side whose text holds specials
         rooms: dict[tuple, int] = {}  # a document's room is the same for every pair of one query and image layout
         for query, document in zip(queries, documents, strict=True):
             images = [*_parts(query)[1], *_parts(document)[1]]
-            fields.append(images[-1].field if images else "documents")
+            fields.append((images[-1].field if images else "documents", self._holding_specials(query, document)))
             for image in images:
                 if image.digest not in prepared:  # a query's image is prepared once for all its documents
                     prepared[image.digest] = self._prepare(image)
@@ -247,14 +248,34 @@ class Qwen3VLRecipe(Recipe):
             self._refuse_overlong(rows, fields, budget)
         return EncodedPairs(rows, images=pairs if any(pairs) else None)
 
-    def _refuse_overlong(self, rows: Sequence[list[int]], fields: Sequence[str], budget: int) -> None:
+    def _holding_specials(self, query: Item, document: Item) -> str | None:
+        """The side ("documents" or "query") whose text writes special tokens out (`<|im_start|>`), if any."""
+        for side, item in (("documents", document), ("query", query)):
+            text = _parts(item)[0]
+            if text and "<|" in text and any(token in text for token in self.kept_texts):
+                return side
+        return None
+
+    def _refuse_overlong(
+        self, rows: Sequence[list[int]], fields: Sequence[tuple[str, str | None]], budget: int
+    ) -> None:
         """Truncation never cuts an image, so a pair whose images (with the prompt's special tokens) pass the budget
         stays too long. The reference would run it; we refuse it, as vLLM refuses a prompt over max_model_len: one
-        such pair could otherwise hold the model for minutes (32 images of 1,280 tokens each)."""
-        for ids, field in zip(rows, fields, strict=True):
+        such pair could otherwise hold the model for minutes (32 images of 1,280 tokens each). Nor does it cut a
+        special token written in the text, so a text of them stays too long as well: the message names that cause."""
+        for ids, (field, text_side) in zip(rows, fields, strict=True):
+            images = ids.count(self.image_token_id)
+            if text_side is not None and len(ids) - images > budget + TAIL:  # too long even without its images
+                beside = f" (and its images take {images:,})" if images else ""
+                raise RecipeError(
+                    f"`{text_side}` writes out special tokens (such as `<|im_start|>`), which Qwen3-VL's truncation "
+                    f"keeps whole as its reference does: the pair makes {len(ids):,} tokens{beside}, over the model's "
+                    f"limit of {budget + TAIL:,}; remove special-token strings from the text",
+                    text_side,
+                )
             if len(ids) > budget + TAIL:
                 raise RecipeError(
-                    f"`{field}`: the pair's images take {ids.count(self.image_token_id):,} tokens, which with the "
+                    f"`{field}`: the pair's images take {images:,} tokens, which with the "
                     f"prompt make {len(ids):,}, over the model's limit of {budget + TAIL:,}; send fewer or smaller "
                     "images",
                     field,

@@ -11,7 +11,13 @@ together share a dispatch. Tested by tests/test_server.py::test_bentomls_learned
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Any
+
+# The semaphore of the BentoML dispatch running in this task (set by `lend_dispatch_slots`' outbound call).
+_dispatch_slot: ContextVar[Any] = ContextVar("bentoml_dispatch_slot", default=None)
 
 
 def bound_learned_wait(max_wait_s: float) -> None:
@@ -33,3 +39,38 @@ def bound_learned_wait(max_wait_s: float) -> None:
 
     BoundedWait.learned = learned
     dispatcher.Optimizer = BoundedWait
+
+
+def lend_dispatch_slots() -> None:
+    """Let a dispatch set its slot aside while it waits for a model to load (see `slot_set_aside`).
+
+    BentoML runs one dispatch of a batchable API at a time: a dispatch whose pairs wait for a model's load (seconds,
+    on slow storage) would hold up every call behind it, for loaded models too. Merging stays BentoML's otherwise.
+    """
+    from bentoml._internal.marshal import dispatcher
+
+    original = dispatcher.CorkDispatcher.outbound_call
+    if getattr(original, "lends_its_slot", False):
+        return
+
+    async def outbound_call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        _dispatch_slot.set(self._sema)  # this task's context only: the dispatch's callback runs in it
+        return await original(self, *args, **kwargs)
+
+    outbound_call.lends_its_slot = True  # type: ignore[attr-defined]
+    dispatcher.CorkDispatcher.outbound_call = outbound_call  # type: ignore[method-assign]
+
+
+@asynccontextmanager
+async def slot_set_aside() -> AsyncIterator[None]:
+    """Within this block the dispatch running in this task does not count as in flight: BentoML's dispatcher starts
+    the next one. Taken back after (even when that puts the count below zero: the next release evens it)."""
+    slot = _dispatch_slot.get()
+    if slot is None:  # not inside a BentoML dispatch
+        yield
+        return
+    slot.release()
+    try:
+        yield
+    finally:
+        slot.sema -= 1

@@ -234,6 +234,7 @@ def test_calibrated_models_mean_the_same_at_0_5_and_keep_their_rankings(labelled
     assert [pair["score"] for pair in answer] == pytest.approx(expected, abs=1e-5)
     assert [pair["logit"] for pair in answer] == pytest.approx(raw[MODEL_B][:15], abs=1e-5)
 
+    assert import_models.main([MODEL_A, "--no-calibration"]) == 0  # the module's other tests start uncalibrated
     assert import_models.main([MODEL_B, "--no-calibration"]) == 0
     card = _wait_for_kind(url, MODEL_B, "sigmoid")
     assert card["score"]["calibration"] is None
@@ -273,7 +274,7 @@ def test_every_route_applies_the_calibration_after_the_cache_and_raw_scores_stay
         plain = _route_scores(client, MODEL_A, query, documents)
         raw = np.array(plain["raw-vllm"])
         for route in ("vllm", "cohere-v2", "jina", "tei", "score"):
-            assert plain[route] == pytest.approx(sigmoid(raw), abs=1e-6), route
+            assert plain[route] == pytest.approx(sigmoid(raw).tolist(), abs=1e-6), (route, plain[route])
         assert import_models.main([MODEL_A, "--logit-scale", "0.5", "--logit-bias", "1.5"]) == 0
         time.sleep(1.2)  # the registry reads the store again after a second
         hits = engine.metrics.cache_hits._value.get()

@@ -228,6 +228,9 @@ def test_metrics_baseline_and_threshold_equal_an_independent_computation(english
         assert spread["non_relevant"]["count"] == len(flat) - sum(relevant)
         assert 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["p95"]
         assert result["requests"] == len(samples) and result["pairs"] == len(flat) and result["pairs_per_second"] > 0
+        pairs = result["scored_pairs"]  # enough to redo any of it
+        assert [p["score"] for p in pairs] == pytest.approx(flat, abs=1e-9)
+        assert [p["label"] for p in pairs] == [label for _, _, labels in samples for label in labels]
     assert any(result["threshold"]["score"] is not None for result in found["models"])  # not compared vacuously
     baseline = [query_metrics(labels, labels) for _, labels in judged]
     assert_close(found["baseline"]["metrics"], averaged(baseline))
@@ -248,7 +251,8 @@ def test_paired_tests_pair_each_query_with_itself(english_run, english_scores) -
 def test_the_report_is_one_page_with_plots_and_no_outside_url(english_run) -> None:
     found, report = english_run
     page = report.read_text(encoding="utf-8")
-    assert len(re.findall(r'<img alt="" src="data:image/png;base64,', page)) == 2 + len(found["models"])
+    figures = 3 + len(found["models"])  # ranking, cost, precision-recall, and a histogram per model
+    assert len(re.findall(r'<img alt="" src="data:image/png;base64,', page)) == figures
     assert not re.findall(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", page, re.I)
     assert "<script" not in page and "<link" not in page
     assert all(m["model"] in page for m in found["models"]) and "relevance_score" in page

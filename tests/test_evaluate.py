@@ -382,7 +382,15 @@ def test_an_unreachable_server_fails_in_one_line() -> None:
         ('{"text": "q"}\n', r'data\.jsonl:1: a sample needs "query"'),
         ("[1, 2]\n", r"data\.jsonl:1: a sample is a JSON object, not list"),
         ('{"query": "q", "positive": ["a"]}\n{"query": "q", "documents": ["a"], "labels": [1]}\n',
-         r"data\.jsonl:2: positive/negative samples and documents/labels samples in one file"),
+         r"data\.jsonl:2: a documents/labels sample in a file of positive/negative samples \(line 1\): one file takes "
+         r"one shape"),
+        # The line's own problem comes first, even in a file that also mixes shapes.
+        ('{"query": "q", "positive": ["a"]}\n{"query": "q", "documents": ["a", "b"], "labels": [1, 0, 1]}\n',
+         r"data\.jsonl:2: 3 labels for 2 documents$"),
+        ('{"query": "q", "pos": ["a"], "neg": "b"}\n', r"data\.jsonl:1: neg: .*list"),
+        # A line cut short: the column where it ends, not "column 1" of a next line.
+        ('{"query": "q", "documents": ["a"], "labels": [1]}\n{"query": "q", "documents": ["a"\n',
+         r"data\.jsonl:2: not JSON \(Expecting ',' delimiter, column 33\)"),
         ('{"query": "q", "documents": ["a"], "labels": [0]}\n', r"no query has a relevant candidate"),
         ("\n\n", r"data\.jsonl: no samples"),
         (b"\xff\xfe", r"data\.jsonl: not UTF-8 text"),
@@ -415,6 +423,21 @@ def test_bad_beir_input_is_named(tmp_path: Path, args: dict, message: str) -> No
     with pytest.raises(EvaluationError) as caught:
         load(folder, candidates, split=args.get("split", "test"))
     assert re.search(message, str(caught.value)), caught.value
+
+
+def test_flagembeddings_query_pos_neg_format_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "train.jsonl"
+    lines = [
+        {"query": "q1", "pos": ["p1"], "neg": ["n1", "n2"], "prompt": "Given a query", "pos_scores": [1.0],
+         "neg_scores": [0.1, 0.2], "type": "normal"},
+        {"query": "q2", "pos": ["p2", "p3"], "neg": ["n3"]},
+    ]  # fmt: skip
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    data = load(path)
+    assert data.kind == "pos/neg" and not data.ordered  # like positive/negative: no retriever order, no baseline
+    first, second = data.queries
+    assert sorted(zip(first.documents, first.labels, strict=True)) == [("n1", 0), ("n2", 0), ("p1", 1)]
+    assert sorted(second.labels) == [0, 1, 1] and second.text == "q2"
 
 
 def test_a_jsonl_file_with_a_run_is_refused(tmp_path: Path) -> None:

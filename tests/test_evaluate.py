@@ -12,8 +12,10 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
 
@@ -364,11 +366,56 @@ def test_a_run_naming_unknown_ids_fails_in_one_line(tmp_path: Path, run: str, me
 def test_a_refusing_server_fails_in_one_line_with_its_message(server) -> None:
     done = evaluate(DATA / "en.jsonl", "--base-url", server.url, "--model", "no-org/no-such-model")
     assert_one_line_error(done, r"refused line 1: 404: .*no-org/no-such-model")
+    # The cause and the fix, not only the data line that met them.
+    assert_one_line_error(done, r"not in the server's store: import it with `\.venv/bin/python import_models\.py "
+                                r"no-org/no-such-model`")  # fmt: skip
+
+
+@pytest.fixture()
+def answering_404() -> Iterator[str]:
+    """An endpoint that answers every POST with a 404: this server's (and vLLM's) unknown-model error."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = json.dumps(
+                {
+                    "object": "error",
+                    "message": "The model `no-org/no-such-model` does not exist. "
+                    "Available models: test-org/mini-reranker",
+                    "type": "NotFoundError",
+                    "code": 404,
+                }
+            )
+            self.send_response(404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_a_model_the_store_lacks_gets_the_import_hint(answering_404: str) -> None:
+    done = evaluate(DATA / "en.jsonl", "--base-url", answering_404, "--model", "no-org/no-such-model")
+    assert_one_line_error(done, r"refused line 1: 404: The model `no-org/no-such-model` does not exist.*import it "
+                                r"with `\.venv/bin/python import_models\.py no-org/no-such-model`")  # fmt: skip
 
 
 def test_an_unreachable_server_fails_in_one_line() -> None:
     done = evaluate(DATA / "en.jsonl", "--base-url", f"http://127.0.0.1:{free_port()}")
-    assert_one_line_error(done, r"cannot reach http://127\.0\.0\.1:\d+")
+    assert_one_line_error(done, r"cannot reach http://127\.0\.0\.1:\d+.*is the server running\? Start it with "
+                                r"`make serve`")  # fmt: skip
 
 
 @pytest.mark.parametrize(

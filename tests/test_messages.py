@@ -33,3 +33,37 @@ def test_a_long_document_does_not_log_transformers_indexing_warning(
     assert len(tokenizer(long_text, add_special_tokens=False)["input_ids"]) > tokenizer.model_max_length
     tokenizer(long_text, add_special_tokens=False, return_offsets_mapping=True)
     assert "Token indices sequence length" not in transformers_warnings.text
+
+
+def test_a_folder_far_from_its_catalogue_id_is_warned_about(fixture_model_dir: Path) -> None:
+    from rerank_server.importer.folder import catalogue_mismatch, inspect_folder
+
+    # The case: a small 6-layer BERT (MiniLM) stored as BAAI/bge-reranker-base (~1.1 GB XLM-RoBERTa).
+    architecture = inspect_folder(fixture_model_dir, "BAAI/bge-reranker-base").architecture
+    warning = catalogue_mismatch(fixture_model_dir, "BAAI/bge-reranker-base", architecture)
+    assert warning is not None and "\n" not in warning
+    assert "does not look like BAAI/bge-reranker-base" in warning
+    assert "a BertForSequenceClassification, where BAAI/bge-reranker-base is a XLMRobertaForSequenceClassification" in (
+        warning
+    )
+    assert "MB of weights, where BAAI/bge-reranker-base has ~1.1 GB" in warning and "Is it the right folder?" in warning
+    # Under its own id, or a catalogue id whose family and size it matches, nothing is said.
+    assert catalogue_mismatch(fixture_model_dir, "my-org/mini-reranker", architecture) is None
+    assert catalogue_mismatch(fixture_model_dir, "cross-encoder/ettin-reranker-32m-v1", architecture) is None
+
+
+def test_the_import_logs_the_mismatch(fixture_model_dir: Path, monkeypatch, caplog) -> None:
+    from rerank_server.importer import commit
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args: object, **kwargs: object) -> None:
+        raise Stop  # what comes after the check (remote code, storing) is not this test's
+
+    monkeypatch.setattr(commit, "list_rerankers", stop)
+    with caplog.at_level(logging.WARNING, logger="bentoml"), pytest.raises(Stop):
+        commit.store_folder(
+            "BAAI/bge-reranker-base", fixture_model_dir, source="folder", revision=None, fingerprint="f"
+        )
+    assert "does not look like BAAI/bge-reranker-base" in caplog.text

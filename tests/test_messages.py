@@ -1,14 +1,18 @@
-"""Messages that point at the cause: no warning that cries wolf where the server truncates itself, and a warning when a
-folder imported under a catalogue id is far from that model."""
+"""Messages that point at the cause: no warning that cries wolf where the server truncates itself, a warning when a
+folder imported under a catalogue id is far from that model, and scripts run outside the venv saying how to run them."""
 
 from __future__ import annotations
 
 import logging
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from rerank_server.models.loaded import load_tokenizer
+from tests.conftest import REPO_ROOT
 
 
 @pytest.fixture()
@@ -67,3 +71,20 @@ def test_the_import_logs_the_mismatch(fixture_model_dir: Path, monkeypatch, capl
             "BAAI/bge-reranker-base", fixture_model_dir, source="folder", revision=None, fingerprint="f"
         )
     assert "does not look like BAAI/bge-reranker-base" in caplog.text
+
+
+@pytest.mark.parametrize("script", ["evaluate.py", "import_models.py"])
+def test_a_script_run_without_the_venvs_packages_says_how_to_run_it(script: str, tmp_path: Path) -> None:
+    # -S: no site-packages, the Python a bare `python` outside the venv is (no numpy, no httpx, no bentoml).
+    done = subprocess.run([sys.executable, "-S", str(REPO_ROOT / script), "--help"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"error: {script} needs the project's packages") and f".venv/bin/python {script}" in line
+
+
+def test_the_quick_starts_run_the_scripts_with_the_venvs_python() -> None:
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    bare = re.findall(r"^python (?:import_models|evaluate)\.py.*$", readme, re.M)
+    assert bare == [], bare
+    assert ".venv/bin/python evaluate.py docs/eval-sample.jsonl --report out.html" in readme.split("## 中文快速开始")[1]

@@ -20,8 +20,15 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	touch $@
 
 # Imports the default model when the store lacks it (models/<name>/ first, else the Hub), then serves on :$(PORT)
-# (`make serve PORT=8001`).
-serve: setup
+# (`make serve PORT=8001`). A venv that was set up serves as it is, even when requirements*.txt changed since (a
+# `git pull`): updating it needs the package index, which an offline host lacks; it says so, and `make setup` updates.
+serve:
+	@test -f $(VENV)/.installed || $(MAKE) setup
+	@for file in requirements.txt requirements-dev.txt; do \
+		if [ $$file -nt $(VENV)/.installed ]; then \
+			echo "make serve: $$file changed since $(VENV) was set up; serving with $(VENV) as it is (run make setup to update it, which needs the package index)"; \
+		fi; \
+	done
 	$(BIN)/python import_models.py --if-missing "$(RERANK_DEFAULT_MODEL)"
 	$(BIN)/bentoml serve service:Reranker --port $(PORT)
 

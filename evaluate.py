@@ -27,12 +27,18 @@ import os
 import sys
 from pathlib import Path
 
-from rerank_server.evaluation.calibration import calibrate, check_enough, write_calibrations
-from rerank_server.evaluation.client import DEFAULT_TIMEOUT_S, Endpoint, score, store_name
-from rerank_server.evaluation.data import load
-from rerank_server.evaluation.errors import EvaluationError
-from rerank_server.evaluation.report import BASELINE, table, write_json
-from rerank_server.evaluation.summary import evaluation, model_result
+try:
+    from rerank_server.evaluation.calibration import calibrate, check_enough, write_calibrations
+    from rerank_server.evaluation.client import DEFAULT_TIMEOUT_S, Endpoint, score, store_name
+    from rerank_server.evaluation.data import load
+    from rerank_server.evaluation.errors import EvaluationError
+    from rerank_server.evaluation.report import BASELINE, table, write_json
+    from rerank_server.evaluation.summary import evaluation, model_result
+except ModuleNotFoundError as missing:  # run by a Python without the project's packages (not the venv's)
+    sys.exit(
+        f"error: evaluate.py needs the project's packages ({missing.name} is not installed for {sys.executable}): "
+        "run it from the repository root as .venv/bin/python evaluate.py ... (make setup creates .venv)"
+    )
 
 DEFAULT_BASE_URL = "http://localhost:8000"
 

@@ -32,15 +32,21 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from rerank_server.backends import IMPORT_CHOICES, RUNTIMES
-from rerank_server.catalog import BGE_MODELS, DEFAULT_MODEL_ID, KNOWN_MODELS, non_commercial
-from rerank_server.importer import calibration
-from rerank_server.importer.check import check_runs
-from rerank_server.importer.commit import ImportOptions
-from rerank_server.importer.folder import ModelImportError
-from rerank_server.importer.sources import import_model
-from rerank_server.models.store import find_reranker, list_rerankers
-from rerank_server.recipes import RECIPES
+try:
+    from rerank_server.backends import IMPORT_CHOICES, RUNTIMES
+    from rerank_server.catalog import BGE_MODELS, DEFAULT_MODEL_ID, KNOWN_MODELS, non_commercial
+    from rerank_server.importer import calibration
+    from rerank_server.importer.check import check_runs
+    from rerank_server.importer.commit import ImportOptions
+    from rerank_server.importer.folder import ModelImportError
+    from rerank_server.importer.sources import import_model
+    from rerank_server.models.store import find_reranker, list_rerankers
+    from rerank_server.recipes import RECIPES
+except ModuleNotFoundError as missing:  # run by a Python without the project's packages (not the venv's)
+    sys.exit(
+        f"error: import_models.py needs the project's packages ({missing.name} is not installed for {sys.executable}): "
+        "run it from the repository root as .venv/bin/python import_models.py ... (make setup creates .venv)"
+    )
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 

@@ -143,6 +143,12 @@ def _error_from(response: httpx.Response) -> RerankError:
     return RerankError(message, response.status_code)
 
 
+def _healthy(response: httpx.Response) -> bool:
+    if response.status_code in (200, 503):
+        return response.status_code == 200
+    raise _error_from(response)  # not a health answer at all: a wrong base URL or key
+
+
 class _BaseClient(ABC):
     """Settings shared by both clients; each subclass makes its own httpx client."""
 
@@ -192,9 +198,18 @@ class RerankClient(_BaseClient):
         payload, status = await self._call("GET", "/v1/models")
         return _field(payload, "data", status)
 
-    async def health(self) -> dict[str, Any]:
+    async def status(self) -> dict[str, Any]:
         """The server's status document (`GET /`): loaded, default and supported models."""
         return (await self._call("GET", "/", headers={"Accept": "application/json"}))[0]
+
+    async def health(self) -> bool:
+        """Whether the server can serve now (`GET /health` answers 200, not 503); asked once, not retried: a probe
+        wants the answer of this moment."""
+        try:
+            response = await self._http.get("/health")
+        except httpx.TransportError as exc:
+            raise RerankError(f"cannot reach {self.base_url}: {exc!r}") from exc
+        return _healthy(response)
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> tuple[Any, int]:
         for attempt in itertools.count():
@@ -245,9 +260,18 @@ class SyncRerankClient(_BaseClient):
         payload, status = self._call("GET", "/v1/models")
         return _field(payload, "data", status)
 
-    def health(self) -> dict[str, Any]:
+    def status(self) -> dict[str, Any]:
         """The server's status document (`GET /`): loaded, default and supported models."""
         return self._call("GET", "/", headers={"Accept": "application/json"})[0]
+
+    def health(self) -> bool:
+        """Whether the server can serve now (`GET /health` answers 200, not 503); asked once, not retried: a probe
+        wants the answer of this moment."""
+        try:
+            response = self._http.get("/health")
+        except httpx.TransportError as exc:
+            raise RerankError(f"cannot reach {self.base_url}: {exc!r}") from exc
+        return _healthy(response)
 
     def _call(self, method: str, path: str, **kwargs: Any) -> tuple[Any, int]:
         for attempt in itertools.count():

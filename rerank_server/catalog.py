@@ -26,16 +26,50 @@ class KnownModel:
     remote_code: bool = False  # ships its own modelling code: imported only with --trust-remote-code
     # The model card's `license:`; a model's own card, read at import, wins over this (a fine-tune may differ).
     license: str = ""
+    # config.json's `architectures[0]`, where one is known: a folder imported under this id with another family (the
+    # part before "For") is most likely the wrong folder.
+    architecture: str = ""
+
+    @property
+    def size_bytes(self) -> float | None:
+        """`size` ("~1.1 GB", "~70 MB") in bytes; None when it does not read as one."""
+        match = re.fullmatch(r"~?\s*([\d.]+)\s*(MB|GB)", self.size.strip())
+        if not match:
+            return None
+        return float(match.group(1)) * (1e9 if match.group(2) == "GB" else 1e6)
 
     @property
     def short_name(self) -> str:
         return self.model_id.split("/")[-1]
 
 
+_XLMR = "XLMRobertaForSequenceClassification"
+
 KNOWN_MODELS: tuple[KnownModel, ...] = (
-    KnownModel("BAAI/bge-reranker-base", 512, "~1.1 GB", "fast, balanced: production, low latency", license="mit"),
-    KnownModel("BAAI/bge-reranker-large", 512, "~2.2 GB", "highest accuracy (Chinese and English)", license="mit"),
-    KnownModel("BAAI/bge-reranker-v2-m3", 8192, "~2.3 GB", "multilingual, long documents", license="apache-2.0"),
+    KnownModel(
+        "BAAI/bge-reranker-base",
+        512,
+        "~1.1 GB",
+        "fast, balanced: production, low latency",
+        license="mit",
+        architecture=_XLMR,
+    ),
+    KnownModel(
+        "BAAI/bge-reranker-large",
+        512,
+        "~2.2 GB",
+        "highest accuracy (Chinese and English)",
+        license="mit",
+        architecture=_XLMR,
+    ),
+    KnownModel(
+        "BAAI/bge-reranker-v2-m3",
+        8192,
+        "~2.3 GB",
+        "multilingual, long documents",
+        license="apache-2.0",
+        architecture=_XLMR,
+    ),
     # max_length is FlagEmbedding's passage cap (its default); the prompt's ~35 tokens come on top.
     KnownModel(
         "BAAI/bge-reranker-v2-gemma",
@@ -44,6 +78,7 @@ KNOWN_MODELS: tuple[KnownModel, ...] = (
         "LLM reranker (Gemma 2B), multilingual",
         "bge-gemma",
         license="apache-2.0",
+        architecture="GemmaForCausalLM",
     ),
     KnownModel(
         "Qwen/Qwen3-Reranker-0.6B",
@@ -52,6 +87,7 @@ KNOWN_MODELS: tuple[KnownModel, ...] = (
         "LLM reranker, instructions, 100+ languages",
         "qwen3",
         license="apache-2.0",
+        architecture="Qwen3ForCausalLM",
     ),
     KnownModel("Qwen/Qwen3-Reranker-4B", 8192, "~8 GB", "LLM reranker, higher accuracy", "qwen3", license="apache-2.0"),
     KnownModel("Qwen/Qwen3-Reranker-8B", 8192, "~16 GB", "LLM reranker, best accuracy", "qwen3", license="apache-2.0"),
@@ -76,6 +112,7 @@ KNOWN_MODELS: tuple[KnownModel, ...] = (
         "LLM reranker (Qwen2 0.5B), English",
         "mxbai-v2",
         license="apache-2.0",
+        architecture="Qwen2ForCausalLM",
     ),
     KnownModel(
         "mixedbread-ai/mxbai-rerank-large-v2",
@@ -91,6 +128,7 @@ KNOWN_MODELS: tuple[KnownModel, ...] = (
         "~0.6 GB",
         "ModernBERT 149M, long documents, English",
         license="apache-2.0",
+        architecture="ModernBertForSequenceClassification",
     ),
     # The Ettin rerankers: ModernBERT-style encoders with a sentence-transformers score head (raw scores).
     KnownModel("cross-encoder/ettin-reranker-17m-v1", 7999, "~70 MB", "Ettin 17M: the smallest, fast on a CPU"),

@@ -172,7 +172,8 @@ def test_calibrated_models_mean_the_same_at_0_5_and_keep_their_rankings(labelled
     for result in written["models"]:
         assert result["calibration"] == fits[result["model"]], "--json carries the file's block under each model"
     html = report.read_text(encoding="utf-8")
-    assert "<h2>Calibration</h2>" in html and html.count("<img") == 2 + 2 + 2  # and two reliability diagrams
+    # Ranking, cost and precision-recall figures, a histogram and a reliability diagram per model.
+    assert "<h2>Calibration</h2>" in html and html.count("<img") == 3 + 2 + 2
 
     samples = [json.loads(line) for line in labelled["path"].read_text(encoding="utf-8").splitlines()]
     relevant = np.array([label >= 1 for sample in samples for label in sample["labels"]])

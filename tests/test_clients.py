@@ -30,7 +30,8 @@ def test_sync_client_models_health_and_model_choice(server) -> None:
     client = SyncRerankClient(server.url)
     try:
         assert FIXTURE_MODEL_ID in [m["id"] for m in client.models()]
-        assert client.health()["default_model"] == FIXTURE_MODEL_ID
+        assert client.status()["default_model"] == FIXTURE_MODEL_ID
+        assert client.health() is True  # GET /health's answer, as its name says
         results = client.rerank("q", DOCS, model="mini-reranker", return_documents=False)
         assert len(results) == 3 and all(r.document is None for r in results)
     finally:
@@ -51,6 +52,14 @@ def test_base_url_and_key_fall_back_to_the_environment(server, monkeypatch) -> N
     assert client.base_url == server.url
     assert client._http.headers["authorization"] == "Bearer from-env"
     client.close()
+
+
+def test_health_is_the_health_routes_answer() -> None:
+    answers = iter([httpx.Response(200), httpx.Response(503, json={"error": "not ready", "error_type": "Unhealthy"})])
+    client = SyncRerankClient("http://rerank.test")
+    client._http = httpx.Client(base_url="http://rerank.test", transport=httpx.MockTransport(lambda r: next(answers)))
+    with client:
+        assert client.health() is True and client.health() is False  # 503: not ready, no retry, no exception
 
 
 def test_an_unreachable_server_is_a_rerank_error_after_retries() -> None:
@@ -119,12 +128,12 @@ def test_async_client_and_the_original_designs_examples(server, monkeypatch) -> 
     expected = raw_rerank(server.url, query="如何提高模型性能？", documents=DOCS * 2, top_n=2)["results"]
     assert top_docs == [(DOCS * 2)[e["index"]] for e in expected]
 
-    async def with_context_manager() -> tuple[list, dict]:
+    async def with_context_manager() -> tuple[list, dict, bool]:
         async with RerankClient(server.url) as client:
-            return await client.models(), await client.health()
+            return await client.models(), await client.status(), await client.health()
 
-    models, health = asyncio.run(with_context_manager())
-    assert FIXTURE_MODEL_ID in [m["id"] for m in models] and health["status"] == "running"
+    models, status, healthy = asyncio.run(with_context_manager())
+    assert FIXTURE_MODEL_ID in [m["id"] for m in models] and status["status"] == "running" and healthy is True
 
 
 def test_the_real_cohere_sdk_v1_and_v2(server, reference_encoder) -> None:

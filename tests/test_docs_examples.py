@@ -101,8 +101,11 @@ def test_each_example_runs_against_a_real_server(example: Example, docs_server: 
     if example.lang == "python":
         script = tmp_path / "example.py"
         script.write_text(_pointed_at(example.code, docs_server))
+        # clients/ stands in for `pip install ./clients` (the README's `rerank_client`); tests/test_client_package.py
+        # installs it for real.
+        path = os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "clients")])
         run = subprocess.run(
-            [sys.executable, str(script)], cwd=REPO_ROOT, env={**env, "PYTHONPATH": str(REPO_ROOT)},
+            [sys.executable, str(script)], cwd=REPO_ROOT, env={**env, "PYTHONPATH": path},
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert run.returncode == 0, f"{example.source}:\n{run.stdout[-2000:]}\n{run.stderr[-3000:]}"

@@ -12,8 +12,10 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
 
@@ -228,6 +230,9 @@ def test_metrics_baseline_and_threshold_equal_an_independent_computation(english
         assert spread["non_relevant"]["count"] == len(flat) - sum(relevant)
         assert 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["p95"]
         assert result["requests"] == len(samples) and result["pairs"] == len(flat) and result["pairs_per_second"] > 0
+        pairs = result["scored_pairs"]  # enough to redo any of it
+        assert [p["score"] for p in pairs] == pytest.approx(flat, abs=1e-9)
+        assert [p["label"] for p in pairs] == [label for _, _, labels in samples for label in labels]
     assert any(result["threshold"]["score"] is not None for result in found["models"])  # not compared vacuously
     baseline = [query_metrics(labels, labels) for _, labels in judged]
     assert_close(found["baseline"]["metrics"], averaged(baseline))
@@ -248,7 +253,8 @@ def test_paired_tests_pair_each_query_with_itself(english_run, english_scores) -
 def test_the_report_is_one_page_with_plots_and_no_outside_url(english_run) -> None:
     found, report = english_run
     page = report.read_text(encoding="utf-8")
-    assert len(re.findall(r'<img alt="" src="data:image/png;base64,', page)) == 2 + len(found["models"])
+    figures = 3 + len(found["models"])  # ranking, cost, precision-recall, and a histogram per model
+    assert len(re.findall(r'<img alt="" src="data:image/png;base64,', page)) == figures
     assert not re.findall(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", page, re.I)
     assert "<script" not in page and "<link" not in page
     assert all(m["model"] in page for m in found["models"]) and "relevance_score" in page
@@ -360,11 +366,56 @@ def test_a_run_naming_unknown_ids_fails_in_one_line(tmp_path: Path, run: str, me
 def test_a_refusing_server_fails_in_one_line_with_its_message(server) -> None:
     done = evaluate(DATA / "en.jsonl", "--base-url", server.url, "--model", "no-org/no-such-model")
     assert_one_line_error(done, r"refused line 1: 404: .*no-org/no-such-model")
+    # The cause and the fix, not only the data line that met them.
+    assert_one_line_error(done, r"not in the server's store: import it with `\.venv/bin/python import_models\.py "
+                                r"no-org/no-such-model`")  # fmt: skip
+
+
+@pytest.fixture()
+def answering_404() -> Iterator[str]:
+    """An endpoint that answers every POST with a 404: this server's (and vLLM's) unknown-model error."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = json.dumps(
+                {
+                    "object": "error",
+                    "message": "The model `no-org/no-such-model` does not exist. "
+                    "Available models: test-org/mini-reranker",
+                    "type": "NotFoundError",
+                    "code": 404,
+                }
+            )
+            self.send_response(404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_a_model_the_store_lacks_gets_the_import_hint(answering_404: str) -> None:
+    done = evaluate(DATA / "en.jsonl", "--base-url", answering_404, "--model", "no-org/no-such-model")
+    assert_one_line_error(done, r"refused line 1: 404: The model `no-org/no-such-model` does not exist.*import it "
+                                r"with `\.venv/bin/python import_models\.py no-org/no-such-model`")  # fmt: skip
 
 
 def test_an_unreachable_server_fails_in_one_line() -> None:
     done = evaluate(DATA / "en.jsonl", "--base-url", f"http://127.0.0.1:{free_port()}")
-    assert_one_line_error(done, r"cannot reach http://127\.0\.0\.1:\d+")
+    assert_one_line_error(done, r"cannot reach http://127\.0\.0\.1:\d+.*is the server running\? Start it with "
+                                r"`make serve`")  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -378,7 +429,15 @@ def test_an_unreachable_server_fails_in_one_line() -> None:
         ('{"text": "q"}\n', r'data\.jsonl:1: a sample needs "query"'),
         ("[1, 2]\n", r"data\.jsonl:1: a sample is a JSON object, not list"),
         ('{"query": "q", "positive": ["a"]}\n{"query": "q", "documents": ["a"], "labels": [1]}\n',
-         r"data\.jsonl:2: positive/negative samples and documents/labels samples in one file"),
+         r"data\.jsonl:2: a documents/labels sample in a file of positive/negative samples \(line 1\): one file takes "
+         r"one shape"),
+        # The line's own problem comes first, even in a file that also mixes shapes.
+        ('{"query": "q", "positive": ["a"]}\n{"query": "q", "documents": ["a", "b"], "labels": [1, 0, 1]}\n',
+         r"data\.jsonl:2: 3 labels for 2 documents$"),
+        ('{"query": "q", "pos": ["a"], "neg": "b"}\n', r"data\.jsonl:1: neg: .*list"),
+        # A line cut short: the column where it ends, not "column 1" of a next line.
+        ('{"query": "q", "documents": ["a"], "labels": [1]}\n{"query": "q", "documents": ["a"\n',
+         r"data\.jsonl:2: not JSON \(Expecting ',' delimiter, column 33\)"),
         ('{"query": "q", "documents": ["a"], "labels": [0]}\n', r"no query has a relevant candidate"),
         ("\n\n", r"data\.jsonl: no samples"),
         (b"\xff\xfe", r"data\.jsonl: not UTF-8 text"),
@@ -411,6 +470,21 @@ def test_bad_beir_input_is_named(tmp_path: Path, args: dict, message: str) -> No
     with pytest.raises(EvaluationError) as caught:
         load(folder, candidates, split=args.get("split", "test"))
     assert re.search(message, str(caught.value)), caught.value
+
+
+def test_flagembeddings_query_pos_neg_format_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "train.jsonl"
+    lines = [
+        {"query": "q1", "pos": ["p1"], "neg": ["n1", "n2"], "prompt": "Given a query", "pos_scores": [1.0],
+         "neg_scores": [0.1, 0.2], "type": "normal"},
+        {"query": "q2", "pos": ["p2", "p3"], "neg": ["n3"]},
+    ]  # fmt: skip
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    data = load(path)
+    assert data.kind == "pos/neg" and not data.ordered  # like positive/negative: no retriever order, no baseline
+    first, second = data.queries
+    assert sorted(zip(first.documents, first.labels, strict=True)) == [("n1", 0), ("n2", 0), ("p1", 1)]
+    assert sorted(second.labels) == [0, 1, 1] and second.text == "q2"
 
 
 def test_a_jsonl_file_with_a_run_is_refused(tmp_path: Path) -> None:

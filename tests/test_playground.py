@@ -474,3 +474,91 @@ def test_the_page_says_whether_scores_are_calibrated_and_flags_non_commercial_li
     assert page.page.text_content("#scoring-b").startswith("not calibrated")
     assert not page.page.is_visible("#license-b")
     page.assert_clean()
+
+
+# --- a new user's second hour (issue #32): what the page shows beside its results ----------------------------------
+
+
+def test_a_model_that_fails_keeps_nothing_of_the_last_run_beside_its_error(page: Watched, second_model) -> None:
+    page.open()
+    fill(page.page, FIXTURE_MODEL_ID, second_model)
+    run(page.page)
+    assert page.page.text_content("#tokens-b").endswith("tokens seen")
+    # A model that fails on the next run (one the store does not hold: a 404).
+    page.page.evaluate("""() => { const o = document.createElement('option'); o.value = 'no-org/gone';
+                                  o.textContent = 'gone'; document.getElementById('model-b').append(o); }""")
+    page.page.select_option("#model-b", "no-org/gone")
+    run(page.page)
+    assert "no-org/gone" in page.page.text_content("#error")
+    assert page.page.text_content("#tokens-b") == "" and page.page.text_content("#latency-b") == ""
+    assert not page.page.is_visible("#figures-b") and page.page.get_attribute("#tokens-b", "data-tokens") is None
+    assert page.page.text_content("#tokens-a").endswith("tokens seen")  # A, which worked, shows its own
+    page.assert_clean(expected_errors=("status of 404",))
+
+
+def test_documents_keep_their_line_and_a_blank_line_can_separate_paragraphs(
+    page: Watched, server: RunningServer
+) -> None:
+    page.open()
+    fill(page.page, FIXTURE_MODEL_ID)
+    page.page.fill("#documents", "first\n\nsecond\n\n\nthird")
+    run(page.page)
+    positions = page.page.eval_on_selector_all(
+        "#results-a .position", "els => els.map(e => [e.textContent, e.dataset.line])"
+    )
+    assert sorted(positions) == [["doc 1", "1"], ["doc 2 (line 3)", "3"], ["doc 3 (line 6)", "6"]]
+
+    chunks = ["A chunk of two paragraphs.\nIts second paragraph.", "Another chunk,\non two lines,\nand three.", "One."]
+    page.page.select_option("#separator", "blank")
+    page.page.fill("#documents", "\n\n".join(chunks) + "\n")
+    run(page.page)
+    answer = api_rerank(server.url, {"model": FIXTURE_MODEL_ID, "query": QUERY, "documents": chunks})
+    assert_same_ranking(shown(page.page, "a"), answer, chunks)
+    page.assert_clean()
+
+
+def test_a_long_document_is_collapsed_and_says_where_the_model_stopped_reading(page: Watched) -> None:
+    long_document = " ".join(f"word{i}" for i in range(3000))
+    page.open()
+    fill(page.page, FIXTURE_MODEL_ID, documents=["short one", long_document])
+    run(page.page)
+    max_length = httpx.get(f"{page.origin}/v1/models").json()["data"]
+    (limit,) = [card["max_length"] for card in max_length if card["id"] == FIXTURE_MODEL_ID]
+    item = page.page.locator("#results-a li[data-index='1']")
+    assert f"truncated at {limit} tokens" in item.locator(".truncated").text_content()
+    assert page.page.locator("#results-a li[data-index='0'] .more").count() == 0  # a short one says nothing
+    assert page.page.evaluate("document.documentElement.scrollHeight") < 2000  # not 5,800 px of one document
+    collapsed = item.locator(".text").bounding_box()["height"]
+    item.locator(".more button").click()
+    assert item.locator(".text").bounding_box()["height"] > 3 * collapsed
+    assert item.locator(".text").text_content() == long_document  # all of it is there, only shown short
+    page.assert_clean()
+
+
+def test_model_b_opens_on_another_stored_model(page: Watched, second_model) -> None:
+    page.open()
+    chosen_a, chosen_b = page.page.input_value("#model-a"), page.page.input_value("#model-b")
+    assert chosen_a == FIXTURE_MODEL_ID and chosen_b not in ("", chosen_a)
+    page.page.select_option("#model-b", "")  # "(none)" stays a choice
+    run(page.page)
+    assert not page.page.is_visible("#column-b")
+    page.assert_clean()
+
+
+def test_a_threshold_draws_a_line_through_the_results(page: Watched) -> None:
+    page.open()
+    fill(page.page, FIXTURE_MODEL_ID)
+    run(page.page)
+    scores = [item["score"] for item in shown(page.page, "a")]
+    threshold = (scores[1] + scores[2]) / 2  # two above, the rest below
+    requests = len(page.requests)
+    page.page.fill("#threshold", f"{threshold:.6f}")
+    below = page.page.eval_on_selector_all("#results-a li", "els => els.map(e => e.classList.contains('below'))")
+    assert below == [False, False] + [True] * (len(scores) - 2)
+    first_below = page.page.locator("#results-a li.first-below")
+    assert first_below.get_attribute("data-rank") == "3"
+    assert float(first_below.get_attribute("data-threshold")) == pytest.approx(threshold, abs=1e-6)
+    assert len(page.requests) == requests  # drawn on the results shown, without asking again
+    page.page.fill("#threshold", "")
+    assert page.page.locator("#results-a li.below").count() == 0
+    page.assert_clean()

@@ -56,6 +56,14 @@ def test_the_batchable_api_is_callable_with_the_bentoml_client(server, reference
     assert scored[0]["tokens"] > 0 and scored[0]["error"] is None
 
 
+def test_the_batchable_api_scores_a_pair_without_a_model_with_the_default_model(server, reference_encoder) -> None:
+    # As /v1/rerank does: `model` is optional, not a pydantic error dump.
+    with bentoml.SyncHTTPClient(server.url) as client:
+        scored = client.score_pairs(pairs=[{"query": QUERY, "document": "python code"}])
+    assert scored[0]["model"] == FIXTURE_MODEL_ID and scored[0]["error"] is None
+    assert scored[0]["score"] == pytest.approx(float(reference_encoder.predict([(QUERY, "python code")])[0]), abs=1e-5)
+
+
 def _batches(url: str) -> tuple[float, float]:
     """(model calls, pairs scored) for the fixture model, from the server's rerank_batch_size_pairs histogram."""
     calls = pairs = 0.0

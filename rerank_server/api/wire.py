@@ -79,7 +79,10 @@ Instruction = Annotated[
 class PairToScore(Body):
     """One (query, document) pair to score with one model: the item of BentoML's `/score_pairs` API."""
 
-    model: ModelName = Field(description="Model id or alias, e.g. BAAI/bge-reranker-base.")
+    # Optional as on the routes, where a request without one is scored by the default model.
+    model: ModelName | None = Field(
+        None, description="Model id or alias, e.g. BAAI/bge-reranker-base; the server's default model when absent."
+    )
     query: Text
     document: Text
     max_length: int | None = Field(None, ge=1, description="Token cap for the pair, below the model's max_length.")

@@ -74,6 +74,29 @@ class _Scorer:
     def _who(self) -> str:
         return f"{self.endpoint.base_url}/v1/rerank" + (f" (model {self.model})" if self.model else "")
 
+    def _explained(self, exc: RerankError, query: Query) -> str:
+        """The failure, with its likely cause and fix where the status tells it: the data is rarely to blame."""
+        if exc.status_code is None:  # never answered
+            text = f"{_one_line(exc.message)} (sending {query.origin} to {self._who()})"
+            if isinstance(exc.__cause__, httpx.ConnectError):
+                text += (
+                    f": is the server running? Start it with `make serve` (or point --base-url at the endpoint; "
+                    f"{self.endpoint.base_url} refused the connection)"
+                )
+            return text
+        text = f"{self._who()} refused {query.origin}: {_one_line(str(exc))}"
+        if exc.status_code == 404 and self.model and self.model in exc.message:
+            return text + (
+                f"; the model is not in the server's store: import it with `.venv/bin/python import_models.py "
+                f"{self.model}` (or `--from-dir FOLDER` for a local copy), or pass a --model that GET "
+                f"{self.endpoint.base_url}/v1/models lists"
+            )
+        if exc.status_code == 404:
+            return text + f"; no POST /v1/rerank at {self.endpoint.base_url}: --base-url is the server's root"
+        if exc.status_code == 401:
+            return text + "; pass the server's key with --api-key (or RERANK_API_KEY)"
+        return text
+
     async def _post(self, body: dict[str, Any], retry: RetryPolicy) -> httpx.Response:
         for attempt in itertools.count():
             try:
@@ -99,9 +122,7 @@ class _Scorer:
         try:
             response = await self._post(body, self.retry if retry else _NO_RETRY)
         except RerankError as exc:
-            if exc.status_code is None:  # never answered
-                raise EvaluationError(f"{_one_line(exc.message)} (sending {query.origin} to {self._who()})") from None
-            raise EvaluationError(f"{self._who()} refused {query.origin}: {_one_line(str(exc))}") from None
+            raise EvaluationError(self._explained(exc, query)) from None
         elapsed_ms = (time.perf_counter() - started) * 1000
         try:
             answer = _Answer.model_validate(response.json())

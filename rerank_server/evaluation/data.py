@@ -1,7 +1,8 @@
 """Labelled data in the formats users already have, read into one shape: queries, each with its candidates and labels.
 
 - JSONL, one sample a line: `{"query", "positive": [...], "negative": [...]}` (sentence-transformers / MTEB reranking
-  sets) or `{"query", "documents": [...], "labels": [...]}` (graded labels, documents in the retriever's order);
+  sets), `{"query", "pos": [...], "neg": [...]}` (FlagEmbedding's training data) or `{"query", "documents": [...],
+  "labels": [...]}` (graded labels, documents in the retriever's order); one file keeps to one shape;
 - a BEIR folder (`corpus.jsonl`, `queries.jsonl`, `qrels/<split>.tsv`) with a TREC run giving each query's candidates.
 
 Every error names the file and the line.
@@ -64,10 +65,26 @@ class _PositiveNegative(BaseModel):
     negative: list[str] = []
 
 
+class _PosNeg(BaseModel):
+    """FlagEmbedding's fine-tuning format; its other keys (`prompt`, `pos_scores`, `type`, ...) are not needed here."""
+
+    query: str
+    pos: list[str] = []
+    neg: list[str] = []
+
+
 class _Graded(BaseModel):
     query: str
     documents: list[str]
     labels: list[Label]
+
+
+# Each shape: the keys that identify it, its model, and its name in messages.
+_SHAPES: tuple[tuple[tuple[str, str], type[BaseModel], str], ...] = (
+    (("documents", "labels"), _Graded, "documents/labels"),
+    (("positive", "negative"), _PositiveNegative, "positive/negative"),
+    (("pos", "neg"), _PosNeg, "pos/neg"),
+)
 
 
 def _validation_message(exc: ValidationError) -> str:
@@ -84,7 +101,9 @@ def _json_lines(path: Path) -> Iterator[tuple[int, Any]]:
                 if not line.strip():
                     continue
                 try:
-                    yield number, json.loads(line)
+                    # Without its line ending: a line cut short is then reported at its own end, not at "column 1"
+                    # of a next line that does not exist.
+                    yield number, json.loads(line.rstrip("\r\n"))
                 except json.JSONDecodeError as exc:
                     raise EvaluationError(f"{path}:{number}: not JSON ({exc.msg}, column {exc.colno})") from None
     except UnicodeDecodeError:
@@ -110,21 +129,21 @@ def load(path: Path, candidates: Path | None = None, depth: int = 100, split: st
 
 def _load_jsonl(path: Path) -> EvalData:
     queries: list[Query] = []
-    kinds: set[str] = set()
+    kinds: dict[str, int] = {}  # each shape seen → its first line
     for number, value in _json_lines(path):
         where = f"{path}:{number}"
         if not isinstance(value, dict):
             raise EvaluationError(f"{where}: a sample is a JSON object, not {type(value).__name__}")
-        graded = "documents" in value or "labels" in value
-        if not graded and not ("positive" in value or "negative" in value):
+        shape = next((shape for shape in _SHAPES if any(key in value for key in shape[0])), None)
+        if shape is None:
             raise EvaluationError(
-                f'{where}: a sample needs "query" with "positive"/"negative" lists, or "documents" with "labels"'
+                f'{where}: a sample needs "query" with "positive"/"negative" lists, "pos"/"neg" lists '
+                '(FlagEmbedding), or "documents" with "labels"'
             )
-        kinds.add("documents/labels" if graded else "positive/negative")
-        if len(kinds) > 1:
-            raise EvaluationError(f"{where}: positive/negative samples and documents/labels samples in one file")
+        keys, model, kind = shape
         try:
-            sample = (_Graded if graded else _PositiveNegative).model_validate(value)
+            # The line's own problem first: it is what to fix even when the file also mixes shapes.
+            sample = model.model_validate(value)
         except ValidationError as exc:
             raise EvaluationError(f"{where}: {_validation_message(exc)}") from None
         if isinstance(sample, _Graded):
@@ -132,11 +151,18 @@ def _load_jsonl(path: Path) -> EvalData:
             if len(labels) != len(documents):
                 raise EvaluationError(f"{where}: {len(labels)} labels for {len(documents)} documents")
         else:
-            pairs = [(text, 1) for text in sample.positive] + [(text, 0) for text in sample.negative]
+            positive, negative = (getattr(sample, key) for key in keys)
+            pairs = [(text, 1) for text in positive] + [(text, 0) for text in negative]
             # Positives come first in these files: shuffled (the same way on every run), so that no tie between
             # scores is broken in their favour.
             random.Random(number).shuffle(pairs)
             documents, labels = [text for text, _ in pairs], [label for _, label in pairs]
+        kinds.setdefault(kind, number)
+        if len(kinds) > 1:
+            (first, first_line), *_ = kinds.items()
+            raise EvaluationError(
+                f"{where}: a {kind} sample in a file of {first} samples (line {first_line}): one file takes one shape"
+            )
         if not documents:
             raise EvaluationError(f"{where}: a sample with no documents")
         qid = str(number)
@@ -144,7 +170,7 @@ def _load_jsonl(path: Path) -> EvalData:
         queries.append(Query(qid, sample.query, doc_ids, tuple(documents), tuple(labels), f"line {number}"))
     if not queries:
         raise EvaluationError(f"{path}: no samples")
-    kind = kinds.pop()
+    (kind,) = kinds
     qrels = {q.qid: dict(zip(q.doc_ids, q.labels, strict=True)) for q in queries}
     return EvalData(str(path), kind, tuple(queries), qrels, ordered=kind == "documents/labels")
 

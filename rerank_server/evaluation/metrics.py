@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from statistics import fmean
+from statistics import fmean, stdev
 
 import ir_measures
 from ir_measures import AP, RR, R, nDCG
@@ -76,6 +76,22 @@ def _finite(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+# A paired t-test at two-sided p < 0.05 finds a true difference four times in five with about
+# ((z(0.975) + z(0.8)) * sd / difference)^2 queries (the normal approximation, close enough beyond a dozen).
+_POWER_Z = float(stats.norm.ppf(0.975) + stats.norm.ppf(0.8))
+
+
+def queries_needed(differences: Sequence[float]) -> int | None:
+    """About how many queries a paired t-test needs to find a mean difference as large as these per-query differences'
+    (p < 0.05, 80% power); None when they never vary or average to nothing."""
+    if len(differences) < 2:
+        return None
+    spread, mean = stdev(differences), fmean(differences)
+    if spread < 1e-12 or abs(mean) < 1e-12:
+        return None
+    return max(2, math.ceil((_POWER_Z * spread / abs(mean)) ** 2))
+
+
 def paired_tests(systems: dict[str, PerQuery]) -> list[Comparison]:
     """A two-sided paired t-test (scipy's ttest_rel) on every metric between every two systems, in the order given."""
     comparisons = []
@@ -92,6 +108,14 @@ def paired_tests(systems: dict[str, PerQuery]) -> list[Comparison]:
                 result = stats.ttest_rel(second, first)
                 t, p = float(result.statistic), float(result.pvalue)
             comparisons.append(
-                Comparison(a=a, b=b, metric=metric, mean_difference=difference, t=_finite(t), p_value=_finite(p))
+                Comparison(
+                    a=a,
+                    b=b,
+                    metric=metric,
+                    mean_difference=difference,
+                    t=_finite(t),
+                    p_value=_finite(p),
+                    queries_needed=queries_needed(differences),
+                )  # fmt: skip
             )
     return comparisons

@@ -1,6 +1,7 @@
 """The `--report` page: one self-contained HTML file (figures embedded as PNG data, no outside URL) with the table,
-the paired tests, metrics per model, quality against latency, each model's score histograms with its threshold, and with
---calibrate each model's reliability diagram."""
+each model's threshold trade-off, the cautions, the paired tests, metrics per model, quality against latency, the
+precision-recall curves, each model's score histograms with its threshold, and with --calibrate each model's
+reliability diagram. A model has one colour in every figure."""
 
 from __future__ import annotations
 
@@ -11,10 +12,27 @@ from pathlib import Path
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from rerank_server.evaluation.errors import EvaluationError
-from rerank_server.evaluation.report import HEADLINE, calibration_line, describe, metric_label, rows
+from rerank_server.evaluation.report import (
+    BASELINE,
+    HEADLINE,
+    TRADE_OFF_HEADER,
+    calibration_line,
+    describe,
+    metric_label,
+    rows,
+    threshold_line,
+    trade_off_rows,
+)
 from rerank_server.evaluation.results import Evaluation, ModelResult
+from rerank_server.evaluation.threshold import precision_recall_curve
+
+# Matplotlib's tab10 without its grey, which is the baseline's.
+_PALETTE = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive",
+            "tab:cyan"]  # fmt: skip
+BASELINE_COLOUR = "tab:gray"
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
@@ -37,8 +55,15 @@ def _legend_below(axes: Axes) -> None:
     axes.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.18), ncols=2, frameon=False)
 
 
+def colours(evaluation: Evaluation) -> dict[str, str]:
+    """One colour per model, the same in every figure (matplotlib's cycle restarts in each), grey for the baseline."""
+    found = {model.model: _PALETTE[index % len(_PALETTE)] for index, model in enumerate(evaluation.models)}
+    return found | {BASELINE: BASELINE_COLOUR}
+
+
 def _metrics_figure(evaluation: Evaluation) -> Figure:
-    systems = ([("baseline", evaluation.baseline.metrics)] if evaluation.baseline else []) + [
+    colour = colours(evaluation)
+    systems = ([(BASELINE, evaluation.baseline.metrics)] if evaluation.baseline else []) + [
         (model.model, model.metrics) for model in evaluation.models
     ]
     names = list(evaluation.models[0].metrics)
@@ -47,7 +72,7 @@ def _metrics_figure(evaluation: Evaluation) -> Figure:
     width = 0.8 / len(systems)
     for number, (label, metrics) in enumerate(systems):
         positions = [index + (number - (len(systems) - 1) / 2) * width for index in range(len(names))]
-        axes.bar(positions, [metrics[name] for name in names], width, label=label)
+        axes.bar(positions, [metrics[name] for name in names], width, label=label, color=colour[label])
     axes.set_xticks(range(len(names)), [metric_label(name) for name in names])
     axes.set_ylim(0, 1.05)
     axes.set_title("Ranking quality per model")
@@ -58,12 +83,13 @@ def _metrics_figure(evaluation: Evaluation) -> Figure:
 def _cost_figure(evaluation: Evaluation) -> Figure:
     figure = Figure(figsize=(6, 4))
     axes = figure.subplots()
+    colour = colours(evaluation)
     for model in evaluation.models:
         label = f"{model.model} ({model.pairs_per_second:,.0f} pairs/s)"
-        axes.scatter(model.latency_ms.p50, model.metrics[HEADLINE], label=label)
+        axes.scatter(model.latency_ms.p50, model.metrics[HEADLINE], label=label, color=colour[model.model])
     if evaluation.baseline:
         axes.axhline(
-            evaluation.baseline.metrics[HEADLINE], linestyle="--", color="grey", label="baseline (input order)"
+            evaluation.baseline.metrics[HEADLINE], linestyle="--", color=BASELINE_COLOUR, label="baseline (input order)"
         )
     # From zero on both axes, so that distances read as ratios.
     axes.set_xlim(0, 1.1 * max(model.latency_ms.p50 for model in evaluation.models))
@@ -72,6 +98,29 @@ def _cost_figure(evaluation: Evaluation) -> Figure:
     axes.set_xlabel("latency p50 per request (ms)")
     axes.set_ylabel(metric_label(HEADLINE))
     axes.set_title("Quality against latency")
+    return figure
+
+
+def _precision_recall_figure(evaluation: Evaluation) -> Figure:
+    """Each model's precision against recall over every cut, its threshold marked, and the target precision."""
+    figure = Figure(figsize=(6, 4))
+    axes = figure.subplots()
+    colour = colours(evaluation)
+    for model in evaluation.models:
+        pairs = model.scored_pairs
+        _, precision, recall, _ = precision_recall_curve([p.score for p in pairs], [p.label >= 1 for p in pairs])
+        axes.plot(recall, precision, drawstyle="steps-post", color=colour[model.model], label=model.model)
+        if model.threshold.score is not None:
+            axes.plot(model.threshold.recall, model.threshold.precision, "o", color=colour[model.model])
+    if evaluation.models:
+        target = evaluation.models[0].threshold.target_precision
+        axes.axhline(target, linestyle=":", color="black", label=f"target precision {target:g}")
+    axes.set_xlim(0, 1.02)
+    axes.set_ylim(0, 1.05)
+    axes.set_xlabel("recall (share of relevant pairs kept)")
+    axes.set_ylabel("precision of the pairs kept")
+    axes.set_title("Precision against recall, one point per threshold (dot: the target's)")
+    _legend_below(axes)
     return figure
 
 
@@ -87,6 +136,7 @@ def _histogram_figure(model: ModelResult) -> Figure:
                      label=f"threshold {threshold.score:.3f} (P≥{threshold.target_precision:g})")  # fmt: skip
     axes.set_xlabel("relevance_score")
     axes.set_ylabel("pairs")
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))  # pair counts: no 0.5 of a pair on small sets
     axes.set_title(model.model)
     axes.legend(fontsize="small")
     return figure
@@ -120,13 +170,9 @@ def _table(header: list[str], cells: list[list[str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _threshold_text(model: ModelResult) -> str:
-    threshold = model.threshold
-    if threshold.score is None:
-        return f"{escape(model.model)}: no score reaches precision {threshold.target_precision:g}."
-    return (
-        f"{escape(model.model)}: keep documents scored ≥ <b>{threshold.score:.4f}</b> — precision "
-        f"{threshold.precision:.3f}, recall {threshold.recall:.3f} of the relevant pairs."
+def _threshold_section(model: ModelResult) -> str:
+    return f"<h3>{escape(model.model)}</h3><p>{escape(threshold_line(model))}</p>" + _table(
+        [*TRADE_OFF_HEADER, ""], trade_off_rows(model)
     )
 
 
@@ -147,10 +193,15 @@ def render(evaluation: Evaluation) -> str:
         f"relevant document (metrics average over these), {data.pairs} pairs; scored by "
         f"<code>{escape(evaluation.base_url)}</code>, {evaluation.concurrency} request(s) at a time.</p>",
         _table(*rows(evaluation)),
+        *(
+            ["<h2>Caution</h2><ul>" + "".join(f"<li>{escape(text)}</li>" for text in evaluation.cautions) + "</ul>"]
+            if evaluation.cautions
+            else []
+        ),
         '<p class="note">Metrics follow trec_eval (linear-gain nDCG); the baseline is the order the candidates came '
         "in (the retriever's ranking), absent for positive/negative data, which has no order.</p>",
         "<h2>Threshold</h2>",
-        "<ul>" + "".join(f"<li>{_threshold_text(model)}</li>" for model in evaluation.models) + "</ul>",
+        *(_threshold_section(model) for model in evaluation.models),
         f'<p class="note">{escape(evaluation.score_note)}</p>',
     ]
     if calibrated := [model for model in evaluation.models if model.calibration is not None]:
@@ -169,6 +220,7 @@ def render(evaluation: Evaluation) -> str:
         parts += [f"<p>{escape(describe(c))}</p>" for c in evaluation.significance if c.metric == HEADLINE]
         parts += [_table(["systems", "metric", "mean difference", "t", "p"], significance)]
     parts += ["<h2>Figures</h2>", _png(_metrics_figure(evaluation)), _png(_cost_figure(evaluation))]
+    parts += [_png(_precision_recall_figure(evaluation))]
     parts += [_png(_histogram_figure(model)) for model in evaluation.models]
     parts += ["</body></html>"]
     return "\n".join(parts) + "\n"

@@ -6,7 +6,7 @@ import textwrap
 from pathlib import Path
 
 from rerank_server.evaluation.errors import EvaluationError
-from rerank_server.evaluation.results import CalibrationFit, Comparison, Evaluation
+from rerank_server.evaluation.results import CalibrationFit, Comparison, Evaluation, ModelResult
 
 BASELINE = "baseline"
 HEADLINE = "ndcg@10"
@@ -53,6 +53,49 @@ def calibration_line(model: str, fit: CalibrationFit) -> str:
     )
 
 
+def threshold_line(model: ModelResult) -> str:
+    """The threshold in words; when no score reaches the target, the best precision that one does reach."""
+    found = model.threshold
+    if found.score is not None:
+        return (
+            f"keep documents scored ≥ {found.score:.4f}: precision {found.precision:.3f}, recall {found.recall:.3f} "
+            "of the relevant pairs"
+        )
+    if found.best_precision is None:
+        return f"no score reaches precision {found.target_precision:g} (no relevant pair)"
+    return (
+        f"no score reaches precision {found.target_precision:g}; best precision reached: {found.best_precision:.3f} "
+        f"at score ≥ {found.best_precision_score:.4f} (recall {found.best_precision_recall:.3f})"
+    )
+
+
+TRADE_OFF_HEADER = ["threshold", "precision", "recall", "docs kept/query"]
+
+
+def trade_off_rows(model: ModelResult) -> list[list[str]]:
+    """The model's trade-off table: a row per threshold, the target's marked."""
+    target = model.threshold.target_precision
+    return [
+        [f"{point.score:.4g}", _number(point.precision, 3), f"{point.recall:.3f}", f"{point.kept_per_query:.2f}"]
+        + ([f"← P≥{target:g}"] if point.target else [""])
+        for point in model.trade_off
+    ]
+
+
+def _aligned(header: list[str], cells: list[list[str]], indent: str = "") -> list[str]:
+    widths = [max(len(row[column]) for row in [header, *cells]) for column in range(len(header))]
+    lines = []
+    for index, row in enumerate([header, *cells]):
+        lines.append(indent + "  ".join(cell.ljust(width) if i == 0 else cell.rjust(width) for i, (cell, width) in
+                                        enumerate(zip(row, widths, strict=True))).rstrip())  # fmt: skip
+        if index == 0:
+            lines.append(
+                indent
+                + "  ".join("-" * width if name else "" for name, width in zip(header, widths, strict=True)).rstrip()
+            )
+    return lines
+
+
 def headline_tests(evaluation: Evaluation) -> list[Comparison]:
     """The paired tests on nDCG@10, the ones the table's reader wants first."""
     return [comparison for comparison in evaluation.significance if comparison.metric == HEADLINE]
@@ -66,24 +109,27 @@ def describe(comparison: Comparison) -> str:
 def table(evaluation: Evaluation) -> str:
     """The summary as fixed-width text: data, the table, the paired tests on nDCG@10, and what the scores are."""
     header, cells = rows(evaluation)
-    widths = [max(len(row[column]) for row in [header, *cells]) for column in range(len(header))]
     lines = [
         f"{evaluation.data.source}: {evaluation.data.queries} queries ({evaluation.data.evaluated_queries} with a "
         f"relevant document), {evaluation.data.pairs} pairs, scored by {evaluation.base_url} "
         f"(concurrency {evaluation.concurrency})",
         "",
     ]
-    for index, row in enumerate([header, *cells]):
-        lines.append("  ".join(cell.ljust(width) if i == 0 else cell.rjust(width) for i, (cell, width) in
-                               enumerate(zip(row, widths, strict=True))).rstrip())  # fmt: skip
-        if index == 0:
-            lines.append("  ".join("-" * width for width in widths))
+    lines += _aligned(header, cells)
+    lines += ["", "Thresholds (documents scored at or above one are kept; precision and recall over all pairs):"]
+    for model in evaluation.models:
+        lines += [f"  {model.model}: {threshold_line(model)}"]
+        lines += _aligned([*TRADE_OFF_HEADER, ""], trade_off_rows(model), indent="    ")
     if calibrated := [model for model in evaluation.models if model.calibration is not None]:
         folds = calibrated[0].calibration.heldout.folds  # type: ignore[union-attr]
         lines += ["", f"Calibration, held out ({folds}-fold cross-validation split by query), before → after:"]
         lines += [f"  {calibration_line(model.model, model.calibration)}" for model in calibrated]  # type: ignore[arg-type]
     if tests := headline_tests(evaluation):
         lines += ["", "Paired t-test on nDCG@10 per query (two-sided):", *(f"  {describe(c)}" for c in tests)]
+    if evaluation.cautions:
+        lines += ["", "Caution:"]
+        for text in evaluation.cautions:
+            lines += textwrap.wrap(text, 110, initial_indent="  ! ", subsequent_indent="    ")
     lines += ["", *textwrap.wrap(evaluation.score_note, 100)]
     return "\n".join(lines)
 

@@ -21,12 +21,38 @@ class Latency(BaseModel):
 
 class Threshold(BaseModel):
     """The lowest score at which precision over all labelled pairs reaches `target_precision`, and the precision and
-    recall of keeping the pairs scored at or above it; all None when no score reaches the target."""
+    recall of keeping the pairs scored at or above it; all None when no score reaches the target. `best_precision` is
+    the highest precision any cut reaches (at its lowest score and that cut's recall): what is reachable when the
+    target is not."""
 
     target_precision: float
     score: float | None
     precision: float | None
     recall: float | None
+    best_precision: float | None = None
+    best_precision_score: float | None = None
+    best_precision_recall: float | None = None
+
+
+class CutPoint(BaseModel):
+    """Keeping the pairs scored at or above `score`: their precision (None: nothing kept), the share of relevant pairs
+    kept, and how many documents a query keeps on average. `target`: this is the target precision's threshold."""
+
+    score: float
+    precision: float | None
+    recall: float
+    kept_per_query: float
+    target: bool = False
+
+
+class ScoredPair(BaseModel):
+    """One labelled pair as scored, for redoing any of the analysis: `doc_id` is `<line>.<index>` for JSONL data (the
+    document's position in its sample), the corpus id for BEIR."""
+
+    query_id: str
+    doc_id: str
+    label: int
+    score: float
 
 
 class ScoreSummary(BaseModel):
@@ -101,8 +127,10 @@ class ModelResult(BaseModel):
     requests: int
     pairs: int
     threshold: Threshold
+    trade_off: list[CutPoint] = []
     score_distribution: ScoreDistribution
     calibration: CalibrationFit | None = None
+    scored_pairs: list[ScoredPair] = []
 
 
 class Baseline(BaseModel):
@@ -120,6 +148,9 @@ class Comparison(BaseModel):
     mean_difference: float
     t: float | None
     p_value: float | None
+    # About how many queries a paired t-test needs to find a difference this large (p < 0.05 four times in five),
+    # from the spread of the per-query differences; None when they do not vary or do not differ.
+    queries_needed: int | None = None
 
 
 class DataSummary(BaseModel):
@@ -128,6 +159,7 @@ class DataSummary(BaseModel):
     queries: int
     evaluated_queries: int
     pairs: int
+    most_candidates: int = 0  # the most candidates any query has: recall@K is 1 by construction for K at or above
 
 
 class Evaluation(BaseModel):
@@ -138,3 +170,5 @@ class Evaluation(BaseModel):
     models: list[ModelResult]
     baseline: Baseline | None
     significance: list[Comparison]
+    # Why some numbers above mean less than they seem (too few queries or pairs, a metric fixed by the data's shape).
+    cautions: list[str] = []

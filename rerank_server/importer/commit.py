@@ -16,7 +16,7 @@ from rerank_server.catalog import canonical_id, model_id_problem, store_name
 from rerank_server.importer import remote_code
 from rerank_server.importer.card import card_license
 from rerank_server.importer.check import check_runs, check_vocabulary, first_line
-from rerank_server.importer.folder import WEIGHT_FILES, ModelImportError, inspect_folder
+from rerank_server.importer.folder import WEIGHT_FILES, ModelImportError, catalogue_mismatch, inspect_folder
 from rerank_server.models.store import APP_LABEL, StoredReranker, as_stored, find_reranker, list_rerankers
 
 logger = logging.getLogger("bentoml")
@@ -80,6 +80,8 @@ def store_folder(
         raise ModelImportError(f"{model_id!r} cannot be imported: {problem}")
     backend = options.backend
     info = inspect_folder(folder, model_id, options.recipe, trust_remote_code=options.trust_remote_code)
+    if mismatch := catalogue_mismatch(folder, model_id, info.architecture):
+        logger.warning(mismatch)
     code = remote_code.collect(folder, model_id, code_folders) if options.trust_remote_code else None
     if code and code.files and not info.architecture.endswith("ForSequenceClassification"):
         raise ModelImportError(

@@ -242,6 +242,37 @@ def _position_offset(config: dict[str, Any]) -> int:
     return 2 if config.get("model_type") in ("roberta", "xlm-roberta", "camembert") else 0
 
 
+# Far from the catalogue's size: beyond what a float16 copy of float32 weights (or the reverse) explains.
+_SIZE_FACTOR = 4
+
+
+def _weight_bytes(folder: Path) -> int:
+    """Bytes of the folder's weights: its safetensors, else its pickles (a folder with both holds one model twice)."""
+    return max(sum(p.stat().st_size for p in folder.glob(pattern) if p.is_file()) for pattern in WEIGHT_FILES)
+
+
+def catalogue_mismatch(folder: Path, model_id: str, architecture: str) -> str | None:
+    """One line when a folder imported under a catalogue id is far from that model (another architecture family, or
+    weights of a very different size): the common mistake is the wrong folder, which would otherwise be stored and
+    served under the famous name. None when it matches, or the id is not in the catalogue."""
+    known = known_model(model_id)
+    if known is None:
+        return None
+    family = architecture.partition("For")[0]
+    problems = []
+    if known.architecture and family != known.architecture.partition("For")[0]:
+        problems.append(f"a {architecture}, where {known.model_id} is a {known.architecture}")
+    expected, found = known.size_bytes, _weight_bytes(folder)
+    if expected and found and not expected / _SIZE_FACTOR <= found <= expected * _SIZE_FACTOR:
+        problems.append(f"{found / 1e6:,.0f} MB of weights, where {known.model_id} has {known.size}")
+    if not problems:
+        return None
+    return (
+        f"warning: {folder} does not look like {known.model_id}: {' and '.join(problems)}. Is it the right folder? "
+        "(A different model wants its own id: import_models.py my-org/my-reranker --from-dir FOLDER)"
+    )
+
+
 def folder_fingerprint(folder: Path) -> str:
     """A cheap identity of a folder's contents (names, sizes, modification times) to detect re-imports."""
     digest = hashlib.sha256()

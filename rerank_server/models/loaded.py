@@ -184,9 +184,17 @@ class RemoteCodeRefused(RuntimeError):
 
 
 def load_tokenizer(path: Path, remote_code: bool = False) -> Any:
+    """The model's tokenizer, without transformers' "Token indices sequence length is longer than the specified
+    maximum" warning: the recipes count and cut long documents' tokens themselves (windows, truncation) before any
+    pair reaches the model, so that warning would fire on every long document and never mean a real problem."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path, trust_remote_code=remote_code, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote_code, local_files_only=True)
+    # transformers' own switch for "already warned": set, the warning is never logged (copies of it inherit it). A
+    # model's own tokenizer class (remote code) may lack the dict.
+    if isinstance(warned := getattr(tokenizer, "deprecation_warnings", None), dict):
+        warned["sequence-length-is-longer-than-the-specified-maximum"] = True
+    return tokenizer
 
 
 def _auto_maps(path: Path) -> list[dict]:

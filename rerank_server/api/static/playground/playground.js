@@ -110,11 +110,16 @@ function fillModels(cards) {
   const none = document.createElement("option");
   none.value = "";
   none.textContent = "(none)";
+  const firstFill = selectB.options.length <= 1; // only "(none)": the page has just opened
   selectB.replaceChildren(none, ...cards.map(modelOption));
   const fallback = cards.find((card) => card.default) || cards[0];
   const ids = cards.map((card) => card.id);
   selectA.value = ids.includes(previousA) ? previousA : fallback ? fallback.id : "";
-  selectB.value = ids.includes(previousB) ? previousB : "";
+  // With two models or more stored, B opens on another one (a loaded one first): comparing is what the page is for.
+  // "(none)", once chosen, stays chosen.
+  const others = cards.filter((card) => card.id !== selectA.value && card.status !== "failed");
+  const other = others.find((card) => card.loaded) || others[0];
+  selectB.value = ids.includes(previousB) ? previousB : firstFill && other ? other.id : "";
   updateInstructionField();
 }
 
@@ -143,14 +148,26 @@ function updateInstructionField() {
 
 // --- one model's request ---------------------------------------------------------------------------------------------
 
+// The documents typed, each with the line of the box it starts on (what "doc N" is matched to): one per line, or,
+// for multi-paragraph chunks, separated by a blank line. Blank lines are never documents.
 function documentsTyped() {
-  return byId("documents")
-    .value.split(/\r?\n/)
-    .filter((line) => line.trim() !== "");
+  const lines = byId("documents").value.split(/\r?\n/);
+  const found = [];
+  if (byId("separator").value === "blank") {
+    let current = null;
+    lines.forEach((line, number) => {
+      if (line.trim() === "") current = null;
+      else if (current) current.text += `\n${line}`;
+      else found.push((current = { text: line, line: number + 1 }));
+    });
+  } else {
+    lines.forEach((line, number) => line.trim() !== "" && found.push({ text: line, line: number + 1 }));
+  }
+  return found;
 }
 
-function requestBody(model, recipe) {
-  const body = { model, query: byId("query").value, documents: documentsTyped() };
+function requestBody(model, recipe, typed) {
+  const body = { model, query: byId("query").value, documents: typed.map((doc) => doc.text) };
   const topN = byId("top-n").value.trim();
   if (topN !== "") body.top_n = Number(topN);
   const instruction = byId("instruction").value.trim();
@@ -174,11 +191,12 @@ function curlCommand(body) {
 }
 
 async function rerank(side, model, recipe) {
-  const body = requestBody(model, recipe);
+  const typed = documentsTyped();
+  const body = requestBody(model, recipe, typed);
   byId(`curl-${side}`).textContent = curlCommand(body);
   const started = performance.now();
   const answer = await callApi("v1/rerank", { method: "POST", body: JSON.stringify(body) });
-  return { answer, latency: performance.now() - started, documents: body.documents };
+  return { answer, latency: performance.now() - started, documents: body.documents, lines: typed.map((d) => d.line) };
 }
 
 // --- results ---------------------------------------------------------------------------------------------------------
@@ -190,7 +208,43 @@ function span(className, text) {
   return element;
 }
 
-function resultItem(result, rank, documents) {
+// Past this many characters a document is shown collapsed to its first lines, with a button to show it all.
+const LONG_DOCUMENT_CHARS = 600;
+
+// At least this many tokens: every word is one token or more, and so is every CJK character.
+function fewestTokens(text) {
+  const cjk = (text.match(/[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]/g) || []).length;
+  const words = text.replace(/[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]/g, " ").split(/\s+/).filter(Boolean);
+  return cjk + words.length;
+}
+
+// Below the text of a long document: how much of it the model could read, and a button to show all of it.
+function longDocumentNote(text, textElement, maxLength) {
+  const more = document.createElement("div");
+  more.className = "more";
+  if (maxLength && fewestTokens(text) > maxLength) {
+    const note = span("truncated", `truncated at ${maxLength} tokens: the model read only the beginning of this document (with the query)`);
+    note.title = "The model's limit per (query, document) pair, unless the server splits long documents into windows (RERANK_MAX_CHUNKS_PER_DOC)";
+    more.append(note);
+  }
+  if (text.length > LONG_DOCUMENT_CHARS) {
+    textElement.classList.add("collapsed");
+    const toggle = document.createElement("button");
+    toggle.type = "button";
+    toggle.className = "secondary";
+    toggle.textContent = `show all (${text.length.toLocaleString()} characters)`;
+    toggle.setAttribute("aria-expanded", "false");
+    toggle.addEventListener("click", () => {
+      const collapsed = textElement.classList.toggle("collapsed");
+      toggle.setAttribute("aria-expanded", String(!collapsed));
+      toggle.textContent = collapsed ? `show all (${text.length.toLocaleString()} characters)` : "show less";
+    });
+    more.append(toggle);
+  }
+  return more.childElementCount ? more : null;
+}
+
+function resultItem(result, rank, documents, lines, maxLength) {
   const item = document.createElement("li");
   item.dataset.index = String(result.index);
   item.dataset.score = String(result.relevance_score);
@@ -203,14 +257,15 @@ function resultItem(result, rank, documents) {
   const text = document.createElement("p");
   text.className = "text";
   text.dir = "auto";
-  text.textContent = result.document ? result.document.text : documents[result.index];
-  item.append(
-    span("rank", String(rank)),
-    span("score", result.relevance_score.toFixed(4)),
-    bar,
-    span("position", `doc ${result.index + 1}`),
-    text,
-  );
+  const content = result.document ? result.document.text : documents[result.index];
+  text.textContent = content;
+  // "doc N" is the Nth document; where blank lines (or paragraphs) make its line of the box another number, say so.
+  const line = lines[result.index];
+  const position = span("position", line === result.index + 1 ? `doc ${result.index + 1}` : `doc ${result.index + 1} (line ${line})`);
+  position.dataset.line = String(line);
+  item.append(span("rank", String(rank)), span("score", result.relevance_score.toFixed(4)), bar, position, text);
+  const more = longDocumentNote(content, text, maxLength);
+  if (more) item.append(more);
   return item;
 }
 
@@ -231,19 +286,45 @@ function showScoring(side, modelId) {
   flag.textContent = card && card.non_commercial ? ` \u00B7 ${card.license}: non-commercial use only` : "";
 }
 
+// The threshold typed (a number), or null: results scored below it are dimmed under a line.
+function thresholdTyped() {
+  const typed = byId("threshold").value.trim();
+  return typed === "" || !Number.isFinite(Number(typed)) ? null : Number(typed);
+}
+
+function markThreshold(side) {
+  const threshold = thresholdTyped();
+  const items = [...byId(`results-${side}`).children];
+  for (const item of items) {
+    item.classList.remove("below", "first-below");
+    delete item.dataset.threshold;
+  }
+  if (threshold === null) return;
+  const below = items.filter((item) => Number(item.dataset.score) < threshold);
+  for (const item of below) item.classList.add("below");
+  if (below.length) {
+    below[0].classList.add("first-below");
+    below[0].dataset.threshold = String(threshold);
+  }
+}
+
 function showResults(side, model, outcome) {
-  const { answer, latency, documents } = outcome;
+  const { answer, latency, documents, lines } = outcome;
   byId(`name-${side}`).textContent = answer.model || model;
   showScoring(side, answer.model || model);
+  byId(`figures-${side}`).hidden = false;
   const tokens = byId(`tokens-${side}`);
   tokens.dataset.tokens = String(answer.usage.prompt_tokens);
   tokens.textContent = `${answer.usage.prompt_tokens} tokens seen`;
   const took = byId(`latency-${side}`);
   took.dataset.latencyMs = latency.toFixed(1);
   took.textContent = `${Math.round(latency)} ms`;
+  const card = cardsById.get(answer.model || model);
+  const maxLength = card ? card.max_length : null;
   byId(`results-${side}`).replaceChildren(
-    ...answer.results.map((result, i) => resultItem(result, i + 1, documents)),
+    ...answer.results.map((result, i) => resultItem(result, i + 1, documents, lines, maxLength)),
   );
+  markThreshold(side);
 }
 
 // How each document of B's ranking moved from its place in A's: up (a better rank in B), down, or not in A's list.
@@ -275,6 +356,14 @@ function clearResults() {
     byId(`results-${side}`).replaceChildren();
     byId(`curl-${side}`).textContent = "";
     byId(`copied-${side}`).textContent = "";
+    // A model that fails this run must not keep the last run's numbers beside its error.
+    byId(`name-${side}`).textContent = byId(`model-${side}`).value;
+    for (const id of [`tokens-${side}`, `latency-${side}`, `scoring-${side}`]) {
+      byId(id).textContent = "";
+      for (const key of Object.keys(byId(id).dataset)) delete byId(id).dataset[key];
+    }
+    byId(`license-${side}`).hidden = true;
+    byId(`figures-${side}`).hidden = true;
   }
   byId("moves-b").hidden = true;
 }
@@ -353,6 +442,8 @@ async function start() {
   });
   byId("model-a").addEventListener("change", updateInstructionField);
   byId("model-b").addEventListener("change", updateInstructionField);
+  // The threshold line moves as it is typed; no new request.
+  byId("threshold").addEventListener("input", () => SIDES.forEach(markThreshold));
   byId("api-key").addEventListener("input", rememberKey);
   // A key typed after a 401 fills the model lists at once; a failure is told by the next run.
   byId("api-key").addEventListener("change", () =>

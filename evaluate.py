@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.calibrate:
                 raw = score(data, endpoint, model, progress=not args.no_progress, raw=True)
                 model_id = raw.served_as or scores.served_as or model or "default-model"
-                fit = calibrate(model_id, data, raw.by_query, args.relevant_from)
+                fit = calibrate(model_id, data, raw.by_query, scores.by_query, args.relevant_from)
                 result = result.model_copy(update={"calibration": fit})
                 fits.append((store_name(endpoint, model_id), fit))
             results.append((result, values))

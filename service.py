@@ -115,9 +115,10 @@ class Reranker:
         """Score (query, document) pairs, each naming its model; they join the same batches as the HTTP routes'.
 
         BentoML's adaptive batching merges the pairs of concurrent calls into one list. Each result holds the
-        relevance `score` (sigmoid of the logit), the raw `logit`, the `tokens` the model saw and the `model` that
-        scored it, or an `error` when that pair's model cannot be used. At most RERANK_MAX_DOCUMENTS pairs per call;
-        a full queue answers 429 (retry after a second), a missed deadline 504, out of memory 503.
+        relevance `score` (as on the routes: the model's, or calibrated), the raw `logit`, the `tokens` the model saw
+        and the `model` that scored it, or an `error` when that pair's model cannot be used. At most
+        RERANK_MAX_DOCUMENTS pairs per call; a full queue answers 429 (retry after a second), a missed deadline 504,
+        out of memory 503.
         """
         api_pairs.hand_over(pairs)
         try:

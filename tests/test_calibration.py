@@ -450,3 +450,46 @@ def test_the_catalogue_gives_the_license_when_the_card_has_none(fixture_model_di
     assert card_license(fixture_model_dir, "test-org/unknown") == ""
     (tmp_path / "README.md").write_text("---\nlicense: other\nlicense_name: acme-research-only\n---\n", "utf-8")
     assert card_license(tmp_path, "BAAI/bge-reranker-base") == "acme-research-only"
+
+
+def test_an_unusable_calibration_file_refuses_the_model_in_one_line_without_the_store_path(labelled) -> None:
+    stored = find_reranker(MODEL_B)
+    (stored.path / CALIBRATION_FILE).write_text(
+        '{"model": "test-org/calib-b", "method": "platt", "scale": -1, "bias": 0}'
+    )
+    try:
+        with scoring_engine() as engine, routes_client(engine) as client:
+            refused = client.post("/v1/rerank", json={"model": MODEL_B, "query": "q", "documents": ["a"]})
+            assert refused.status_code == 503
+            message = refused.json()["error"]["message"]
+            assert "calibration.json: scale" in message and str(stored.path) not in message, message
+            card = client.get(f"/v1/models/{MODEL_B}")  # Xinference's look-up of one model
+            assert card.status_code == 200 and card.json()["status"] == "failed", card.text
+            listed = next(c for c in client.get("/v1/models").json()["data"] if c["id"] == MODEL_B)
+            assert listed["status"] == "failed" and "calibration" in listed["error"]
+            assert (
+                client.post("/v1/rerank", json={"model": MODEL_A, "query": "q", "documents": ["a"]}).status_code == 200
+            )
+    finally:
+        (stored.path / CALIBRATION_FILE).unlink()
+
+
+def test_an_older_copy_that_keeps_serving_keeps_its_own_calibration(labelled, fixture_model_dir, tmp_path) -> None:
+    """A newer import that fails its load leaves the older weights serving: with the calibration fitted for them,
+    not the newer version's (which has none)."""
+    from rerank_server.importer.commit import ImportOptions
+
+    query, documents = labelled["queries"][0], labelled["documents"][0][:4]
+    folder = shutil.copytree(fixture_model_dir, tmp_path / "model")
+    model_id = "test-org/calib-reimport"
+    import_from_folder(model_id, folder)
+    assert import_models.main([model_id, "--logit-scale", "0.5", "--logit-bias", "1.5"]) == 0
+    body = {"model": model_id, "query": query, "documents": documents}
+    with scoring_engine() as engine, routes_client(engine) as client:
+        raw = scores_by_index(client.post("/v1/rerank", json={**body, "use_activation": False}).json()["results"])
+        zeroed = _with_head(fixture_model_dir, tmp_path / "zeroed", 0, 0, zero=True)
+        import_from_folder(model_id, zeroed, ImportOptions(force=True, check=False))  # refused by the load check
+        time.sleep(1.2)
+        answer = client.post("/v1/rerank", json=body)
+        assert answer.status_code == 200, answer.text
+        assert scores_by_index(answer.json()["results"]) == pytest.approx(sigmoid(0.5 * (np.array(raw) - 1.5)))

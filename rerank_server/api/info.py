@@ -31,7 +31,16 @@ def _score_info(stored: StoredReranker) -> ScoreInfo:
 
 def _card(served: ServedModel) -> ModelCard:
     stored = served.stored
-    status = "loaded" if served.loaded else "failed" if served.failure else "available"
+    # A calibration that cannot be used refuses every request, loaded or not.
+    status = (
+        "failed"
+        if stored.calibration_problem
+        else "loaded"
+        if served.loaded
+        else "failed"
+        if served.failure
+        else "available"
+    )
     return ModelCard(
         id=stored.model_id,
         created=unix_time(stored.created.timestamp()),

@@ -167,8 +167,10 @@ RERANK_RESPONSES: dict[int | str, dict[str, Any]] = {
 async def rerank_v1(http: Request, request: RerankRequest, engine: Engine) -> RerankResponse:
     """Rank `documents` by relevance to `query`, best first (vLLM, Jina and Cohere v1 request and answer).
 
-    `relevance_score` is the sigmoid of the model's logit, as `sentence_transformers.CrossEncoder.predict` returns it
-    (the raw logit with `use_activation: false`); for LLM rerankers it is their published probability of "yes".
+    `relevance_score` is the sigmoid of the model's logit, as `sentence_transformers.CrossEncoder.predict` returns it;
+    for LLM rerankers their published probability of "yes"; for ColBERT MaxSim over the query length; for a model
+    with a calibration the calibrated probability (`GET /v1/models` says which). `use_activation: false` returns the
+    raw score, uncalibrated.
     `usage` counts the tokens the model saw, after truncation, prompt templates included.
     """
     return await _rerank(http, request, engine)

@@ -94,7 +94,10 @@ class PairToScore(Body):
 class PairResult(BaseModel):
     """The score of one pair, or why it could not be scored (so one bad pair never fails its batch neighbours)."""
 
-    score: float | None = Field(None, description="Sigmoid of the logit: the relevance score, 0..1.")
+    score: float | None = Field(
+        None,
+        description="The relevance score: the model's (README, What a score means), or the calibrated probability.",
+    )
     logit: float | None = Field(None, description="The model's raw output.")
     tokens: int = Field(0, description="Tokens the model saw for this pair, after truncation.")
     error: str | None = None
@@ -181,7 +184,9 @@ class RerankRequest(Body):
         None, description="vLLM: cap each (query, document) pair at this many tokens; -1 is the model's limit."
     )
     max_tokens_per_doc: int | None = Field(None, ge=1, description="Cohere v2: cap each document at this many tokens.")
-    use_activation: bool = Field(True, description="vLLM: false returns the raw logit instead of its sigmoid.")
+    use_activation: bool = Field(
+        True, description="vLLM: false returns the model's raw score (a logit, or ColBERT's MaxSim), uncalibrated."
+    )
     max_chunks_per_doc: int | None = Field(
         None, ge=1, description="Split a long document into up to this many windows and keep the best window's score."
     )
@@ -195,7 +200,7 @@ class TEIRerankRequest(Body):
 
     query: Text
     texts: list[Text]
-    raw_scores: bool = Field(False, description="Return the logit instead of its sigmoid.")
+    raw_scores: bool = Field(False, description="Return the model's raw score (a logit), uncalibrated.")
     return_text: bool = False
     truncate: bool = Field(True, description="Cut long inputs to the model's limit; false rejects them with 413.")
     truncation_direction: Literal["Right", "Left", "right", "left"] = "Right"

@@ -25,8 +25,15 @@ from rerank_server.engine.cache import ScoreCache, cache_key
 from rerank_server.engine.image_memory import ImageMemory
 from rerank_server.engine.liveness import CHECK_DOCUMENT, CHECK_QUERY, Liveness
 from rerank_server.engine.scores import DocumentScores, ServedModel
-from rerank_server.errors import BatcherClosedError, DeadlineExceededError, InputTooLongError, InvalidInputError
+from rerank_server.errors import (
+    BatcherClosedError,
+    DeadlineExceededError,
+    InputTooLongError,
+    InvalidInputError,
+    ModelLoadError,
+)
 from rerank_server.metrics import RerankMetrics, get_metrics
+from rerank_server.models.calibration import Calibration
 from rerank_server.models.loaded import LoadedReranker
 from rerank_server.models.registry import ModelRegistry
 from rerank_server.models.store import StoredReranker
@@ -48,6 +55,7 @@ class _Work:
     computed: list[int] = field(default_factory=list)  # pairs sent to the model, in the order of `future`'s logits
     future: concurrent.futures.Future[torch.Tensor] | None = None
     relevance: Callable[[list[float]], list[float]] | None = None
+    calibration: Calibration | None = None
 
     def cancel(self) -> None:
         if self.future is not None:
@@ -103,13 +111,14 @@ class RerankEngine:
         rescan the store; raises UnknownModelError."""
         stored = self.registry.resolve(name)
         default = stored.model_id == self.registry.default_model_id
-        return ServedModel(stored, stored.model_id in self.registry.loaded_ids(), default)
+        loaded = stored.model_id in self.registry.loaded_ids()
+        return ServedModel(stored, loaded, default, self.registry.failure(stored))
 
     def check_takes_images(self, model: str | None, field: str) -> None:
         """Refuse images for `model` before any is fetched or decoded: UnknownModelError when it is not stored,
         InvalidInputError (naming `field`) when it ranks text only. Blocking: may rescan the store."""
         stored = self.registry.resolve(model)
-        if not RECIPES[stored.recipe].takes_images:
+        if not getattr(RECIPES.get(stored.recipe), "takes_images", False):
             raise InvalidInputError(_text_only(stored, field), field)
 
     def loaded_ids(self) -> list[str]:
@@ -218,6 +227,11 @@ class RerankEngine:
         None when the model is not loaded and `wait_for_load` is false: the caller waits for it on the load pool.
         """
         stored = self.registry.resolve(model)
+        if stored.calibration_problem:  # scores that would silently mean something else are not served
+            raise ModelLoadError(
+                f"The model `{stored.model_id}` is not served: {self.registry.failure(stored)}; attach a valid one "
+                "(import_models.py NAME --calibration FILE) or none (--no-calibration)"
+            )
         if wait_for_load:
             loaded = self.registry.acquire(stored, timeout=max(deadline - time.monotonic(), 0.0))
         elif (loaded := self.registry.try_acquire(stored)) is None:
@@ -238,9 +252,15 @@ class RerankEngine:
             owners = [i for i, windows in enumerate(pieces) for _ in windows]
             pair_queries = [queries[i] for i in owners]
             pair_documents = [window for windows in pieces for window in windows]
-            work = _Work(stored, owners, [None] * len(owners), [0] * len(owners), relevance=loaded.recipe.relevance)
-            version = self.registry.version(loaded)
-            self._look_up(work, version, loaded.recipe.uses_instruction, options, pair_queries, pair_documents)
+            source = self.registry.loaded_from(loaded)
+            # The calibration of the weights that score: the store's newest record when the copy is that version, else
+            # the one it was loaded with (a newer import still loading, or refused, leaves the older copy serving).
+            calibration = stored.calibration if source.tag == stored.tag else source.calibration
+            work = _Work(
+                stored, owners, [None] * len(owners), [0] * len(owners), relevance=loaded.recipe.relevance,
+                calibration=calibration,
+            )  # fmt: skip
+            self._look_up(work, source.tag, loaded.recipe.uses_instruction, options, pair_queries, pair_documents)
             if work.computed:
                 computed = [(pair_queries[i], pair_documents[i]) for i in work.computed]
                 # What the images will take is reserved before any is decoded (429 when the bound is reached).
@@ -306,7 +326,7 @@ class RerankEngine:
             assert logit is not None
             best[owner] = max(best[owner], logit)
             tokens[owner] += count
-        return DocumentScores(work.stored.model_id, best, tokens, work.stored.calibration, work.relevance)
+        return DocumentScores(work.stored.model_id, best, tokens, work.calibration, work.relevance)
 
 
 def _for_model(

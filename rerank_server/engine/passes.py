@@ -86,7 +86,8 @@ def run_passes(
 
 @dataclass(frozen=True)
 class ScoredPairs:
-    """Raw logits, sigmoid scores and token counts of pairs scored without a queue, in the order they were given."""
+    """Raw logits, relevance scores (the recipe's own map, uncalibrated) and token counts of pairs scored without a
+    queue, in the order they were given."""
 
     logits: list[float]
     scores: list[float]
@@ -104,4 +105,5 @@ def score_directly(
     benchmarks and tests that have a loaded model and no server."""
     encoded = model.encode(queries, documents, options)
     logits = run_passes(model, encoded, token_budget)
-    return ScoredPairs(logits.tolist(), torch.sigmoid(logits).tolist(), encoded.lengths)
+    raw = logits.tolist()
+    return ScoredPairs(raw, model.recipe.relevance(raw), encoded.lengths)

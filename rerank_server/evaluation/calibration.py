@@ -95,7 +95,7 @@ def _precision_recall(predicted: np.ndarray, relevant: np.ndarray) -> tuple[floa
     return precision, float(relevant[kept].sum() / relevant.sum())
 
 
-def _held_out(raw: np.ndarray, relevant: np.ndarray, groups: np.ndarray) -> HeldOut:
+def _held_out(raw: np.ndarray, served: np.ndarray, relevant: np.ndarray, groups: np.ndarray) -> HeldOut:
     folds = min(FOLDS, len(set(groups.tolist())))
     after = np.empty_like(raw)
     for train, test in GroupKFold(n_splits=folds).split(raw, relevant, groups):
@@ -106,7 +106,9 @@ def _held_out(raw: np.ndarray, relevant: np.ndarray, groups: np.ndarray) -> Held
             )
         scale, bias = fit_platt(raw[train], relevant[train])
         after[test] = sigmoid(scale * (raw[test] - bias))
-    before = sigmoid(raw)  # what relevance_score is without a calibration
+    # What the endpoint returns as relevance_score now (a sigmoid, p(yes), ColBERT's mean cosine, or an earlier
+    # calibration's probability), read as a probability: clipped into 0..1.
+    before = np.clip(served, 0.0, 1.0)
     precision_before, recall_before = _precision_recall(before, relevant)
     precision_after, recall_after = _precision_recall(after, relevant)
     return HeldOut(
@@ -137,11 +139,16 @@ def data_digest(data: EvalData) -> str:
 
 
 def calibrate(
-    model_id: str, data: EvalData, raw_by_query: dict[str, list[float]], relevant_from: int
+    model_id: str,
+    data: EvalData,
+    raw_by_query: dict[str, list[float]],
+    served_by_query: dict[str, list[float]],
+    relevant_from: int,
 ) -> CalibrationFit:
-    """The Platt map of `model_id`'s raw scores fitted on every labelled pair, with its held-out report; refuses a fit
-    that would reverse the model's ranking."""
+    """The Platt map of `model_id`'s raw scores fitted on every labelled pair, with its held-out report against the
+    relevance scores the endpoint served (`served_by_query`); refuses a fit that would reverse the model's ranking."""
     raw = np.array([s for query in data.queries for s in raw_by_query[query.qid]], dtype=np.float64)
+    served = np.array([s for query in data.queries for s in served_by_query[query.qid]], dtype=np.float64)
     relevant = np.array([label >= relevant_from for query in data.queries for label in query.labels])
     groups = np.array([index for index, query in enumerate(data.queries) for _ in query.labels])
     scale, bias = fit_platt(raw, relevant)
@@ -159,7 +166,7 @@ def calibrate(
         fitted_on=FittedOn(
             queries=len(data.queries), pairs=int(raw.size), relevant=int(relevant.sum()), data_sha256=data_digest(data)
         ),
-        heldout=_held_out(raw, relevant, groups),
+        heldout=_held_out(raw, served, relevant, groups),
     )
 
 

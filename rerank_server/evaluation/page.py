@@ -211,7 +211,7 @@ def render(evaluation: Evaluation) -> str:
             + "".join(f"<li>{escape(calibration_line(m.model, m.calibration))}</li>" for m in calibrated)  # type: ignore[arg-type]
             + "</ul>",
             '<p class="note">Held out: each pair\'s calibrated probability comes from a fit that never saw its query '
-            "(k-fold cross-validation split by query); before is the uncalibrated score, sigmoid(raw). Attach a "
+            "(k-fold cross-validation split by query); before is the relevance_score the endpoint returned. Attach a "
             "model's file with <code>import_models.py NAME --calibration FILE</code>.</p>",
         ]
         parts += [_png(_reliability_figure(model)) for model in calibrated]

@@ -90,7 +90,7 @@ class FittedOn(BaseModel):
 
 class HeldOut(BaseModel):
     """The calibration judged by k-fold cross-validation split by query: each pair's calibrated probability comes from
-    a fit that never saw its query. `before` is the uncalibrated relevance score, sigmoid(raw)."""
+    a fit that never saw its query. `before` is the relevance_score the endpoint returned (clipped into 0..1)."""
 
     folds: int
     ece_before: float

@@ -46,7 +46,7 @@ def check_runs(stored: StoredReranker) -> float:
 
     try:
         model = load_reranker(stored, device=resolve_device("auto"))
-        logit = check_canary(model, stored.model_id)[0]  # releases a model that fails
+        logit = check_canary(model, stored.model_id)[0]  # releases a model that fails or raises
         model.release()
     except CanaryFailed as exc:
         raise ModelImportError(str(exc)) from exc
@@ -59,4 +59,4 @@ def check_runs(stored: StoredReranker) -> float:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    return float(torch.sigmoid(torch.tensor(logit, dtype=torch.float32)))
+    return model.recipe.relevance([logit])[0]

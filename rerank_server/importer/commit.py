@@ -80,8 +80,6 @@ def store_folder(
         raise ModelImportError(f"{model_id!r} cannot be imported: {problem}")
     backend = options.backend
     info = inspect_folder(folder, model_id, options.recipe, trust_remote_code=options.trust_remote_code)
-    if mismatch := catalogue_mismatch(folder, model_id, info.architecture):
-        logger.warning(mismatch)
     code = remote_code.collect(folder, model_id, code_folders) if options.trust_remote_code else None
     if code and code.files and not info.architecture.endswith("ForSequenceClassification"):
         raise ModelImportError(
@@ -90,6 +88,9 @@ def store_folder(
         )
     if backends.is_cpu_runtime(backend):
         _check_cpu_runtime(model_id, backend, info.recipe, info.architecture, code)
+    # After the refusals: an import refused for another reason says that reason alone, in one line.
+    if mismatch := catalogue_mismatch(folder, model_id, info.architecture):
+        logger.warning(mismatch)
     if backend != "torch":
         fingerprint = f"{fingerprint}+{backend}"  # the same source for another backend is a new version
     if info.recipe != "cross-encoder":

@@ -49,14 +49,17 @@ def canary_problem(model_id: str, logits: Sequence[float]) -> str | None:
 
 
 def check_canary(model: LoadedReranker, model_id: str) -> list[float]:
-    """Score the canary pairs with `model`; their raw scores. A model that fails is released (its memory given
-    back: nothing will serve it) and CanaryFailed says what it scored."""
-    encoded = model.encode([CANARY_QUERY] * len(CANARY_DOCUMENTS), list(CANARY_DOCUMENTS))
-    logits = model.forward(encoded).float().cpu().tolist()
-    if (problem := canary_problem(model_id, logits)) is None:
-        return logits
-    model.release()
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    raise CanaryFailed(problem)
+    """Score the canary pairs with `model`; their raw scores. A model that fails (CanaryFailed says what it scored,
+    or the forward pass raised) is released, its memory given back: nothing will serve it."""
+    try:
+        encoded = model.encode([CANARY_QUERY] * len(CANARY_DOCUMENTS), list(CANARY_DOCUMENTS))
+        logits = model.forward(encoded).float().cpu().tolist()
+        if (problem := canary_problem(model_id, logits)) is not None:
+            raise CanaryFailed(problem)
+    except BaseException:  # out of memory included: nothing will serve this copy
+        model.release()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise
+    return logits

@@ -22,6 +22,13 @@ if TYPE_CHECKING:
 
 # Each loaded copy's own key space.
 _owners = itertools.count(1)
+# What an entry costs besides its numbers (the tensor object and its storage, the key, the dictionary slot): counted,
+# so that a stream of very short documents cannot hold much more than the budget.
+ENTRY_OVERHEAD = 400
+
+
+def _size(key: bytes, embeddings: torch.Tensor) -> int:
+    return embeddings.numel() * embeddings.element_size() + len(key) + ENTRY_OVERHEAD
 
 
 def new_owner() -> int:
@@ -61,16 +68,16 @@ class EmbeddingCache:
 
     def put(self, owner: int, key: bytes, embeddings: torch.Tensor) -> None:
         """Keep `embeddings` (a CPU tensor) unless they alone exceed the budget; older entries leave to make room."""
-        size = embeddings.numel() * embeddings.element_size() + len(key)
+        size = _size(key, embeddings)
         if size > self.max_bytes:
             return
         with self._lock:
             old = self._entries.pop((owner, key), None)
             if old is not None:
-                self._bytes -= old.numel() * old.element_size() + len(key)
+                self._bytes -= _size(key, old)
             while self._entries and self._bytes + size > self.max_bytes:
                 (_, old_key), evicted = self._entries.popitem(last=False)
-                self._bytes -= evicted.numel() * evicted.element_size() + len(old_key)
+                self._bytes -= _size(old_key, evicted)
             self._entries[(owner, key)] = embeddings
             self._bytes += size
         self._report(0, 0)
@@ -80,7 +87,7 @@ class EmbeddingCache:
         with self._lock:
             for entry_key in [k for k in self._entries if k[0] == owner]:
                 embeddings = self._entries.pop(entry_key)
-                self._bytes -= embeddings.numel() * embeddings.element_size() + len(entry_key[1])
+                self._bytes -= _size(entry_key[1], embeddings)
         self._report(0, 0)
 
     def _report(self, hits: int, misses: int) -> None:

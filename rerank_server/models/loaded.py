@@ -155,12 +155,12 @@ class LoadedReranker:
     def forward(self, encoded: EncodedPairs) -> torch.Tensor:
         """One forward pass over `encoded`, padded as the recipe pads: a float32 logit per pair, possibly still on
         the device (the caller copies the passes of a batch back together, once)."""
+        if encoded.late is not None:  # queries and documents are padded apart, there
+            with self._forward_lock:
+                return late_interaction_scores(self.backend, encoded.late, self.embeddings, self.owner)  # type: ignore[arg-type]
         side, pad_id = self.recipe.padding_side, self.recipe.pad_id
         ids, mask = pad(encoded.input_ids, pad_id, side)
         types = pad(encoded.token_type_ids, 0, side)[0] if encoded.token_type_ids is not None else None
-        if encoded.late is not None:
-            with self._forward_lock:
-                return late_interaction_scores(self.backend, encoded.late, self.embeddings, self.owner)  # type: ignore[arg-type]
         pairs = [pair for pair in encoded.images or () if pair is not None]
         if not pairs:
             with self._forward_lock:

@@ -94,9 +94,6 @@ class ModelRegistry:
         found = find_reranker(wanted, self._stored)
         if found is None:
             raise UnknownModelError(wanted, [s.model_id for s in self._stored])
-        if found.calibration_problem:
-            message = f"The model `{found.model_id}` is not served: {self.failure(found)}"
-            raise ModelLoadError(f"{message}; attach a valid one (import_models.py NAME --calibration FILE) or none")
         if not name or not name.strip():
             self._default_id = found.model_id
         return found
@@ -114,10 +111,10 @@ class ModelRegistry:
         with self._changed:
             return self.failures.reason(stored)
 
-    def version(self, model: LoadedReranker) -> str:
-        """The stored tag `model` was loaded from (its scores belong to that version)."""
+    def loaded_from(self, model: LoadedReranker) -> StoredReranker:
+        """The stored version `model` was loaded from (its scores belong to that version)."""
         with self._changed:
-            return self._stored_of[model].tag
+            return self._stored_of[model]
 
     def get(self, name: str | None, timeout: float | None = None) -> LoadedReranker:
         """The loaded model `name` means, loading it first if needed (not pinned: for tools and tests)."""

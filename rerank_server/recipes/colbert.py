@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from rerank_server.errors import InputTooLongError
-from rerank_server.recipes.base import EncodedPairs, LatePair, Recipe, RecipeError, TextOptions
+from rerank_server.recipes.base import EncodedPairs, LatePair, Recipe, RecipeError, Side, TextOptions
 
 CONFIG_FILE = "config_sentence_transformers.json"
 
@@ -124,13 +124,13 @@ class ColbertRecipe(Recipe):
             raise RecipeError(f"the ColBERT prefix {prefix!r} is not a token of the model's tokenizer", "model")
         return token
 
-    def _ids(self, texts: Sequence[str], length: int, prefix: int | None) -> list[list[int]]:
+    def _ids(self, texts: Sequence[str], length: int, prefix: int | None, side: Side = "right") -> list[list[int]]:
         """Each text as PyLate tokenizes it: cut to `length` tokens less the prefix, the prefix after the first."""
         room = length - 1 if prefix is not None else length
-        cut = [self.long_text.cut(text, room + 1)[0] for text in texts]  # (it sets the tokenizer's truncation too)
+        cut = [self.long_text.cut(text, room + 1, side)[0] for text in texts]  # (it sets the tokenizer's truncation)
         backend = self.tokenizer.backend_tokenizer
         backend.no_padding()
-        backend.enable_truncation(room)
+        backend.enable_truncation(room, direction=side)
         rows = [encoding.ids for encoding in backend.encode_batch(cut, add_special_tokens=True)]
         return [[row[0], prefix, *row[1:]] if prefix is not None else row for row in rows]
 
@@ -165,7 +165,7 @@ class ColbertRecipe(Recipe):
             expanded[query] = (tuple(ids), attended)
         if not options.truncate:
             self._refuse_truncation(documents)
-        document_ids = self._ids(documents, self.settings.document_length, self.document_prefix_id)
+        document_ids = self._ids(documents, self.settings.document_length, self.document_prefix_id, options.side)
         late = []
         for query, ids in zip(queries, document_ids, strict=True):
             query_ids, attended = expanded[query]
@@ -176,9 +176,10 @@ class ColbertRecipe(Recipe):
         """TEI's `truncate: false`: a document over the document length is refused, not cut."""
         for document in documents:
             tokens = self.long_text.count(document) + self.tokenizer.num_special_tokens_to_add()
-            if tokens + (self.document_prefix_id is not None) > self.settings.document_length:
+            tokens += self.document_prefix_id is not None
+            if tokens > self.settings.document_length:
                 raise InputTooLongError(
-                    f"`inputs` must have less than {self.settings.document_length} tokens. Given: {tokens + 1}", "texts"
+                    f"`inputs` must have less than {self.settings.document_length} tokens. Given: {tokens}", "texts"
                 )
 
     def document_room(self, query: str, options: TextOptions) -> int:

@@ -279,7 +279,11 @@ function showScoring(side, modelId) {
     const { scale, bias } = card.score.calibration;
     scoring.textContent = `calibrated: probability of relevance, sigmoid(${scale.toPrecision(4)} \u00D7 (raw \u2212 ${bias.toPrecision(4)}))`;
   } else {
-    scoring.textContent = kind === "p-yes" ? "not calibrated: p(yes) of the model" : "not calibrated: sigmoid of the raw score";
+    const meanings = {
+      "p-yes": "not calibrated: p(yes) of the model",
+      "mean-maxsim": "not calibrated: MaxSim over the query length (a mean cosine)",
+    };
+    scoring.textContent = meanings[kind] || "not calibrated: sigmoid of the raw score";
   }
   const flag = byId(`license-${side}`);
   flag.hidden = !(card && card.non_commercial);

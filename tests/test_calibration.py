@@ -474,7 +474,9 @@ def test_an_unusable_calibration_file_refuses_the_model_in_one_line_without_the_
         (stored.path / CALIBRATION_FILE).unlink()
 
 
-def test_an_older_copy_that_keeps_serving_keeps_its_own_calibration(labelled, fixture_model_dir, tmp_path) -> None:
+def test_an_older_copy_that_keeps_serving_keeps_its_own_calibration(
+    labelled, fixture_model_dir, tmp_path, caplog
+) -> None:
     """A newer import that fails its load leaves the older weights serving: with the calibration fitted for them,
     not the newer version's (which has none)."""
     from rerank_server.importer.commit import ImportOptions
@@ -488,7 +490,9 @@ def test_an_older_copy_that_keeps_serving_keeps_its_own_calibration(labelled, fi
     with scoring_engine() as engine, routes_client(engine) as client:
         raw = scores_by_index(client.post("/v1/rerank", json={**body, "use_activation": False}).json()["results"])
         zeroed = _with_head(fixture_model_dir, tmp_path / "zeroed", 0, 0, zero=True)
-        import_from_folder(model_id, zeroed, ImportOptions(force=True, check=False))  # refused by the load check
+        with caplog.at_level("WARNING", logger="bentoml"):
+            import_from_folder(model_id, zeroed, ImportOptions(force=True, check=False))  # refused by the load check
+        assert any("was not carried over" in record.getMessage() for record in caplog.records), "the import says so"
         time.sleep(1.2)
         answer = client.post("/v1/rerank", json=body)
         assert answer.status_code == 200, answer.text

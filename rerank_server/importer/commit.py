@@ -136,6 +136,13 @@ def store_folder(
     stored = find_reranker(metadata["model_id"])
     assert stored is not None  # just created
     logger.info("Stored %s as %s", model_id, stored.tag)
+    if existing is not None and existing.calibration is not None:
+        # A calibration maps one version's scores: new weights are served uncalibrated until one is fitted for them.
+        logger.warning(
+            "%s: the calibration of %s was not carried over to %s; fit one for the new weights (evaluate.py "
+            "--calibrate) and attach it (import_models.py %s --calibration FILE)",
+            model_id, existing.tag, stored.tag, stored.model_id,
+        )  # fmt: skip
     return ImportResult(stored, skipped=False)
 
 

@@ -33,11 +33,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 try:
-    from rerank_server.backends import IMPORT_CHOICES, RUNTIMES
+    from rerank_server.backends import CPU_PRECISIONS, IMPORT_CHOICES, RUNTIMES
     from rerank_server.catalog import BGE_MODELS, DEFAULT_MODEL_ID, KNOWN_MODELS, non_commercial
     from rerank_server.importer import calibration
     from rerank_server.importer.check import check_runs
     from rerank_server.importer.commit import ImportOptions
+    from rerank_server.importer.fidelity import DEFAULT_FLOOR
     from rerank_server.importer.folder import ModelImportError
     from rerank_server.importer.sources import import_model
     from rerank_server.models.store import find_reranker, list_rerankers
@@ -71,11 +72,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--source", choices=["hub", "modelscope"], default="hub", help="where to download from (default: hub)"
     )
     parser.add_argument(
-        "--backend", choices=IMPORT_CHOICES, default="torch",
-        help="how the server runs the model: torch (GPU or CPU; every kind of reranker; on a CPU with AMX, with "
-        "RERANK_DTYPE=bfloat16 the fastest), or a CPU runtime for cross-encoders: openvino-int8 (int8 weights, float "
-        "math: rankings kept; CPUs without AMX), openvino (fp32) or onnx-int8 (ONNX Runtime dynamic int8: faster, "
-        "rankings drift); see docs/benchmarks.md",
+        "--backend", choices=["auto", *IMPORT_CHOICES], default="torch",
+        help="how the server runs the model: torch (GPU or CPU, every kind of reranker), or a CPU runtime for "
+        "BERT-family cross-encoders: openvino-int8 (int8 weights), openvino (fp32) or onnx-int8 (ONNX Runtime dynamic "
+        "int8). auto: for a CPU host, the fastest path for this CPU's class (AMX / AVX-512 bf16 / AVX2) whose rankings "
+        "hold against float32 (--min-spearman); see docs/benchmarks.md",
+    )  # fmt: skip
+    parser.add_argument(
+        "--precision", choices=CPU_PRECISIONS, default="float32",
+        help="a named backend's arithmetic on the CPU: bfloat16 only on CPUs that have it (AMX, AVX-512 bf16), "
+        "checked like --backend auto (a GPU ignores it: RERANK_DTYPE decides there)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--min-spearman", type=float, default=DEFAULT_FLOOR, metavar="RHO",
+        help="the fidelity gate: a path other than float32 torch is stored only if, on probe queries built from the "
+        "model's vocabulary, every query's ranking keeps at least this Spearman correlation with float32 "
+        f"(default {DEFAULT_FLOOR}; 0 stores it unchecked)",
     )  # fmt: skip
     parser.add_argument(
         "--recipe", choices=list(RECIPES),
@@ -237,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         wanted = choose_from_menu() if menu else [DEFAULT_MODEL_ID]
     options = ImportOptions(
         force=args.force, backend=args.backend, recipe=args.recipe, check=not args.no_check,
-        trust_remote_code=args.trust_remote_code,
+        trust_remote_code=args.trust_remote_code, cpu_precision=args.precision, min_spearman=args.min_spearman,
     )  # fmt: skip
     failures = 0
     for model_id in wanted:
@@ -257,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         s = result.stored
         verb = "already stored (same source; --force to re-import)" if result.skipped else "imported"
         print(f"{s.model_id}: {verb} as {s.tag}, {_size(s.size_bytes)}, {s.recipe} recipe, {s.backend}, {s.path}")
+        if result.cpu_choice:
+            print(f"  for this CPU: {result.cpu_choice}")
         for name, digest in s.remote_code.items():
             print(f"  its own code, stored with it and run by the server: {name} sha256 {digest}")
     return 1 if failures else 0

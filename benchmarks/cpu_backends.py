@@ -52,15 +52,17 @@ class Measured:
 
 def load(model_dir: Path, spec: str, work: Path) -> LoadedReranker:
     """The model the server would run for `model_dir` imported with `--backend backend` (`torch:bfloat16`: torch
-    with RERANK_DTYPE=bfloat16)."""
-    backend, _, dtype = spec.partition(":")
+    with RERANK_DTYPE=bfloat16; `openvino-int8:bfloat16`: imported with `--precision bfloat16`, which is what
+    `--backend auto` chooses on a CPU with AVX-512 bf16 and no AMX)."""
+    backend, _, precision = spec.partition(":")
     folder = model_dir
     if backend != "torch":
         folder = work / f"{model_dir.name}-{backend}"
         if not folder.exists():
             shutil.copytree(model_dir, folder)
             convert(folder, backend)
-    return load_folder(folder, max_length=512, backend=backend, dtype=dtype or "float32")
+        return load_folder(folder, max_length=512, backend=backend, cpu_precision=precision or "float32")
+    return load_folder(folder, max_length=512, backend=backend, dtype=precision or "float32")
 
 
 def measure(model: LoadedReranker, requests: list[tuple[str, list[str]]], token_budget: int) -> Measured:
@@ -93,7 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", type=lambda s: s.split(","), default=["minilm", "bge-base-shape"])
     parser.add_argument(
         "--backends", type=lambda s: s.split(","), default=["torch", "torch:bfloat16", *BACKENDS[1:]],
-        help="import backends; torch:bfloat16 is torch with RERANK_DTYPE=bfloat16",
+        help="import backends; torch:bfloat16 is torch with RERANK_DTYPE=bfloat16, BACKEND:bfloat16 a CPU runtime "
+        "imported with --precision bfloat16",
     )  # fmt: skip
     parser.add_argument("--queries", type=int, default=len(QUERIES), help="requests per backend, one query each")
     parser.add_argument("--docs", type=int, default=100, help="documents per request")

@@ -11,6 +11,7 @@ import math
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 _CGROUP = Path("/sys/fs/cgroup")
 
@@ -46,11 +47,46 @@ def usable_cpus() -> int:
     return max(1, min(pinned, math.floor(limit))) if limit else max(1, pinned)
 
 
+CpuClass = Literal["amx", "avx512-bf16", "avx2", "other"]
+# What each class means, in the words the import's one-line choice and the README's CPU table use.
+CPU_CLASSES: dict[CpuClass, str] = {
+    "amx": "AMX bfloat16 tiles (Intel Xeon 4th generation and later)",
+    "avx512-bf16": "AVX-512 with bfloat16 and VNNI, no AMX (AMD Zen 4 and 5, Intel Cooper Lake)",
+    "avx2": "AVX2 without AVX-512 bfloat16 (older Intel and AMD, most desktops)",
+    "other": "neither AVX2 nor the above (another architecture)",
+}
+
+
 @lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The feature flags /proc/cpuinfo lists for the first CPU (empty where there is no such file)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return frozenset(line.partition(":")[2].split())
+    return frozenset()
+
+
+def cpu_class(flags: frozenset[str] | None = None) -> CpuClass:
+    """The class of CPU that decides the fastest CPU path: bfloat16 matrix units, bfloat16 vector instructions, or
+    neither (docs/benchmarks.md, CPU backends by CPU class)."""
+    flags = cpu_flags() if flags is None else flags
+    if "amx_bf16" in flags:
+        return "amx"
+    if "avx512_bf16" in flags and "avx512_vnni" in flags:
+        return "avx512-bf16"
+    return "avx2" if "avx2" in flags else "other"
+
+
+def has_native_bf16(flags: frozenset[str] | None = None) -> bool:
+    """Whether bfloat16 arithmetic runs natively here; elsewhere oneDNN would emulate it, slower than float32."""
+    return cpu_class(flags) in ("amx", "avx512-bf16")
+
+
 def has_amx_bf16() -> bool:
     """Whether the CPU has AMX bfloat16 tile units (Intel Xeon 4th generation and later), which run torch's bfloat16
     matrix products several times faster than float32 (docs/benchmarks.md, CPU backends)."""
-    try:
-        return " amx_bf16" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    return cpu_class() == "amx"

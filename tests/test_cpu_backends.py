@@ -36,10 +36,11 @@ def runtime_file(path: Path, backend: str) -> Path:
 
 @pytest.fixture(scope="module")
 def converted(stored_fixture, fixture_model_dir: Path) -> dict[str, str]:
-    """The fixture model imported once for each CPU runtime (each import runs its check, as users' imports do)."""
+    """The fixture model imported once for each CPU runtime (each import runs its load check, as users' imports do;
+    the fidelity gate is tested in tests/test_cpu_classes.py, and would refuse onnx-int8 here)."""
     ids = {backend: f"test-org/mini-{backend}" for backend in RUNTIMES}
     for backend, model_id in ids.items():
-        import_from_folder(model_id, fixture_model_dir, ImportOptions(backend=backend))
+        import_from_folder(model_id, fixture_model_dir, ImportOptions(backend=backend, min_spearman=0))
     return ids
 
 
@@ -134,7 +135,11 @@ def test_the_command_line_imports_and_verifies_with_a_backend(
 ) -> None:
     model_id = f"test-org/cli-{backend}"
     command = [sys.executable, "import_models.py", model_id, "--from-dir", str(fixture_model_dir)]
-    run = subprocess.run([*command, "--backend", backend], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    # onnx-int8 reorders this fixture's rankings (docs/benchmarks.md): stored only when the user accepts that.
+    accept = ["--min-spearman", "0"] if backend == "onnx-int8" else []
+    run = subprocess.run(
+        [*command, "--backend", backend, *accept], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )  # fmt: skip
     assert run.returncode == 0, run.stderr
     verify = subprocess.run(
         [sys.executable, "import_models.py", "--verify", model_id],

@@ -26,6 +26,11 @@ BACKENDS: tuple[BackendName, ...] = ("torch", "openvino", "openvino-int8", "onnx
 # What `import_models.py --backend` offers. ONNX Runtime fp32 is not among them: it never won (0.6-0.8x torch fp32
 # for the same scores, docs/benchmarks.md); models stored with it still load.
 IMPORT_CHOICES: tuple[BackendName, ...] = ("torch", "openvino-int8", "openvino", "onnx-int8")
+# The arithmetic a model is stored to run in on a CPU (`import_models.py --precision`, or what `--backend auto` chose):
+# bfloat16 only where the CPU computes it natively (rerank_server.cpu.has_native_bf16), float32 elsewhere. A GPU
+# ignores it (RERANK_DTYPE decides there).
+CpuPrecision = Literal["float32", "bfloat16"]
+CPU_PRECISIONS: tuple[CpuPrecision, ...] = ("float32", "bfloat16")
 # Files a converted model keeps besides its runtime's own: the tokenizer and the config that describe it.
 CONVERTED_KEEPS = ("*.json", "*.txt", "*.model", "*.jinja")
 
@@ -78,6 +83,19 @@ def convert(model_dir: Path, backend: str) -> None:
         openvino_backend.export(model_dir, backend)
 
 
+def remove_conversion(model_dir: Path, backend: str) -> None:
+    """Remove what `convert` wrote for `backend` (a path the import's fidelity check refused)."""
+    import shutil
+
+    if backend in ("onnx", "onnx-int8"):
+        from rerank_server.backends.onnx_backend import ONNX_DIR as folder
+    elif backend in ("openvino", "openvino-int8"):
+        from rerank_server.backends.openvino_backend import OPENVINO_DIR as folder
+    else:
+        return
+    shutil.rmtree(model_dir / folder, ignore_errors=True)
+
+
 def load_backend(
     backend: str,
     path: Path,
@@ -92,11 +110,13 @@ def load_backend(
     module_stack: bool = False,
     vision: bool = False,
     late_interaction: bool = False,
+    cpu_precision: CpuPrecision = "float32",
 ) -> Backend:
     """The stored model at `path` loaded for `backend` (a CPU runtime ignores `device` and `dtype`). `remote_code`:
     the checkpoint's own modelling code; `module_stack`: a sentence-transformers score head after the transformer;
     `vision`: a vision-language reranker (torch only), scored from its last-token logits like a causal one;
-    `late_interaction`: a ColBERT encoder, token embeddings out (torch only)."""
+    `late_interaction`: a ColBERT encoder, token embeddings out (torch only); `cpu_precision`: a CPU runtime's
+    arithmetic (torch's is `dtype`)."""
     if backend in ("onnx", "onnx-int8"):
         from rerank_server.backends.onnx_backend import OnnxBackend
 
@@ -104,7 +124,7 @@ def load_backend(
     if backend in ("openvino", "openvino-int8"):
         from rerank_server.backends.openvino_backend import OpenVinoBackend
 
-        return OpenVinoBackend(path, backend=backend, threads=threads)
+        return OpenVinoBackend(path, backend=backend, threads=threads, precision=cpu_precision)
     import torch
 
     from rerank_server.backends.torch_backend import LastTokenLogit, ModuleStack, SequenceClassifier

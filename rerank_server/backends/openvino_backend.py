@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from rerank_server.backends.onnx_backend import export_onnx
+from rerank_server.cpu import has_native_bf16
 
 logger = logging.getLogger("bentoml")
 
@@ -38,13 +39,20 @@ def model_file(model_dir: Path, backend: str) -> Path:
     return model_dir / OPENVINO_DIR / FILES[backend]
 
 
-def _config(threads: int) -> dict[str, str]:
+def inference_precision(precision: str) -> str:
+    """OpenVINO's precision hint for a stored precision: bf16 only where this CPU computes it natively, since elsewhere
+    the plugin would run f32 anyway and the scores would no longer be the ones the import's fidelity check measured."""
+    return "bf16" if precision == "bfloat16" and has_native_bf16() else "f32"
+
+
+def _config(threads: int, precision: str = "float32") -> dict[str, str]:
     return {
         "PERFORMANCE_HINT": "LATENCY",
         "NUM_STREAMS": "1",
         "INFERENCE_NUM_THREADS": str(threads),
-        # Without it a CPU with bfloat16 support computes in bfloat16, and scores drift from every other backend.
-        "INFERENCE_PRECISION_HINT": "f32",
+        # Always set: left out, a CPU with bfloat16 support computes in bfloat16 even for a model stored for float32,
+        # and its scores drift from what the import checked.
+        "INFERENCE_PRECISION_HINT": inference_precision(precision),
         # The tokenizer, the HTTP server and the model thread share these cores: pinning the model's threads to some
         # of them would leave the others idle while it waits.
         "ENABLE_CPU_PINNING": "NO",
@@ -76,13 +84,13 @@ def export(model_dir: Path, backend: str) -> Path:
     return target
 
 
-def compile_model(xml: Path, threads: int, cache: Path):
+def compile_model(xml: Path, threads: int, cache: Path, precision: str = "float32"):
     import openvino as ov
 
     core = ov.Core()
     core.set_property({"CACHE_DIR": str(cache)})
     # From the file path, not an ov.Model: with caching on, a cached blob is then imported without reading the IR.
-    return core.compile_model(str(xml), "CPU", _config(threads))
+    return core.compile_model(str(xml), "CPU", _config(threads, precision))
 
 
 def _writable_cache(model_dir: Path) -> tuple[Path, bool]:
@@ -105,13 +113,13 @@ class OpenVinoBackend:
 
     device = "cpu"
 
-    def __init__(self, path: Path, *, backend: str, threads: int) -> None:
+    def __init__(self, path: Path, *, backend: str, threads: int, precision: str = "float32") -> None:
         xml = model_file(path, backend)
         cache, scratch = _writable_cache(path)
         # A scratch cache lives as long as this load: models swapped under the loaded-model budget would otherwise
         # leave a compiled copy in /tmp at every load.
         self._scratch = weakref.finalize(self, shutil.rmtree, cache, True) if scratch else None
-        self.compiled = compile_model(xml, threads, cache)
+        self.compiled = compile_model(xml, threads, cache, precision)
         self.request = self.compiled.create_infer_request()
         self.input_names = [port.get_any_name() for port in self.compiled.inputs]
         self.weight_bytes = xml.with_suffix(".bin").stat().st_size

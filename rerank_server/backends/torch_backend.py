@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rerank_server.cpu import has_native_bf16
 from rerank_server.recipes.base import LastTokenHead
 
 logger = logging.getLogger("bentoml")
@@ -23,11 +24,17 @@ def resolve_device(choice: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def resolve_dtype(choice: str, device: str, checkpoint_dtype: str | None = None) -> torch.dtype:
-    """`auto`: on CUDA, bfloat16 for checkpoints that ship in it (Qwen3), float16 otherwise (BGE); float32 elsewhere."""
+def resolve_dtype(
+    choice: str, device: str, checkpoint_dtype: str | None = None, cpu_precision: str = "float32"
+) -> torch.dtype:
+    """`auto`: on CUDA, bfloat16 for checkpoints that ship in it (Qwen3), float16 otherwise (BGE); elsewhere the
+    precision the model was stored for (`import_models.py --backend auto`), bfloat16 only where the CPU has it natively,
+    else float32."""
     if choice != "auto":
         return _DTYPES[choice]
     if not device.startswith("cuda"):
+        if device == "cpu" and cpu_precision == "bfloat16" and has_native_bf16():
+            return torch.bfloat16
         return torch.float32
     return torch.bfloat16 if checkpoint_dtype == "bfloat16" else torch.float16
 

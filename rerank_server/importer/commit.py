@@ -7,15 +7,19 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import bentoml
 
 from rerank_server import backends
-from rerank_server.backends import BackendName
+from rerank_server.backends import BackendName, CpuPrecision
 from rerank_server.catalog import canonical_id, model_id_problem, store_name
+from rerank_server.cpu import cpu_class, has_native_bf16
 from rerank_server.importer import remote_code
 from rerank_server.importer.card import card_license
-from rerank_server.importer.check import check_runs, check_vocabulary, first_line
+from rerank_server.importer.check import check_runs, check_vocabulary
+from rerank_server.importer.cpu_path import CpuChoice, candidates, settle
+from rerank_server.importer.fidelity import DEFAULT_FLOOR
 from rerank_server.importer.folder import WEIGHT_FILES, ModelImportError, catalogue_mismatch, inspect_folder
 from rerank_server.models.store import APP_LABEL, StoredReranker, as_stored, find_reranker, list_rerankers
 
@@ -41,6 +45,7 @@ CPU_RUNTIME_ARCHITECTURES = (
 class ImportResult:
     stored: StoredReranker
     skipped: bool
+    cpu_choice: str = ""  # what was chosen for this CPU and why, in one line (--backend auto, or a checked path)
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,9 @@ class ImportOptions:
     """How a model is imported, whatever its source."""
 
     force: bool = False  # store a new version even when the same source is stored
-    backend: BackendName = "torch"
+    backend: BackendName | Literal["auto"] = "torch"  # auto: the fastest CPU path that keeps rankings (cpu_path.py)
+    cpu_precision: CpuPrecision = "float32"  # a named backend's CPU arithmetic
+    min_spearman: float = DEFAULT_FLOOR  # the fidelity gate's floor for anything but float32 torch; 0 turns it off
     recipe: str | None = None  # the scoring recipe, when neither the catalogue, the id nor the folder tells it
     check: bool = True  # load the stored copy and score a pair before committing it
     trust_remote_code: bool = False  # store the model's own Python code (auto_map) with it, and run it
@@ -78,7 +85,7 @@ def store_folder(
     problem = model_id_problem(model_id)
     if problem:
         raise ModelImportError(f"{model_id!r} cannot be imported: {problem}")
-    backend = options.backend
+    backend, precision = options.backend, options.cpu_precision
     info = inspect_folder(folder, model_id, options.recipe, trust_remote_code=options.trust_remote_code)
     code = remote_code.collect(folder, model_id, code_folders) if options.trust_remote_code else None
     if code and code.files and not info.architecture.endswith("ForSequenceClassification"):
@@ -86,13 +93,21 @@ def store_folder(
             f"{model_id}: --trust-remote-code runs the code of *ForSequenceClassification cross-encoders; a "
             f"{info.architecture} with code of its own is not served"
         )
-    if backends.is_cpu_runtime(backend):
+    if backend != "auto" and backends.is_cpu_runtime(backend):
         _check_cpu_runtime(model_id, backend, info.recipe, info.architecture, code)
+    cpu = cpu_class()
+    if precision == "bfloat16" and not has_native_bf16():
+        raise ModelImportError(
+            f"{model_id}: --precision bfloat16 is checked against float32 at import, and this CPU ({cpu}) has no "
+            "native bfloat16 to check it on; import it on the CPU that serves it (--backend auto chooses there)"
+        )
     # After the refusals: an import refused for another reason says that reason alone, in one line.
     if mismatch := catalogue_mismatch(folder, model_id, info.architecture):
         logger.warning(mismatch)
-    if backend != "torch":
-        fingerprint = f"{fingerprint}+{backend}"  # the same source for another backend is a new version
+    if backend == "auto":
+        fingerprint = f"{fingerprint}+auto@{cpu}"  # chosen for this class of CPU: another class chooses again
+    elif backend != "torch" or precision != "float32":
+        fingerprint = f"{fingerprint}+{backend}" + ("" if precision == "float32" else f"@{precision}")
     if info.recipe != "cross-encoder":
         fingerprint = f"{fingerprint}+{info.recipe}"
     if code and code.files:
@@ -108,7 +123,7 @@ def store_folder(
         "max_length": info.max_length,
         "architecture": info.architecture,
         "num_labels": info.num_labels,
-        "backend": backend,
+        "backend": "torch",  # until the CPU path is settled on the stored copy
         "recipe": info.recipe,
         "checkpoint_dtype": info.checkpoint_dtype or "",
         "parameters": info.parameters,
@@ -124,8 +139,21 @@ def store_folder(
             remote_code.store(code, target)
         # On the stored copy: a remote-code config names its code there, and nothing is fetched.
         check_vocabulary(target, model_id, trust_remote_code=bool(code and code.files))
-        if backend != "torch":
-            _convert(target, backend, model_id)
+        # A conversion for this CPU: settled on the stored copy (where the model's own code is), checked against it.
+        draft = as_stored(model)
+        assert draft is not None
+        convertible = info.recipe == "cross-encoder" and info.architecture in CPU_RUNTIME_ARCHITECTURES
+        convertible = convertible and not (code and code.files)
+        plan = candidates(cpu, convertible) if backend == "auto" else (CpuChoice(backend, precision),)
+        settled = settle(draft, plan, floor=options.min_spearman, auto=backend == "auto", cpu=cpu)
+        model.info.metadata.update(
+            backend=settled.choice.backend,
+            cpu_precision=settled.choice.precision,
+            cpu_class="" if settled.choice.exact else cpu,
+            fidelity=settled.fidelity.describe() if settled.fidelity else "",
+        )
+        if backends.is_cpu_runtime(settled.choice.backend):
+            _drop_torch_weights(target)
         # What was kept, not what the folder held (other runtimes' files and, once converted, the torch weights).
         size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file() and p.name != "model.yaml")
         model.info.metadata["size_bytes"] = size
@@ -143,7 +171,7 @@ def store_folder(
             "--calibrate) and attach it (import_models.py %s --calibration FILE)",
             model_id, existing.tag, stored.tag, stored.model_id,
         )  # fmt: skip
-    return ImportResult(stored, skipped=False)
+    return ImportResult(stored, skipped=False, cpu_choice=settled.note)
 
 
 def _check_cpu_runtime(
@@ -163,15 +191,8 @@ def _check_cpu_runtime(
         )
 
 
-def _convert(target: Path, backend: BackendName, model_id: str) -> None:
-    """Convert the stored copy for a CPU runtime and keep only what that runtime loads."""
-    logger.info("Converting %s for %s", model_id, backend)
-    try:
-        backends.convert(target, backend)
-    except Exception as exc:  # noqa: BLE001 - an exporter's traceback is no help to the user
-        raise ModelImportError(
-            f"{model_id}: converting it for {backend} failed ({first_line(exc)}); import it with --backend torch"
-        ) from exc
+def _drop_torch_weights(target: Path) -> None:
+    """Keep only what a CPU runtime loads."""
     for pattern in WEIGHT_FILES:
         for weights in target.glob(pattern):
             weights.unlink()  # the runtime has its own copy of the weights; the torch one would double the size

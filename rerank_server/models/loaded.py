@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -19,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rerank_server.backends import Backend, is_cpu_runtime, load_backend
-from rerank_server.cpu import usable_cpus
+from rerank_server.backends import Backend, CpuPrecision, is_cpu_runtime, load_backend
+from rerank_server.cpu import cpu_class, has_native_bf16, usable_cpus
 from rerank_server.models.embedding_cache import EmbeddingCache, new_owner
 from rerank_server.models.late_interaction import late_interaction_scores
 from rerank_server.recipes import DEFAULT_OPTIONS, RECIPES, EncodedPairs, ImageInput, Item, Recipe, TextOptions
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     import torch
 
     from rerank_server.models.store import StoredReranker
+
+logger = logging.getLogger("bentoml")
 
 
 def default_tokenizer_copies(device: str) -> int:
@@ -249,6 +252,14 @@ def load_reranker(
             f"{stored.model_id} runs its own modelling code ({', '.join(stored.remote_code)}), and this host does not "
             "run models' own code (RERANK_ALLOW_REMOTE_CODE=false)"
         )
+    if stored.cpu_class and stored.cpu_class != cpu_class() and device == "cpu":
+        # Still served: the conversion runs on any x86 CPU, only slower, and in float32 where bfloat16 is not native.
+        precision = stored.cpu_precision if has_native_bf16() else "float32"
+        logger.warning(
+            "%s was imported for %s CPUs (%s), and this CPU is %s: it runs in %s; `import_models.py %s --backend auto "
+            "--force` chooses again for this CPU",
+            stored.model_id, stored.cpu_class, stored.cpu_precision, cpu_class(), precision, stored.model_id,
+        )  # fmt: skip
     if stored.remote_code:
         _check_stored_code(stored)
     elif ships_own_code(stored.path):
@@ -261,6 +272,7 @@ def load_reranker(
         stored.path, recipe=stored.recipe, max_length=stored.max_length, causal=stored.causal, backend=stored.backend,
         device=device, dtype=dtype, checkpoint_dtype=stored.checkpoint_dtype, threads=threads, tokenizers=tokenizers,
         remote_code=bool(stored.remote_code), module_stack=stored.module_stack, embeddings=embeddings,
+        cpu_precision=stored.cpu_precision,
     )  # fmt: skip
 
 
@@ -279,6 +291,7 @@ def load_folder(
     remote_code: bool = False,
     module_stack: bool = False,
     embeddings: EmbeddingCache | None = None,
+    cpu_precision: CpuPrecision = "float32",
 ) -> LoadedReranker:
     """A model folder loaded as `load_reranker` loads a stored one (for tools, benchmarks and tests)."""
     from rerank_server.backends.torch_backend import resolve_dtype
@@ -294,8 +307,8 @@ def load_folder(
     vision = recipe_class.takes_images
     model = load_backend(
         backend, path, causal=causal, head=recipes.first.last_token_head() if causal or vision else None,
-        pad_id=recipes.first.pad_id, device=device, dtype=resolve_dtype(dtype, device, checkpoint_dtype),
+        pad_id=recipes.first.pad_id, device=device, dtype=resolve_dtype(dtype, device, checkpoint_dtype, cpu_precision),
         threads=threads or usable_cpus(), remote_code=remote_code, module_stack=module_stack, vision=vision,
-        late_interaction=recipe_class.late_interaction,
+        late_interaction=recipe_class.late_interaction, cpu_precision=cpu_precision,
     )  # fmt: skip
     return LoadedReranker(recipes, model, embeddings)

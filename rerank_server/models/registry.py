@@ -307,17 +307,19 @@ class ModelRegistry:
             "Loaded %s (%s, %s recipe, %s backend) on %s in %.1f s (%d CPU threads)",
             model_id, stored.tag, stored.recipe, stored.backend, model.device, elapsed, usable_cpus(),
         )  # fmt: skip
-        if stored.backend == "torch" and model.device == "cpu" and self.settings.dtype == "auto" and has_amx_bf16():
+        if model.device == "cpu" and stored.backend == "torch" and stored.cpu_precision == "float32" and has_amx_bf16():
             logger.info(
-                "This CPU has AMX bfloat16 units: RERANK_DTYPE=bfloat16 scores 2-3.6x faster, rankings kept "
-                "(docs/benchmarks.md, CPU backends)"
-            )
+                "This CPU has AMX bfloat16 units: `import_models.py %s --backend auto --force` stores it for them, "
+                "2-3.6x faster with rankings checked (docs/benchmarks.md, CPU backends)", model_id,
+            )  # fmt: skip
         return model
 
     # --- the budget --------------------------------------------------------------------------------------------------
 
     def _expected_bytes(self, stored: StoredReranker) -> int:
-        return stored.memory_bytes(resolve_dtype(self.settings.dtype, self.device, stored.checkpoint_dtype).itemsize)
+        return stored.memory_bytes(
+            resolve_dtype(self.settings.dtype, self.device, stored.checkpoint_dtype, stored.cpu_precision).itemsize
+        )
 
     def _fits(self, incoming: StoredReranker, leaving: Sequence[str] = ()) -> bool:
         # Replaced copies still in use hold memory until their last user lets go.

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import bentoml
 
-from rerank_server.backends import BackendName, is_cpu_runtime
+from rerank_server.backends import BackendName, CpuPrecision, is_cpu_runtime
 from rerank_server.catalog import canonical_id, known_model
 from rerank_server.models.calibration import Calibration, stored_calibration
 
@@ -50,6 +50,10 @@ class StoredReranker:
     # a calibration file that is there cannot be used (the model is then refused, not served uncalibrated).
     calibration: Calibration | None = None
     calibration_problem: str | None = None
+    # The CPU arithmetic it was stored for, and the class of CPU the import chose it on (rerank_server.cpu): a server
+    # on another class still loads it, with float32 where bfloat16 is not native there.
+    cpu_precision: CpuPrecision = "float32"
+    cpu_class: str = ""
 
     @property
     def owned_by(self) -> str:
@@ -101,6 +105,8 @@ def as_stored(model: bentoml.Model) -> StoredReranker | None:
         license=str(meta.get("license") or (known.license if known else "")),
         calibration=calibration,
         calibration_problem=calibration_problem,
+        cpu_precision="bfloat16" if meta.get("cpu_precision") == "bfloat16" else "float32",
+        cpu_class=str(meta.get("cpu_class", "")),
     )
 
 

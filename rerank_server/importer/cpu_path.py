@@ -1,0 +1,147 @@
+"""Which CPU path a model is stored for: the one named (`--backend`, `--precision`), or with `--backend auto` the
+fastest this class of CPU has that keeps the model's rankings, tried fastest first through the fidelity gate.
+
+The order per class is what docs/benchmarks.md measured ("CPU backends by CPU class"): on AMX, torch's bfloat16 runs
+on the tiles; with AVX-512 bfloat16 and no AMX, OpenVINO with int8 weights computing in bfloat16 is fastest; on AVX2
+alone only int8 weights help (bfloat16 would be emulated, slower than float32). Converted runtimes take BERT-family
+cross-encoders only (`commit.CPU_RUNTIME_ARCHITECTURES`); every other family may still run torch in bfloat16.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from rerank_server import backends
+from rerank_server.backends import BackendName, CpuPrecision
+from rerank_server.cpu import CPU_CLASSES, CpuClass
+from rerank_server.importer.check import first_line
+from rerank_server.importer.fidelity import Fidelity, compare, probe_lists, scores_of
+from rerank_server.importer.folder import ModelImportError
+from rerank_server.models.store import StoredReranker
+
+logger = logging.getLogger("bentoml")
+
+
+@dataclass(frozen=True)
+class CpuChoice:
+    backend: BackendName
+    precision: CpuPrecision = "float32"
+
+    @property
+    def label(self) -> str:
+        return self.backend if self.precision == "float32" else f"{self.backend} in bfloat16"
+
+    @property
+    def exact(self) -> bool:
+        """Torch in float32: the reference scores themselves, nothing to check."""
+        return self.backend == "torch" and self.precision == "float32"
+
+
+FLOAT32 = CpuChoice("torch")
+_INT8_BF16 = CpuChoice("openvino-int8", "bfloat16")
+_TORCH_BF16 = CpuChoice("torch", "bfloat16")
+# Fastest first, per class (docs/benchmarks.md): for BERT-family cross-encoders, and for every other family.
+CONVERTIBLE_PATHS: dict[CpuClass, tuple[CpuChoice, ...]] = {
+    "amx": (_TORCH_BF16, _INT8_BF16),
+    "avx512-bf16": (_INT8_BF16, _TORCH_BF16),
+    "avx2": (CpuChoice("openvino-int8"),),
+    "other": (),
+}
+TORCH_PATHS: dict[CpuClass, tuple[CpuChoice, ...]] = {
+    "amx": (_TORCH_BF16,),
+    "avx512-bf16": (_TORCH_BF16,),
+    "avx2": (),
+    "other": (),
+}
+
+
+def candidates(cpu: CpuClass, convertible: bool) -> tuple[CpuChoice, ...]:
+    """What `--backend auto` tries on this class of CPU, fastest first (float32 torch comes after all of them)."""
+    return (CONVERTIBLE_PATHS if convertible else TORCH_PATHS)[cpu]
+
+
+@dataclass(frozen=True)
+class Settled:
+    choice: CpuChoice
+    fidelity: Fidelity | None
+    note: str  # one line for the user: what was chosen and why
+
+
+def settle(draft: StoredReranker, plan: Sequence[CpuChoice], *, floor: float, auto: bool, cpu: CpuClass) -> Settled:
+    """Convert the stored copy at `draft.path` for the first path of `plan` whose rankings hold against float32 (its
+    runtime's files are left there; a refused path's are removed). Named (`auto=False`, one path): a path that breaks
+    rankings is a ModelImportError. `auto`: the next is tried, and float32 torch is the last resort."""
+    if not plan:
+        return Settled(FLOAT32, None, f"torch in float32 on {cpu} CPUs ({CPU_CLASSES[cpu]}): no faster path for them")
+    if plan[0].exact or floor <= 0:
+        _convert(draft, plan[0])
+        return Settled(
+            plan[0], None, "" if plan[0].exact else f"{plan[0].label}: rankings not checked (--min-spearman 0)"
+        )
+    probes = probe_lists(_tokenizer(draft))
+    reference: list | None = None  # after the first conversion: a model that cannot convert says so first
+    refused = []
+    for choice in plan:
+        try:
+            _convert(draft, choice)
+            reference = reference or _scores(draft, FLOAT32, probes)
+            fidelity = compare(_scores(draft, choice, probes), reference)
+        except ModelImportError as exc:
+            if not auto:
+                raise
+            refused.append(f"{choice.label}: {exc}")
+            continue
+        if fidelity.passes(floor):
+            why = f"the fastest path for {cpu} CPUs ({CPU_CLASSES[cpu]}) that keeps rankings" if auto else "rankings kept"
+            return Settled(choice, fidelity, f"{choice.label}: {why}: {fidelity.describe()} (floor {floor})")
+        message = f"{choice.label} changes its rankings against float32: {fidelity.describe()}, under {floor}"
+        backends.remove_conversion(draft.path, choice.backend)
+        if not auto:
+            raise ModelImportError(
+                f"{draft.model_id}: {message} (--min-spearman); import it with --backend torch, or --min-spearman 0 "
+                "to store it anyway"
+            )
+        refused.append(message)
+    kept = "; ".join(refused) or "no faster path for this CPU"
+    return Settled(FLOAT32, None, f"torch in float32 on {cpu} CPUs ({CPU_CLASSES[cpu]}): {kept}")
+
+
+def _convert(draft: StoredReranker, choice: CpuChoice) -> None:
+    if not backends.is_cpu_runtime(choice.backend):
+        return
+    logger.info("Converting %s for %s", draft.model_id, choice.backend)
+    try:
+        backends.convert(draft.path, choice.backend)
+    except Exception as exc:  # noqa: BLE001 - an exporter's traceback is no help to the user
+        backends.remove_conversion(draft.path, choice.backend)
+        raise ModelImportError(
+            f"{draft.model_id}: converting it for {choice.backend} failed ({first_line(exc)}); import it with "
+            "--backend torch"
+        ) from exc
+
+
+def _tokenizer(draft: StoredReranker):
+    from rerank_server.models.loaded import load_tokenizer
+
+    return load_tokenizer(draft.path, bool(draft.remote_code))
+
+
+def _scores(draft: StoredReranker, choice: CpuChoice, probes) -> list:
+    from rerank_server.models.loaded import load_reranker
+
+    stored = replace(draft, backend=choice.backend, cpu_precision=choice.precision, cpu_class="")
+    model = None
+    try:
+        model = load_reranker(stored, device="cpu", dtype="auto")
+        return scores_of(model, probes)
+    except Exception as exc:  # noqa: BLE001 - any failure is this path refused, in one line
+        raise ModelImportError(
+            f"{draft.model_id}: {choice.label} could not score the fidelity check's pairs ({first_line(exc)})"
+        ) from exc
+    finally:
+        if model is not None:
+            model.release()
+        gc.collect()

@@ -91,6 +91,12 @@ class Settings(BaseSettings):
     )
     api_key: str = Field("", description="One key or several, comma-separated; set, every API call needs one.")
     max_documents: int = Field(1000, ge=1, description="Most documents in one request.")
+    max_list_documents: int = Field(
+        250,
+        ge=1,
+        description="Most documents in one request to a listwise model (jina-reranker-v3), which reads them in one "
+        "context: passes of at most 125, fused; 250 is two passes by count.",
+    )
     max_body_bytes: int = Field(32 * 2**20, ge=1024, description="Largest request body accepted.")
     max_chunks_per_doc: int = Field(0, ge=0, description="Default chunking of long documents (0: off).")
 

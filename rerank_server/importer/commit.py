@@ -18,6 +18,7 @@ from rerank_server.importer.card import card_license
 from rerank_server.importer.check import check_runs, check_vocabulary, first_line
 from rerank_server.importer.folder import WEIGHT_FILES, ModelImportError, catalogue_mismatch, inspect_folder
 from rerank_server.models.store import APP_LABEL, StoredReranker, as_stored, find_reranker, list_rerankers
+from rerank_server.recipes import RECIPES
 
 logger = logging.getLogger("bentoml")
 
@@ -81,7 +82,9 @@ def store_folder(
     backend = options.backend
     info = inspect_folder(folder, model_id, options.recipe, trust_remote_code=options.trust_remote_code)
     code = remote_code.collect(folder, model_id, code_folders) if options.trust_remote_code else None
-    if code and code.files and not info.architecture.endswith("ForSequenceClassification"):
+    # A listwise model's code is stored (it came with the weights) but never run: the server scores it with its recipe.
+    runs_code = bool(code and code.files) and not RECIPES[info.recipe].listwise
+    if code and code.files and not info.architecture.endswith("ForSequenceClassification") and runs_code:
         raise ModelImportError(
             f"{model_id}: --trust-remote-code runs the code of *ForSequenceClassification cross-encoders; a "
             f"{info.architecture} with code of its own is not served"
@@ -123,7 +126,7 @@ def store_folder(
         if code:
             remote_code.store(code, target)
         # On the stored copy: a remote-code config names its code there, and nothing is fetched.
-        check_vocabulary(target, model_id, trust_remote_code=bool(code and code.files))
+        check_vocabulary(target, model_id, trust_remote_code=runs_code)
         if backend != "torch":
             _convert(target, backend, model_id)
         # What was kept, not what the folder held (other runtimes' files and, once converted, the torch weights).

@@ -23,6 +23,7 @@ from rerank_server.backends import Backend, is_cpu_runtime, load_backend
 from rerank_server.cpu import usable_cpus
 from rerank_server.models.embedding_cache import EmbeddingCache, new_owner
 from rerank_server.models.late_interaction import late_interaction_scores
+from rerank_server.models.listwise import listwise_scores
 from rerank_server.recipes import DEFAULT_OPTIONS, RECIPES, EncodedPairs, ImageInput, Item, Recipe, TextOptions
 
 if TYPE_CHECKING:
@@ -155,6 +156,9 @@ class LoadedReranker:
     def forward(self, encoded: EncodedPairs) -> torch.Tensor:
         """One forward pass over `encoded`, padded as the recipe pads: a float32 logit per pair, possibly still on
         the device (the caller copies the passes of a batch back together, once)."""
+        if encoded.lists is not None:  # each pass of each list alone, unpadded
+            with self._forward_lock:
+                return listwise_scores(self.backend, encoded.lists)  # type: ignore[arg-type]
         if encoded.late is not None:  # queries and documents are padded apart, there
             with self._forward_lock:
                 return late_interaction_scores(self.backend, encoded.late, self.embeddings, self.owner)  # type: ignore[arg-type]
@@ -244,7 +248,9 @@ def load_reranker(
     """A stored reranker loaded with its recipe on its backend (`device` and `dtype` are torch's; a CPU runtime
     ignores them). `dtype` is a RERANK_DTYPE choice. A model that runs its own code loads only when
     `allow_remote_code` (RERANK_ALLOW_REMOTE_CODE), and only from the code stored with it."""
-    if stored.remote_code and not allow_remote_code:
+    # A listwise model ships code (its `rerank()`) that is stored but never run: our recipe and backend score it.
+    runs_code = bool(stored.remote_code) and not getattr(RECIPES.get(stored.recipe), "listwise", False)
+    if runs_code and not allow_remote_code:
         raise RemoteCodeRefused(
             f"{stored.model_id} runs its own modelling code ({', '.join(stored.remote_code)}), and this host does not "
             "run models' own code (RERANK_ALLOW_REMOTE_CODE=false)"
@@ -260,7 +266,7 @@ def load_reranker(
     return load_folder(
         stored.path, recipe=stored.recipe, max_length=stored.max_length, causal=stored.causal, backend=stored.backend,
         device=device, dtype=dtype, checkpoint_dtype=stored.checkpoint_dtype, threads=threads, tokenizers=tokenizers,
-        remote_code=bool(stored.remote_code), module_stack=stored.module_stack, embeddings=embeddings,
+        remote_code=runs_code, module_stack=stored.module_stack, embeddings=embeddings,
     )  # fmt: skip
 
 
@@ -296,6 +302,7 @@ def load_folder(
         backend, path, causal=causal, head=recipes.first.last_token_head() if causal or vision else None,
         pad_id=recipes.first.pad_id, device=device, dtype=resolve_dtype(dtype, device, checkpoint_dtype),
         threads=threads or usable_cpus(), remote_code=remote_code, module_stack=module_stack, vision=vision,
-        late_interaction=recipe_class.late_interaction,
+        late_interaction=recipe_class.late_interaction, listwise=recipe_class.listwise,
+        float32_projection=getattr(recipe_class, "float32_projection", False),
     )  # fmt: skip
     return LoadedReranker(recipes, model, embeddings)

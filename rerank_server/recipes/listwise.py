@@ -91,7 +91,8 @@ class JinaV3Recipe(Recipe):
         cut, _ = self.long_text.cut(text, cap + 1, side)
         ids = self.tokenizer(cut, add_special_tokens=False)["input_ids"]
         if len(ids) > cap and not truncate:
-            raise InputTooLongError(f"`{field}` must have at most {cap} tokens. Given: {len(ids)}", field)
+            # TEI's `truncate: false` (the only route that sets it) and TEI's words for it.
+            raise InputTooLongError(f"`inputs` must have less than {cap} tokens. Given: {len(ids)}", field)
         if len(ids) < cap:
             return text, len(ids)
         kept = ids[-cap:] if side == "left" else ids[:cap]
@@ -108,9 +109,7 @@ class JinaV3Recipe(Recipe):
         lists: list[DocumentList] = []
         for group in groups:
             query, query_tokens = self._capped(sanitize(queries[group[0]]), self.query_cap, "right", True, "query")
-            kept = [
-                self._capped(sanitize(documents[i]), cap, options.side, options.truncate, "documents") for i in group
-            ]
+            kept = [self._capped(sanitize(documents[i]), cap, options.side, options.truncate, "texts") for i in group]
             passes = tuple(self._pass(query, instruction, kept, block) for block in self.split(query_tokens, kept))
             rows.extend(self._rows(passes, len(kept)))
             lists.append(DocumentList(passes, len(kept)))

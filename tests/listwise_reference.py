@@ -56,11 +56,20 @@ def _prompt(query: str, documents: list[str], instruction: str | None, version: 
 class Reference:
     """The published rerank() on a model folder, in float32 on the CPU."""
 
-    def __init__(self, folder: Path, version: Version, config: transformers.Qwen3Config | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        version: Version,
+        config: transformers.Qwen3Config | None = None,
+        model_max_length: int | None = None,
+    ) -> None:
+        """`model_max_length`: the tokenizer's, which rerank() splits by, set to this instead of the folder's."""
         from safetensors.torch import load_file
 
         self.version = version
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+        if model_max_length is not None:
+            self.tokenizer.model_max_length = model_max_length
         self.model = transformers.Qwen3ForCausalLM.from_pretrained(folder, config=config, dtype=torch.float32).eval()
         self.model.lm_head = torch.nn.Identity()
         weights = load_file(str(folder / "model.safetensors"))

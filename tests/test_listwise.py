@@ -137,6 +137,30 @@ def test_long_documents_close_passes_by_the_length_rule(client, references, fold
     assert check_against_reference(client, references, folders, model, documents) >= 2
 
 
+def test_a_list_past_the_pass_bound_is_read_in_more_passes(stored, folders):
+    """RERANK_MAX_LIST_PASS_TOKENS below the tokenizer's context is the published split rule's length budget: the
+    scores are the published rerank()'s with model_max_length set to the bound; a document that cannot fit beside the
+    query even alone is refused with a 400 naming the limit."""
+    bound = 2400
+    documents = [words(150, 400 + i) for i in range(8)]
+    published = Reference(folders[V3_ID], V3)
+    assert len(published.blocks(QUERY, documents)) == 1  # within the folder's context: one pass
+    reference = Reference(folders[V3_ID], V3, model_max_length=bound)
+    passes = len(reference.blocks(QUERY, documents))
+    assert passes >= 3
+    with scoring_engine(max_list_pass_tokens=bound) as bounded, routes_client(bounded) as client:
+        results, headers = rerank(client, V3_ID, documents)
+        assert int(headers["x-rerank-listwise-passes"]) == passes
+        served = scores_by_index(results)
+        assert max(abs(a - b) for a, b in zip(served, reference.rerank(QUERY, documents), strict=True)) < TOLERANCE
+        # 512 query tokens twice and a document at its cap of 2,048: 3,072 tokens in a pass of its own.
+        body = {"model": V3_ID, "query": words(700, 1), "documents": [SHORT[0], words(2300, 2)]}
+        refused = client.post("/v1/rerank", json=body)
+        assert refused.status_code == 400, refused.text
+        assert "RERANK_MAX_LIST_PASS_TOKENS" in refused.text and "2400" in refused.text
+        assert "document 1" in refused.text and refused.json()["error"]["param"] == "documents"
+
+
 def test_v35_reads_with_its_sliding_window_layers(references, folders):
     """The window changes the scores (the fixture's is 16 tokens): the server cannot ignore it and still pass."""
     config = transformers.Qwen3Config.from_pretrained(folders[V35_ID])

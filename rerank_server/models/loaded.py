@@ -244,10 +244,12 @@ def load_reranker(
     tokenizers: int = 0,
     allow_remote_code: bool = True,
     embeddings: EmbeddingCache | None = None,
+    list_pass_tokens: int | None = None,
 ) -> LoadedReranker:
     """A stored reranker loaded with its recipe on its backend (`device` and `dtype` are torch's; a CPU runtime
     ignores them). `dtype` is a RERANK_DTYPE choice. A model that runs its own code loads only when
-    `allow_remote_code` (RERANK_ALLOW_REMOTE_CODE), and only from the code stored with it."""
+    `allow_remote_code` (RERANK_ALLOW_REMOTE_CODE), and only from the code stored with it. `list_pass_tokens`: a
+    listwise model's most tokens in one pass (RERANK_MAX_LIST_PASS_TOKENS; None: its tokenizer's context)."""
     # A listwise model ships code (its `rerank()`) that is stored but never run: our recipe and backend score it.
     runs_code = bool(stored.remote_code) and not getattr(RECIPES.get(stored.recipe), "listwise", False)
     if runs_code and not allow_remote_code:
@@ -267,6 +269,7 @@ def load_reranker(
         stored.path, recipe=stored.recipe, max_length=stored.max_length, causal=stored.causal, backend=stored.backend,
         device=device, dtype=dtype, checkpoint_dtype=stored.checkpoint_dtype, threads=threads, tokenizers=tokenizers,
         remote_code=runs_code, module_stack=stored.module_stack, embeddings=embeddings,
+        list_pass_tokens=list_pass_tokens,
     )  # fmt: skip
 
 
@@ -285,6 +288,7 @@ def load_folder(
     remote_code: bool = False,
     module_stack: bool = False,
     embeddings: EmbeddingCache | None = None,
+    list_pass_tokens: int | None = None,
 ) -> LoadedReranker:
     """A model folder loaded as `load_reranker` loads a stored one (for tools, benchmarks and tests)."""
     from rerank_server.backends.torch_backend import resolve_dtype
@@ -293,6 +297,8 @@ def load_folder(
         device = "cpu"
     recipe_class = RECIPES[recipe]
     extras = recipe_class.load_extras(path)  # shared by the copies (an image processor does not change when called)
+    if recipe_class.listwise:
+        extras["pass_tokens"] = list_pass_tokens
     recipes = RecipePool(
         lambda tokenizer: recipe_class(tokenizer, max_length, **extras), load_tokenizer(path, remote_code),
         tokenizers or default_tokenizer_copies(device),

@@ -6,10 +6,12 @@ The reference is the published `modeling.py` (`rerank()` and its prompt builder)
 the two marker tokens are removed from the query, the documents and the instruction; the query is cut to 512 tokens
 and each document to 2,048 (v3.5: 1,024 and 8,192), a text at its cap being replaced by its decoded tokens; a pass
 holds at most 125 documents and closes once the tokenizer's `model_max_length`, less twice the query and the
-documents so far, leaves no room for a document at the cap; several passes are fused (`models/listwise.py`). Passage
-ids count from 0 in each pass. v3.5 also puts `<|rerank_token|>` after the query in the header line, and the later
-one (after the final `<query>`) is read. The projector and the cosine are `models/listwise.py`'s; the backbone's last
-hidden states (after the final norm) are `backends/listwise.py`'s.
+documents so far, leaves no room for a document at the cap; several passes are fused (`models/listwise.py`). The
+server bounds that length (RERANK_MAX_LIST_PASS_TOKENS, `pass_tokens`): one forward's memory grows with it, and with
+the square of it where v3.5's sliding-window mask is built, so a list longer than the bound is split into more passes
+than `rerank()` would make. Passage ids count from 0 in each pass. v3.5 also puts `<|rerank_token|>` after the query
+in the header line, and the later one (after the final `<query>`) is read. The projector and the cosine are
+`models/listwise.py`'s; the backbone's last hidden states (after the final norm) are `backends/listwise.py`'s.
 """
 
 from __future__ import annotations
@@ -54,14 +56,18 @@ class JinaV3Recipe(Recipe):
     # v3.5: the projector's outputs are upcast to float32 before the cosine (v3 takes it in the model's dtype).
     float32_projection: ClassVar[bool] = False
 
-    def __init__(self, tokenizer: Any, max_length: int) -> None:
+    def __init__(self, tokenizer: Any, max_length: int, pass_tokens: int | None = None) -> None:
+        """`pass_tokens`: the most tokens of twice the query and the documents in one pass (None: the tokenizer's
+        context only, as `rerank()` splits)."""
         super().__init__(tokenizer, max_length)
         self.document_marker = self._marker(DOCUMENT_MARKER)
         self.query_marker = self._marker(QUERY_MARKER)
         # `rerank()` splits by the tokenizer's model_max_length (the model's max_length when the tokenizer sets none:
         # transformers' "unset" is a huge number).
         stated = int(min(tokenizer.model_max_length, 10**9))
-        self.context = stated if stated < 10**7 else max_length
+        context = stated if stated < 10**7 else max_length
+        self.pass_tokens = pass_tokens
+        self.context = min(context, pass_tokens) if pass_tokens else context
 
     def _marker(self, token: str) -> int:
         ids = self.tokenizer(token, add_special_tokens=False)["input_ids"]
@@ -110,14 +116,31 @@ class JinaV3Recipe(Recipe):
         for group in groups:
             query, query_tokens = self._capped(sanitize(queries[group[0]]), self.query_cap, "right", True, "query")
             kept = [self._capped(sanitize(documents[i]), cap, options.side, options.truncate, "texts") for i in group]
+            self._check_pass_room(query_tokens, kept, group)
             passes = tuple(self._pass(query, instruction, kept, block) for block in self.split(query_tokens, kept))
             rows.extend(self._rows(passes, len(kept)))
             lists.append(DocumentList(passes, len(kept)))
         return EncodedPairs(rows, lists=lists)
 
+    def _check_pass_room(self, query_tokens: int, documents: Sequence[tuple[str, int]], indices: range) -> None:
+        """Refuse a document that cannot be read within `pass_tokens` even alone beside the query (which the prompt
+        holds twice): every pass the split makes then stays within the bound (see `split`)."""
+        if not self.pass_tokens:
+            return
+        for index, (_, tokens) in zip(indices, documents, strict=True):
+            if 2 * query_tokens + tokens > self.pass_tokens:
+                raise RecipeError(
+                    f"document {index} and the query (twice in the prompt) take {2 * query_tokens + tokens} tokens, "
+                    f"over the limit of {self.pass_tokens} tokens in one listwise pass (RERANK_MAX_LIST_PASS_TOKENS): "
+                    "shorten the query or set max_tokens_per_doc",
+                    "documents",
+                )
+
     def split(self, query_tokens: int, documents: Sequence[tuple[str, int]]) -> list[list[int]]:
         """`rerank()`'s blocks: document indices in passes of at most 125, closed once the context less twice the
-        query and the documents so far leaves no room for a document at the cap."""
+        query and the documents so far leaves no room for a document at the cap. A document joins a pass only while
+        more than the cap is left, so twice the query and a pass's documents never exceed the context (a pass of one
+        is checked by `_check_pass_room`); the prompt's template adds about 130 tokens a pass and 10 a document."""
         blocks: list[list[int]] = [[]]
         room = self.context - 2 * query_tokens
         for index, (_, tokens) in enumerate(documents):

@@ -67,6 +67,7 @@ def measure(model: LoadedReranker, docs: list[str], repeats: int) -> tuple[int, 
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Print the table: each model on the same documents, per list length."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=("0.6B", "tiny"), default="0.6B")
     parser.add_argument("--docs", type=lambda s: [int(n) for n in s.split(",")], default=[20, 100])

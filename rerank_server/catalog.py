@@ -148,7 +148,8 @@ KNOWN_MODELS: tuple[KnownModel, ...] = (
         license="apache-2.0",
     ),  # fmt: skip
     # Listwise: the query and all documents in one context (up to 125 a pass, passes fused). max_length is the
-    # context of the published tokenizer (model_max_length); each document is cut at 2,048 tokens (v3.5: 8,192).
+    # context of the published tokenizer (model_max_length; one pass is bounded lower by RERANK_MAX_LIST_PASS_TOKENS);
+    # each document is cut at 2,048 tokens (v3.5: 8,192).
     KnownModel(
         "jinaai/jina-reranker-v3",
         131_072,

@@ -21,6 +21,8 @@ DOC_ID, QUERY_ID = 151670, 151671
 
 @dataclass(frozen=True)
 class Version:
+    """What sets v3.5 apart from v3 in the published code."""
+
     query_cap: int
     document_cap: int
     header_marker: bool  # v3.5: the query marker after the query in the header line too; the later one is read

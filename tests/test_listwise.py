@@ -33,6 +33,7 @@ TOLERANCE = 1e-4
 
 
 def words(count: int, seed: int) -> str:
+    """`count` corpus words, the same for the same seed."""
     rng = random.Random(seed)
     return " ".join(rng.choices(_CORPUS_WORDS, k=count))
 
@@ -74,6 +75,7 @@ def client(engine):
 
 
 def rerank(client, model: str, documents: list[str], **extra) -> tuple[list[dict], dict]:
+    """A /v1/rerank answer of QUERY against `documents` that must succeed: its results and headers."""
     response = client.post("/v1/rerank", json={"model": model, "query": QUERY, "documents": documents, **extra})
     assert response.status_code == 200, response.text
     return response.json()["results"], dict(response.headers)
@@ -159,6 +161,15 @@ def test_a_list_past_the_pass_bound_is_read_in_more_passes(stored, folders):
         assert refused.status_code == 400, refused.text
         assert "RERANK_MAX_LIST_PASS_TOKENS" in refused.text and "2400" in refused.text
         assert "document 1" in refused.text and refused.json()["error"]["param"] == "documents"
+        # The instruction, which rerank() neither caps nor counts, counts against the bound: a document at its cap
+        # fits beside the query alone, not beside the instruction too; and a list takes more passes with it.
+        at_cap, instruction = words(2300, 2), words(500, 3)
+        assert len(instruction) <= 4096  # the wire's own limit on an instruction
+        assert rerank(client, V3_ID, [at_cap])[0]
+        body = {"model": V3_ID, "query": QUERY, "documents": [at_cap], "instruction": instruction}
+        refused = client.post("/v1/rerank", json=body)
+        assert refused.status_code == 400 and "RERANK_MAX_LIST_PASS_TOKENS" in refused.text, refused.text
+        assert int(rerank(client, V3_ID, documents, instruction=words(150, 4))[1]["x-rerank-listwise-passes"]) > passes
 
 
 def test_v35_reads_with_its_sliding_window_layers(references, folders):

@@ -51,7 +51,7 @@ def _card(served: ServedModel) -> ModelCard:
         tag=stored.tag,
         recipe=stored.recipe,
         backend=stored.backend,
-        remote_code=bool(stored.remote_code),
+        remote_code=stored.runs_code,
         license=stored.license,
         non_commercial=non_commercial(stored.license),
         score=_score_info(stored),

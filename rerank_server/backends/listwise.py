@@ -13,23 +13,16 @@ import numpy as np
 import torch
 
 from rerank_server.backends.torch_backend import TorchBackend, _on_device
+from rerank_server.recipes.listwise import PROJECTOR_KEYS, projector_file
 
-PROJECTOR_KEYS = ("projector.0.weight", "projector.2.weight")
 
-
-def projector_weights(folder: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The two projector matrices (out x in) from the folder's safetensors files, or None when none holds them."""
+def projector_weights(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two projector matrices (out x in) from the folder's safetensors file that holds them."""
     from safetensors import safe_open
 
-    for path in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(path), framework="pt") as weights:
-            keys = set(weights.keys())
-            if all(key in keys for key in PROJECTOR_KEYS):
-                if any(key.startswith("projector.") and key.endswith(".bias") for key in keys):
-                    raise ValueError(f"{path}: a projector with a bias, which jina-reranker-v3's never has")
-                first, second = (weights.get_tensor(key) for key in PROJECTOR_KEYS)
-                return first, second
-    return None
+    with safe_open(str(projector_file(folder)), framework="pt") as weights:
+        first, second = (weights.get_tensor(key) for key in PROJECTOR_KEYS)
+    return first, second
 
 
 class ListwiseBackbone(TorchBackend):
@@ -43,8 +36,6 @@ class ListwiseBackbone(TorchBackend):
         if "sliding_attention" in (config.layer_types or ()) and config.sliding_window is None:
             raise ValueError(f"{path}: its config has sliding-window layers but no sliding_window (use_sliding_window)")
         found = projector_weights(path)
-        if found is None:
-            raise ValueError(f"{path}: no safetensors file holds the projector ({', '.join(PROJECTOR_KEYS)})")
         self.model = Qwen3Model.from_pretrained(path, config=config, dtype=dtype, local_files_only=True)
         self.model = self.model.to(device).eval()
         self.head = [weight.to(device=device, dtype=dtype) for weight in found]
@@ -66,4 +57,5 @@ class ListwiseBackbone(TorchBackend):
         return projected.float() if self.float32_projection else projected
 
     def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None) -> None:
+        """Not a listwise model's output: its scores are cosines of marker states (`models/listwise.py`)."""
         raise TypeError("a listwise model scores a list of documents from its marker states, not a logit head")

@@ -247,9 +247,9 @@ class RerankEngine:
             loaded.limit(options)  # a bad truncate_prompt_tokens is refused before any work
             queries, documents = _for_model(stored, loaded, queries, documents)
             chunks = max_chunks if max_chunks is not None else self.settings.max_chunks_per_doc
-            if loaded.recipe.listwise:
-                chunks = self._listwise_checks(len(documents), options, max_chunks, documents_field)
-            if chunks and chunks > 1:
+            if loaded.recipe.listwise:  # windows would add documents to the list, which reads each one whole
+                chunks = self._check_list(len(documents), options, max_chunks, documents_field)
+            if chunks > 1:
                 pieces = [
                     loaded.windows(q, d, chunks, options) if isinstance(q, str) and isinstance(d, str) else [d]
                     for q, d in zip(queries, documents, strict=True)
@@ -296,9 +296,9 @@ class RerankEngine:
                 if release_images is not None:
                     release_images()
 
-    def _listwise_checks(self, documents: int, options: TextOptions, max_chunks: int | None, field: str) -> int:
-        """A listwise model reads each document whole (cut at its own cap), in a list of at most
-        RERANK_MAX_LIST_DOCUMENTS: windows would add documents to the list. No windows (0)."""
+    def _check_list(self, documents: int, options: TextOptions, max_chunks: int | None, field: str) -> int:
+        """Refuse what a listwise model cannot read: windows (max_chunks_per_doc over 1), a list over
+        RERANK_MAX_LIST_DOCUMENTS. The windows per document it reads: 0, none (each document is cut at its cap)."""
         if max_chunks is not None and max_chunks > 1:
             raise InvalidInputError(
                 "max_chunks_per_doc does not apply to a listwise model: each document is one passage of the list, "

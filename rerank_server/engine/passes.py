@@ -70,7 +70,7 @@ def run_passes(
     """
     if not len(encoded):
         return torch.empty(0)
-    if encoded.lists is not None:  # a listwise model: list after list, each in the passes its recipe planned
+    if encoded.lists is not None:  # not the length planner: a list's passes are its recipe's, and decide its scores
         scored = []
         for start, stop in encoded.list_bounds():
             scored.append(model.forward(encoded.slice(start, stop)).float().cpu())

@@ -84,7 +84,7 @@ def store_folder(
     code = remote_code.collect(folder, model_id, code_folders) if options.trust_remote_code else None
     # A listwise model's code is stored (it came with the weights) but never run: the server scores it with its recipe.
     runs_code = bool(code and code.files) and not RECIPES[info.recipe].listwise
-    if code and code.files and not info.architecture.endswith("ForSequenceClassification") and runs_code:
+    if runs_code and not info.architecture.endswith("ForSequenceClassification"):
         raise ModelImportError(
             f"{model_id}: --trust-remote-code runs the code of *ForSequenceClassification cross-encoders; a "
             f"{info.architecture} with code of its own is not served"

@@ -12,6 +12,7 @@ from rerank_server.catalog import known_model
 from rerank_server.models.loaded import ships_own_code
 from rerank_server.recipes import RECIPES, recipe_from_id, recipe_from_prompt
 from rerank_server.recipes.colbert import ColbertSettings, colbert_settings, module_folders
+from rerank_server.recipes.listwise import projector_file
 
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
 # Rerankers whose scoring lives only in their repository's own Python code (`trust_remote_code`), which this server
@@ -28,7 +29,6 @@ _VISION_SUFFIX = "ForConditionalGeneration"
 # repository ships code (`rerank()`), stored with --trust-remote-code like any model's but never run: the recipe and
 # backend are this server's.
 LISTWISE_ARCHITECTURES = ("JinaForRanking",)
-_PROJECTOR_KEYS = ("projector.0.weight", "projector.2.weight")
 
 
 class ModelImportError(Exception):
@@ -219,7 +219,8 @@ def _listwise(folder: Path, model_id: str, config: dict[str, Any], architecture:
     is `--recipe`'s, the catalogue's or the id's, else v3.5's where the config has sliding-window layers."""
     if architecture not in LISTWISE_ARCHITECTURES or config.get("model_type") != "qwen3":
         raise ModelImportError(
-            f"{model_id}: the {chosen} recipe scores JinaForRanking models (a qwen3 backbone), not a {architecture}"
+            f"{model_id}: listwise recipes score JinaForRanking models with a qwen3 backbone, not a {architecture} "
+            f"({config.get('model_type')})"
         )
     known = known_model(model_id)
     found = chosen or (known.recipe if known else None) or recipe_from_id(model_id)
@@ -227,8 +228,10 @@ def _listwise(folder: Path, model_id: str, config: dict[str, Any], architecture:
         found = "jina-v3.5" if "sliding_attention" in (config.get("layer_types") or ()) else "jina-v3"
     if not RECIPES[found].listwise:
         raise ModelImportError(f"{model_id} is a listwise reranker ({architecture}): scored with jina-v3 or jina-v3.5")
-    if not _has_projector(folder):
-        raise ModelImportError(f"{folder}: no safetensors file holds the projector ({', '.join(_PROJECTOR_KEYS)})")
+    try:
+        projector_file(folder)
+    except ValueError as exc:
+        raise ModelImportError(str(exc)) from exc
     if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer_config.json").is_file():
         raise ModelImportError(f"{folder} holds no tokenizer files")
     dtype = config.get("dtype") or config.get("torch_dtype")
@@ -236,19 +239,6 @@ def _listwise(folder: Path, model_id: str, config: dict[str, Any], architecture:
         architecture, 1, _max_length(folder, model_id, config, found), found, str(dtype) if dtype else None,
         _parameters(folder),
     )  # fmt: skip
-
-
-def _has_projector(folder: Path) -> bool:
-    from safetensors import safe_open
-
-    for path in folder.glob("*.safetensors"):
-        try:
-            with safe_open(str(path), framework="numpy") as weights:
-                if all(key in weights.keys() for key in _PROJECTOR_KEYS):  # noqa: SIM118 - not a mapping
-                    return True
-        except Exception as exc:  # noqa: BLE001 - a corrupt header is one clear line
-            raise ModelImportError(f"{path} is not a readable safetensors file ({exc})") from exc
-    return False
 
 
 def _check_vision(folder: Path, model_id: str, architecture: str, recipe: str) -> None:

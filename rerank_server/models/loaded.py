@@ -156,7 +156,7 @@ class LoadedReranker:
     def forward(self, encoded: EncodedPairs) -> torch.Tensor:
         """One forward pass over `encoded`, padded as the recipe pads: a float32 logit per pair, possibly still on
         the device (the caller copies the passes of a batch back together, once)."""
-        if encoded.lists is not None:  # each pass of each list alone, unpadded
+        if encoded.lists is not None:  # never padded together: a list's scores must depend on that list alone
             with self._forward_lock:
                 return listwise_scores(self.backend, encoded.lists)  # type: ignore[arg-type]
         if encoded.late is not None:  # queries and documents are padded apart, there
@@ -250,9 +250,7 @@ def load_reranker(
     ignores them). `dtype` is a RERANK_DTYPE choice. A model that runs its own code loads only when
     `allow_remote_code` (RERANK_ALLOW_REMOTE_CODE), and only from the code stored with it. `list_pass_tokens`: a
     listwise model's most tokens in one pass (RERANK_MAX_LIST_PASS_TOKENS; None: its tokenizer's context)."""
-    # A listwise model ships code (its `rerank()`) that is stored but never run: our recipe and backend score it.
-    runs_code = bool(stored.remote_code) and not getattr(RECIPES.get(stored.recipe), "listwise", False)
-    if runs_code and not allow_remote_code:
+    if stored.runs_code and not allow_remote_code:
         raise RemoteCodeRefused(
             f"{stored.model_id} runs its own modelling code ({', '.join(stored.remote_code)}), and this host does not "
             "run models' own code (RERANK_ALLOW_REMOTE_CODE=false)"
@@ -268,7 +266,7 @@ def load_reranker(
     return load_folder(
         stored.path, recipe=stored.recipe, max_length=stored.max_length, causal=stored.causal, backend=stored.backend,
         device=device, dtype=dtype, checkpoint_dtype=stored.checkpoint_dtype, threads=threads, tokenizers=tokenizers,
-        remote_code=runs_code, module_stack=stored.module_stack, embeddings=embeddings,
+        remote_code=stored.runs_code, module_stack=stored.module_stack, embeddings=embeddings,
         list_pass_tokens=list_pass_tokens,
     )  # fmt: skip
 

@@ -262,6 +262,15 @@ class Recipe(ABC):
             )
         return options.max_length
 
+    def whole_prompt_limit(self, options: TextOptions, family: str, caps: str) -> int:
+        """`limit` for a family that cuts each text at caps of its own rather than the whole prompt: `family` and its
+        `caps` explain the refusal of truncate_prompt_tokens (-1 or absent is the model's max_length)."""
+        if options.max_length is not None and options.max_length >= 0:
+            raise RecipeError(
+                f"truncate_prompt_tokens does not apply to a {family} model: {caps}", "truncate_prompt_tokens"
+            )
+        return self.max_length
+
     def last_token_head(self) -> LastTokenHead:
         """Which vocabulary logits make the score when the checkpoint is a causal LM."""
         raise RecipeError(f"the {self.name} recipe scores with a classification head, not a language model", "model")

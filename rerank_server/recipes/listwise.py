@@ -17,6 +17,7 @@ in the header line, and the later one (after the final `<query>`) is read. The p
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 from rerank_server.errors import InputTooLongError
@@ -34,6 +35,26 @@ SYSTEM = (
 ASSISTANT = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
 # `rerank()`'s block size: most documents in one pass.
 DOCUMENTS_PER_PASS = 125
+# The projector (Linear, ReLU, Linear, no bias) as the checkpoint stores it, beside the backbone's `model.*`.
+PROJECTOR_KEYS = ("projector.0.weight", "projector.2.weight")
+
+
+def projector_file(folder: Path) -> Path:
+    """The safetensors file of `folder` that holds the projector. Raises ValueError when none does, for a projector
+    with a bias (jina-reranker-v3's never has one), or for a file whose header cannot be read."""
+    from safetensors import safe_open
+
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="numpy") as weights:  # the header only: no tensor is read
+                keys = set(weights.keys())
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own types for a corrupt header
+            raise ValueError(f"{path} is not a readable safetensors file ({exc})") from exc
+        if all(key in keys for key in PROJECTOR_KEYS):
+            if any(key.startswith("projector.") and key.endswith(".bias") for key in keys):
+                raise ValueError(f"{path}: a projector with a bias, which jina-reranker-v3's never has")
+            return path
+    raise ValueError(f"{folder}: no safetensors file holds the projector ({', '.join(PROJECTOR_KEYS)})")
 
 
 def sanitize(text: str) -> str:
@@ -42,6 +63,8 @@ def sanitize(text: str) -> str:
 
 
 class JinaV3Recipe(Recipe):
+    """jina-reranker-v3: the published prompt, caps and split rule; the score is read by `models/listwise.py`."""
+
     name = "jina-v3"
     description = "listwise (jina-reranker-v3): query and all documents in one prompt, cosine of marker states"
     score_kind = "cosine"
@@ -57,8 +80,8 @@ class JinaV3Recipe(Recipe):
     float32_projection: ClassVar[bool] = False
 
     def __init__(self, tokenizer: Any, max_length: int, pass_tokens: int | None = None) -> None:
-        """`pass_tokens`: the most tokens of twice the query and the documents in one pass (None: the tokenizer's
-        context only, as `rerank()` splits)."""
+        """`pass_tokens`: the most tokens of twice the query, the instruction and the documents in one pass (None:
+        the tokenizer's context only, as `rerank()` splits)."""
         super().__init__(tokenizer, max_length)
         self.document_marker = self._marker(DOCUMENT_MARKER)
         self.query_marker = self._marker(QUERY_MARKER)
@@ -68,6 +91,9 @@ class JinaV3Recipe(Recipe):
         context = stated if stated < 10**7 else max_length
         self.pass_tokens = pass_tokens
         self.context = min(context, pass_tokens) if pass_tokens else context
+        # Where the bound, not the tokenizer, sets the context, the split counts the instruction (which `rerank()`
+        # neither caps nor counts) against it: a long one would otherwise make every pass longer by as much.
+        self.counts_instruction = self.context < context
 
     def _marker(self, token: str) -> int:
         ids = self.tokenizer(token, add_special_tokens=False)["input_ids"]
@@ -80,15 +106,15 @@ class JinaV3Recipe(Recipe):
         return list(raw)
 
     def limit(self, options: TextOptions) -> int:
-        if options.max_length is not None and options.max_length >= 0:
-            raise RecipeError(
-                "truncate_prompt_tokens does not apply to a listwise model: the query is cut to "
-                f"{self.query_cap} tokens and each document to {self.document_cap} (max_tokens_per_doc may lower that)",
-                "truncate_prompt_tokens",
-            )
-        return self.max_length
+        """The model's max_length; truncate_prompt_tokens is refused (the query and each document have caps)."""
+        caps = (
+            f"the query is cut to {self.query_cap} tokens and each document to {self.document_cap} "
+            "(max_tokens_per_doc may lower that)"
+        )
+        return self.whole_prompt_limit(options, "listwise", caps)
 
     def document_room(self, query: str, options: TextOptions) -> int:
+        """A document's cap: the model's own, or max_tokens_per_doc where that is lower."""
         return min(self.document_cap, options.max_document_tokens or self.document_cap)
 
     def _capped(self, text: str, cap: int, side: Side, truncate: bool, field: str) -> tuple[str, int]:
@@ -105,7 +131,11 @@ class JinaV3Recipe(Recipe):
         return self.tokenizer.decode(kept), cap
 
     def encode(self, queries: Sequence[str], documents: Sequence[str], options: TextOptions) -> EncodedPairs:
+        """The passes of one list of all the documents (`options.one_list`), or of a one-document list per pair;
+        each document's row holds its share of the passes' tokens (`usage`)."""
         self.limit(options)
+        if not documents:
+            return EncodedPairs([], lists=[])
         if options.one_list and len(set(queries)) > 1:
             raise RecipeError("a listwise model scores one query's documents together: send one query", "queries")
         cap = self.document_room("", options)
@@ -113,42 +143,55 @@ class JinaV3Recipe(Recipe):
         groups = [range(len(documents))] if options.one_list else [range(i, i + 1) for i in range(len(documents))]
         rows: list[list[int]] = []
         lists: list[DocumentList] = []
+        instruction_tokens = self._instruction_tokens(instruction)
         for group in groups:
             query, query_tokens = self._capped(sanitize(queries[group[0]]), self.query_cap, "right", True, "query")
             kept = [self._capped(sanitize(documents[i]), cap, options.side, options.truncate, "texts") for i in group]
-            self._check_pass_room(query_tokens, kept, group)
-            passes = tuple(self._pass(query, instruction, kept, block) for block in self.split(query_tokens, kept))
+            # What every pass of the list holds besides its documents, and what of it the split counts.
+            fixed = 2 * query_tokens + instruction_tokens
+            self._check_pass_room(fixed, kept, group)
+            counted = fixed if self.counts_instruction else 2 * query_tokens
+            passes = tuple(self._pass(query, instruction, kept, block) for block in self.split(counted, kept))
             rows.extend(self._rows(passes, len(kept)))
             lists.append(DocumentList(passes, len(kept)))
         return EncodedPairs(rows, lists=lists)
 
-    def _check_pass_room(self, query_tokens: int, documents: Sequence[tuple[str, int]], indices: range) -> None:
+    def _instruction_tokens(self, instruction: str | None) -> int:
+        """The instruction's tokens, under a bound (0 without one: `rerank()` does not count them); tokenized only as
+        far as the bound, past which no pass could hold it anyway."""
+        if not instruction or self.pass_tokens is None:
+            return 0
+        cut, _ = self.long_text.cut(instruction, self.pass_tokens + 1)
+        return self.long_text.count(cut)
+
+    def _check_pass_room(self, fixed: int, documents: Sequence[tuple[str, int]], indices: range) -> None:
         """Refuse a document that cannot be read within `pass_tokens` even alone beside the query (which the prompt
-        holds twice): every pass the split makes then stays within the bound (see `split`)."""
+        holds twice) and the instruction, `fixed` tokens: every pass the split makes then stays within the bound."""
         if not self.pass_tokens:
             return
         for index, (_, tokens) in zip(indices, documents, strict=True):
-            if 2 * query_tokens + tokens > self.pass_tokens:
+            if fixed + tokens > self.pass_tokens:
                 raise RecipeError(
-                    f"document {index} and the query (twice in the prompt) take {2 * query_tokens + tokens} tokens, "
-                    f"over the limit of {self.pass_tokens} tokens in one listwise pass (RERANK_MAX_LIST_PASS_TOKENS): "
-                    "shorten the query or set max_tokens_per_doc",
+                    f"document {index} with the query (twice in the prompt) and the instruction takes "
+                    f"{fixed + tokens} tokens, over the limit of {self.pass_tokens} tokens in one listwise pass "
+                    "(RERANK_MAX_LIST_PASS_TOKENS): shorten the query or the instruction, or set max_tokens_per_doc",
                     "documents",
                 )
 
-    def split(self, query_tokens: int, documents: Sequence[tuple[str, int]]) -> list[list[int]]:
+    def split(self, fixed: int, documents: Sequence[tuple[str, int]]) -> list[list[int]]:
         """`rerank()`'s blocks: document indices in passes of at most 125, closed once the context less twice the
-        query and the documents so far leaves no room for a document at the cap. A document joins a pass only while
-        more than the cap is left, so twice the query and a pass's documents never exceed the context (a pass of one
-        is checked by `_check_pass_room`); the prompt's template adds about 130 tokens a pass and 10 a document."""
+        query (`fixed`, with the instruction where the bound sets the context) and the documents so far leaves no
+        room for a document at the cap. A document joins a pass only while more than the cap is left, so `fixed` and
+        a pass's documents never exceed the context (a pass of one is checked by `_check_pass_room`); the prompt's
+        template adds about 130 tokens a pass and 10 a document."""
         blocks: list[list[int]] = [[]]
-        room = self.context - 2 * query_tokens
+        room = self.context - fixed
         for index, (_, tokens) in enumerate(documents):
             blocks[-1].append(index)
             room -= tokens
             if len(blocks[-1]) >= DOCUMENTS_PER_PASS or room <= self.document_cap:
                 blocks.append([])
-                room = self.context - 2 * query_tokens
+                room = self.context - fixed
         return [block for block in blocks if block]
 
     def prompt(self, query: str, instruction: str | None, documents: Sequence[str]) -> str:
@@ -191,6 +234,9 @@ class JinaV3Recipe(Recipe):
 
 
 class JinaV35Recipe(JinaV3Recipe):
+    """jina-reranker-v3.5: v3's prompt with the query marker in the header too, longer caps, a float32 projection
+    (its sliding-window layers are the backbone's config)."""
+
     name = "jina-v3.5"
     description = "listwise (jina-reranker-v3.5): as v3 with sliding-window layers, longer caps, a marked header"
     query_cap = 1024

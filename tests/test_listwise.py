@@ -198,6 +198,7 @@ def test_top_n_documents_usage_and_max_tokens_per_doc(client, references):
     assert max(abs(a - b) for a, b in zip(scores_by_index(cut), reference.rerank(QUERY, firsts), strict=True)) < 1e-4
     cards = {card["id"]: card for card in client.get("/v1/models").json()["data"]}
     assert cards[V3_ID]["score"]["kind"] == "cosine"
+    assert cards[V3_ID]["remote_code"] is False  # its code is stored with it, never run
 
 
 def test_the_cache_keys_on_the_whole_list_and_its_order(client, engine, references):

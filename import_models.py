@@ -127,16 +127,16 @@ def print_stored() -> None:
         print("No rerankers in the store yet: run `python import_models.py`.")
         return
     print(
-        f"{'MODEL':40} {'TAG':50} {'RECIPE':13} {'BACKEND':9} {'MAX_LEN':>7} {'SIZE':>8}  {'CODE':4}  {'LICENSE':14}  "
+        f"{'MODEL':40} {'TAG':50} {'RECIPE':13} {'BACKEND':9} {'MAX_LEN':>7} {'SIZE':>8}  {'CODE':6}  {'LICENSE':14}  "
         "SCORE  SOURCE"
     )
     for s in stored:
-        code = "own" if s.remote_code else "-"
+        code = "own" if s.runs_code else "stored" if s.remote_code else "-"
         license_id = (s.license or "-") + (" (NC)" if non_commercial(s.license) else "")
         score = "calibrated" if s.calibration else "-"
         print(
             f"{s.model_id:40} {s.tag:50} {s.recipe:13} {s.backend:9} {s.max_length:>7} {_size(s.size_bytes):>8}  "
-            f"{code:4}  {license_id:14}  {score:5}  {s.source}"
+            f"{code:6}  {license_id:14}  {score:5}  {s.source}"
         )
 
 

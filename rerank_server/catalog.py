@@ -147,6 +147,29 @@ KNOWN_MODELS: tuple[KnownModel, ...] = (
         "colbert",
         license="apache-2.0",
     ),  # fmt: skip
+    # Listwise: the query and all documents in one context (up to 125 a pass, passes fused). max_length is the
+    # context of the published tokenizer (model_max_length; one pass is bounded lower by RERANK_MAX_LIST_PASS_TOKENS);
+    # each document is cut at 2,048 tokens (v3.5: 8,192).
+    KnownModel(
+        "jinaai/jina-reranker-v3",
+        131_072,
+        "~1.2 GB",
+        "listwise (Qwen3 0.6B), multilingual; non-commercial",
+        "jina-v3",
+        remote_code=True,
+        license="cc-by-nc-4.0",
+        architecture="JinaForRanking",
+    ),
+    KnownModel(
+        "jinaai/jina-reranker-v3.5",
+        131_072,
+        "~1.2 GB",
+        "listwise, sliding-window layers, long documents; non-commercial",
+        "jina-v3.5",
+        remote_code=True,
+        license="cc-by-nc-4.0",
+        architecture="JinaForRanking",
+    ),
     KnownModel(
         "jinaai/jina-reranker-v2-base-multilingual",
         1024,

@@ -109,6 +109,8 @@ def routes_client(engine, raise_server_exceptions: bool = True) -> Iterator[Test
     from rerank_server.api.dependencies import current_engine, current_health
     from rerank_server.api.tracking import RequestTracking
 
+    # An outer client's engine (a test module's) is served again once an inner one (a single test's) closes.
+    outer = dict(app.dependency_overrides)
     app.dependency_overrides[current_engine] = lambda: engine
     app.dependency_overrides[current_health] = lambda: lambda: engine.liveness.problem() is None
     try:
@@ -116,6 +118,7 @@ def routes_client(engine, raise_server_exceptions: bool = True) -> Iterator[Test
             yield client
     finally:
         app.dependency_overrides.clear()
+        app.dependency_overrides.update(outer)
 
 
 @contextmanager

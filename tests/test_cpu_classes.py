@@ -94,7 +94,7 @@ def test_auto_stores_the_fastest_path_of_the_cpu_class_and_says_why(
 
 def test_the_gate_refuses_a_named_path_that_reorders_rankings_and_stores_nothing(fixture_model_dir: Path) -> None:
     # ONNX Runtime's dynamic int8 quantizes activations too: on this fixture its worst query falls far under 0.99.
-    with pytest.raises(ModelImportError, match=r"onnx-int8 changes its rankings against float32: worst-query Spearman "):
+    with pytest.raises(ModelImportError, match=r"onnx-int8 changes its rankings against float32: worst-query Spear"):
         import_from_folder("test-org/gated", fixture_model_dir, ImportOptions(backend="onnx-int8"))
     assert find_reranker("test-org/gated") is None
 

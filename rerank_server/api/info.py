@@ -51,7 +51,7 @@ def _card(served: ServedModel) -> ModelCard:
         tag=stored.tag,
         recipe=stored.recipe,
         backend=stored.backend,
-        remote_code=bool(stored.remote_code),
+        remote_code=stored.runs_code,
         license=stored.license,
         non_commercial=non_commercial(stored.license),
         score=_score_info(stored),
@@ -63,7 +63,8 @@ def _card(served: ServedModel) -> ModelCard:
 @router.get("/v1/models", response_model=ModelList, responses={401: {"model": ErrorResponse}})
 async def list_models(engine: Engine) -> ModelList:
     """Every reranker in the model store (OpenAI-style list): whether it is loaded (or failed to load, and why), its
-    max_length, license, and what its scores mean (`score`: sigmoid, p-yes or calibrated, with the calibration)."""
+    max_length, license, and what its scores mean (`score`: sigmoid, p-yes, mean-maxsim, cosine or calibrated, with
+    the calibration)."""
     served = await anyio.to_thread.run_sync(engine.served_models)
     return ModelList(data=[_card(model) for model in served])
 

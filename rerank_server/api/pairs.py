@@ -127,7 +127,10 @@ def hand_over(pairs: Sequence[PairToScore]) -> None:
 
 def pair_options(pair: PairToScore) -> TextOptions:
     """How a pair wants to be tokenized, in the recipes' terms."""
-    return TextOptions(pair.max_length, pair.truncation_side, pair.max_document_tokens, pair.instruction)
+    # A listwise model scores each pair as a list of its own: BentoML merges concurrent calls' pairs into one batch.
+    return TextOptions(
+        pair.max_length, pair.truncation_side, pair.max_document_tokens, pair.instruction, one_list=False
+    )
 
 
 async def score_pairs(

@@ -112,7 +112,9 @@ async def _score(
             if len(firsts) == 1:
                 firsts = firsts * len(seconds)
             held = files.size if files else 0
-            return await engine.score(model, firsts, seconds, options, max_chunks=max_chunks, images_held=held)
+            return await engine.score(
+                model, firsts, seconds, options, max_chunks=max_chunks, images_held=held, documents_field=images_field
+            )
         finally:
             if files is not None:
                 files()
@@ -127,6 +129,7 @@ async def _score(
             raise
         raise error from exc
     context.model = scored.model_id
+    context.listwise_passes = scored.passes
     return scored
 
 
@@ -196,7 +199,9 @@ async def _rerank_tei(http: Request, request: TEIRerankRequest, engine: RerankEn
         side="left" if request.truncation_direction.lower() == "left" else "right", instruction=request.instruction,
         truncate=request.truncate,
     )  # fmt: skip
-    scored = await _score(http, engine, request.model, [request.query], request.texts, options, error_format="tei")
+    scored = await _score(
+        http, engine, request.model, [request.query], request.texts, options, error_format="tei", images_field="texts"
+    )
     values = scored.logits if request.raw_scores else scored.scores
     return [
         TEIRank(index=i, score=values[i], text=request.texts[i] if request.return_text else None)
@@ -276,7 +281,10 @@ async def score(http: Request, request: ScoreRequest, engine: Engine) -> ScoreRe
             f"(scored against each of `{second_name}`) or as many as `{second_name}` (scored pairwise)"
         )
         raise invalid(message, first_name)
-    options = TextOptions(max_length=request.truncate_prompt_tokens, instruction=request.instruction)
+    # One query against N documents is one list for a listwise model (as vLLM scores it); pairwise, each pair alone.
+    options = TextOptions(
+        max_length=request.truncate_prompt_tokens, instruction=request.instruction, one_list=len(firsts) == 1
+    )
     scored = await _score(http, engine, request.model, firsts, seconds, options, images_field=second_name)
     values = scored.scores if request.use_activation else scored.logits
     data = [ScoreData(index=i, score=s) for i, s in enumerate(values)]

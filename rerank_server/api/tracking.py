@@ -48,6 +48,8 @@ class RequestContext:
     request_id: str
     model: str = ""
     pairs: int = field(default=0)
+    # A listwise model's passes over the request's list, sent as X-Rerank-Listwise-Passes (more than 1: fused).
+    listwise_passes: int | None = None
     # Run once the answer is sent (or the request failed): releases what the request held while it was served.
     cleanups: list[Callable[[], None]] = field(default_factory=list)
 
@@ -92,7 +94,10 @@ class RequestTracking:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
-                message = {**message, "headers": [*headers, (b"x-request-id", context.request_id.encode())]}
+                headers.append((b"x-request-id", context.request_id.encode()))
+                if context.listwise_passes is not None:
+                    headers.append((b"x-rerank-listwise-passes", str(context.listwise_passes).encode()))
+                message = {**message, "headers": headers}
             await send(message)
 
         try:

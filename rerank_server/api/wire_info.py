@@ -26,10 +26,11 @@ class CalibrationInfo(BaseModel):
 class ScoreInfo(BaseModel):
     """What a model's scores mean."""
 
-    kind: Literal["sigmoid", "p-yes", "mean-maxsim", "calibrated"] = Field(
+    kind: Literal["sigmoid", "p-yes", "mean-maxsim", "cosine", "calibrated"] = Field(
         description="What relevance_score is: the sigmoid of the raw score, p(yes) against no (yes/no LLM "
-        "rerankers), MaxSim over the query length (ColBERT: a mean cosine, at most 1), or a calibrated probability "
-        "of relevance (see `calibration`)."
+        "rerankers), MaxSim over the query length (ColBERT: a mean cosine, at most 1), the cosine in [-1, 1] "
+        "(listwise jina-reranker-v3: it depends on the other documents of the request), or a calibrated "
+        "probability of relevance (see `calibration`)."
     )
     raw: str = Field(description="What the raw score (`use_activation: false`, TEI's `raw_scores`) is.")
     calibration: CalibrationInfo | None = None

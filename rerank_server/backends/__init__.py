@@ -110,13 +110,16 @@ def load_backend(
     module_stack: bool = False,
     vision: bool = False,
     late_interaction: bool = False,
+    listwise: bool = False,
+    float32_projection: bool = False,
     cpu_precision: CpuPrecision = "float32",
 ) -> Backend:
     """The stored model at `path` loaded for `backend` (a CPU runtime ignores `device` and `dtype`). `remote_code`:
     the checkpoint's own modelling code; `module_stack`: a sentence-transformers score head after the transformer;
     `vision`: a vision-language reranker (torch only), scored from its last-token logits like a causal one;
-    `late_interaction`: a ColBERT encoder, token embeddings out (torch only); `cpu_precision`: a CPU runtime's
-    arithmetic (torch's is `dtype`)."""
+    `late_interaction`: a ColBERT encoder, token embeddings out (torch only); `listwise`: a listwise reranker's Qwen3
+    backbone and projector, its outputs upcast to float32 with `float32_projection` (torch only); `cpu_precision`: a
+    CPU runtime's arithmetic (torch's is `dtype`)."""
     if backend in ("onnx", "onnx-int8"):
         from rerank_server.backends.onnx_backend import OnnxBackend
 
@@ -133,6 +136,10 @@ def load_backend(
         # torch sizes its pool from the host's cores, not the container's quota (see rerank_server.cpu).
         torch.set_num_threads(threads)
     with _TRANSFORMERS_LOADING:
+        if listwise:
+            from rerank_server.backends.listwise import ListwiseBackbone
+
+            return ListwiseBackbone(path, device=device, dtype=dtype, float32_projection=float32_projection)  # type: ignore[return-value]
         if late_interaction:
             from rerank_server.backends.late_interaction import TokenEmbeddings
 

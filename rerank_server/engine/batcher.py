@@ -10,7 +10,7 @@ immediate), and a batch that fails is split so that only the failing request fai
 
 The policy, in one place:
 - a request is queued in pieces of at most `max_batch_pairs` pairs (so that one giving up stops what it has not
-  started, and a large request does not hold the model for all of its pairs);
+  started, and a large request does not hold the model for all of its pairs); a listwise model's list is never cut;
 - a batch is the oldest piece and the pieces queued after it for the same model, up to `max_batch_pairs` pairs;
 - a batch runs as forward passes of pairs sorted by length, each within `token_budget` padded tokens (16,384 on CUDA,
   2,048 on a CPU unless RERANK_TOKEN_BUDGET says otherwise), launched one after another with a single copy back
@@ -148,9 +148,11 @@ class ContinuousBatcher:
         """
         request = _Request(model_id, model, torch.empty(len(encoded)), on_finished)
         step = self.max_batch_pairs
-        request.queued = [
-            _Piece(request, start, encoded.slice(start, start + step)) for start in range(0, len(encoded), step)
-        ]
+        if encoded.lists is not None:  # a listwise list is never cut: its scores depend on all of it
+            pieces = _whole_lists(encoded.list_bounds(), step)
+        else:
+            pieces = [(start, start + step) for start in range(0, len(encoded), step)]
+        request.queued = [_Piece(request, start, encoded.slice(start, stop)) for start, stop in pieces]
         with self._ready:
             if self._closed:
                 raise BatcherClosedError("The server is shutting down")
@@ -321,6 +323,17 @@ class ContinuousBatcher:
         self._metrics.tokens.labels(model).inc(sum(merged.lengths))
         for piece in pieces:
             self._metrics.queue_wait.labels(model).observe(started - piece.enqueued_at)
+
+
+def _whole_lists(bounds: list[tuple[int, int]], step: int) -> list[tuple[int, int]]:
+    """Rows of consecutive whole lists, up to `step` rows a piece (a longer list is a piece of its own)."""
+    pieces: list[tuple[int, int]] = []
+    for start, stop in bounds:
+        if pieces and stop - pieces[-1][0] <= step:
+            pieces[-1] = (pieces[-1][0], stop)
+        else:
+            pieces.append((start, stop))
+    return pieces
 
 
 def _without_frames(exc: Exception) -> Exception:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 from cachetools import LRUCache
 
@@ -55,3 +56,51 @@ class ScoreCache:
     def put(self, key: bytes, logit: float, tokens: int) -> None:
         with self._lock:
             self._entries[key] = (logit, tokens)
+
+
+def list_variant(variant: str, query: Item, documents: Sequence[Item]) -> str:
+    """`variant` for the documents of one list of a listwise model, whose scores depend on the whole list and its
+    order: the list's digest (each document length-prefixed, so no two lists run together) joins every key."""
+    digest = hashlib.blake2b(digest_size=20)
+    for item in (query, *documents):
+        for data in _parts(item):
+            digest.update(len(data).to_bytes(8, "little"))
+            digest.update(data)
+        digest.update(b"\0end")
+    return f"{variant}|list:{digest.hexdigest()}"
+
+
+@dataclass
+class Found:
+    """What the cache knows of a request's pairs: the positions still to compute and their keys, the hits (logit and
+    tokens by position), and for a listwise list its pass count and the key that count is kept under."""
+
+    computed: list[int] = field(default_factory=list)
+    keys: list[bytes] = field(default_factory=list)
+    hits: dict[int, tuple[float, int]] = field(default_factory=dict)
+    passes: int | None = None
+    key: bytes | None = None
+
+
+def look_up(cache: ScoreCache, variant: str, queries: Sequence[Item], documents: Sequence[Item], listed: bool) -> Found:
+    """Look each pair up. `listed`: the pairs are one listwise list, keyed by the whole list and each position in it
+    (never by the pair alone), found only whole: unless every document and the list's pass count are found, every
+    pair is computed again."""
+    found = Found()
+    if listed:
+        variant = list_variant(variant, queries[0], documents)
+        found.key = cache_key(f"{variant}|passes", queries[0], "")
+        passes = cache.get(found.key)
+        found.passes = int(passes[0]) if passes is not None else None
+    pairs = enumerate(zip(queries, documents, strict=True))
+    keys = [cache_key(f"{variant}|{i}" if listed else variant, query, document) for i, (query, document) in pairs]
+    for position, key in enumerate(keys):
+        cached = cache.get(key)
+        if cached is None:
+            found.computed.append(position)
+            found.keys.append(key)
+        else:
+            found.hits[position] = cached
+    if listed and (found.computed or found.passes is None):
+        return Found(list(range(len(keys))), keys, {}, None, found.key)
+    return found

@@ -21,8 +21,8 @@ from typing import TypeVar
 import torch
 
 from rerank_server.engine.batcher import ContinuousBatcher
-from rerank_server.engine.cache import ScoreCache, cache_key
-from rerank_server.engine.image_memory import ImageMemory
+from rerank_server.engine.cache import ScoreCache, look_up
+from rerank_server.engine.image_memory import ImageMemory, distinct_images
 from rerank_server.engine.liveness import CHECK_DOCUMENT, CHECK_QUERY, Liveness
 from rerank_server.engine.scores import DocumentScores, ServedModel
 from rerank_server.errors import (
@@ -37,7 +37,7 @@ from rerank_server.models.calibration import Calibration
 from rerank_server.models.loaded import LoadedReranker
 from rerank_server.models.registry import ModelRegistry
 from rerank_server.models.store import StoredReranker
-from rerank_server.recipes import DEFAULT_OPTIONS, RECIPES, Content, ImageInput, Item, TextOptions
+from rerank_server.recipes import DEFAULT_OPTIONS, RECIPES, Content, Item, Recipe, TextOptions
 from rerank_server.settings import Settings
 
 T = TypeVar("T")
@@ -56,6 +56,8 @@ class _Work:
     future: concurrent.futures.Future[torch.Tensor] | None = None
     relevance: Callable[[list[float]], list[float]] | None = None
     calibration: Calibration | None = None
+    passes: int | None = None  # a listwise list's passes (cached under `passes_key`, since a hit must say it too)
+    passes_key: bytes | None = None
 
     def cancel(self) -> None:
         if self.future is not None:
@@ -139,6 +141,7 @@ class RerankEngine:
         arrived: float | None = None,
         while_loading: Callable[[], AbstractAsyncContextManager[object]] | None = None,
         images_held: int = 0,
+        documents_field: str = "documents",
     ) -> DocumentScores:
         """Score each (queries[i], documents[i]) pair with `model` (the default model when None). A query or document
         is a text, or a `Content` with images for a multimodal model (a text-only model refuses it, naming itself).
@@ -148,10 +151,11 @@ class RerankEngine:
         cancelling the call (a client that went away) takes its pairs that have not started out of the queue.
         `arrived` (time.monotonic()) is when the request came, if it waited before this call (in BentoML's
         dispatcher): the deadline counts from then. A wait for the model to load runs inside `while_loading()`.
-        `images_held`: bytes of `image_memory` the request holds already (its image files).
+        `images_held`: bytes of `image_memory` the request holds already (its image files). `documents_field` names
+        the documents in a refusal (a listwise model's list over RERANK_MAX_LIST_DOCUMENTS).
         """
         deadline = (time.monotonic() if arrived is None else arrived) + self.settings.request_timeout_s
-        arguments = (model, queries, documents, options, max_chunks, deadline, images_held)
+        arguments = (model, queries, documents, options, max_chunks, deadline, images_held, documents_field)
         # Preparing counts against the deadline too: a first load, or a wait for room, is part of the request's time.
         work = await self._within(deadline, self._submit(self._preparing, *arguments, False))
         if work is None:  # the model must be loaded first (or room made for it)
@@ -220,6 +224,7 @@ class RerankEngine:
         max_chunks: int | None,
         deadline: float,
         images_held: int,
+        documents_field: str,
         wait_for_load: bool,
     ) -> _Work | None:
         """Resolve and pin the model, cut windows, answer what the cache knows, tokenize and queue the rest.
@@ -242,7 +247,9 @@ class RerankEngine:
             loaded.limit(options)  # a bad truncate_prompt_tokens is refused before any work
             queries, documents = _for_model(stored, loaded, queries, documents)
             chunks = max_chunks if max_chunks is not None else self.settings.max_chunks_per_doc
-            if chunks and chunks > 1:
+            if loaded.recipe.listwise:  # windows would add documents to the list, which reads each one whole
+                chunks = self._check_list(len(documents), options, max_chunks, documents_field)
+            if chunks > 1:
                 pieces = [
                     loaded.windows(q, d, chunks, options) if isinstance(q, str) and isinstance(d, str) else [d]
                     for q, d in zip(queries, documents, strict=True)
@@ -260,17 +267,20 @@ class RerankEngine:
                 stored, owners, [None] * len(owners), [0] * len(owners), relevance=loaded.recipe.relevance,
                 calibration=calibration,
             )  # fmt: skip
-            self._look_up(work, source.tag, loaded.recipe.uses_instruction, options, pair_queries, pair_documents)
+            listed = loaded.recipe.listwise and options.one_list
+            self._look_up(work, source.tag, loaded.recipe, options, pair_queries, pair_documents)
             if work.computed:
                 computed = [(pair_queries[i], pair_documents[i]) for i in work.computed]
                 # What the images will take is reserved before any is decoded (429 when the bound is reached).
-                images = loaded.image_bytes(_distinct_images(computed), self.settings.max_image_pixels)
+                images = loaded.image_bytes(distinct_images(computed), self.settings.max_image_pixels)
                 release_images = self.image_memory.reserve(images, own=images_held)
                 encoded = loaded.encode([q for q, _ in computed], [d for _, d in computed], options)
                 for position, length in zip(work.computed, encoded.lengths, strict=True):
                     work.tokens[position] = length
                 longest = max(encoded.lengths)
-                if not options.truncate and longest > loaded.recipe.max_length:
+                if listed and encoded.lists:
+                    work.passes = len(encoded.lists[0].passes)
+                if not options.truncate and longest > loaded.recipe.max_length and not loaded.recipe.listwise:
                     raise InputTooLongError(
                         f"`inputs` must have less than {loaded.recipe.max_length} tokens. Given: {longest}", "texts"
                     )
@@ -286,31 +296,45 @@ class RerankEngine:
                 if release_images is not None:
                     release_images()
 
+    def _check_list(self, documents: int, options: TextOptions, max_chunks: int | None, field: str) -> int:
+        """Refuse what a listwise model cannot read: windows (max_chunks_per_doc over 1), a list over
+        RERANK_MAX_LIST_DOCUMENTS. The windows per document it reads: 0, none (each document is cut at its cap)."""
+        if max_chunks is not None and max_chunks > 1:
+            raise InvalidInputError(
+                "max_chunks_per_doc does not apply to a listwise model: each document is one passage of the list, "
+                "cut at the model's own cap", "max_chunks_per_doc",
+            )  # fmt: skip
+        limit = self.settings.max_list_documents
+        if options.one_list and documents > limit:
+            raise InvalidInputError(
+                f"`{field}` has {documents} items, over the limit of {limit} per request for a listwise model "
+                "(RERANK_MAX_LIST_DOCUMENTS)", field,
+            )  # fmt: skip
+        return 0
+
     def _look_up(
         self,
         work: _Work,
         version: str,
-        uses_instruction: bool,
+        recipe: Recipe,
         options: TextOptions,
         queries: list[Item],
         documents: list[Item],
     ) -> None:
+        """What the cache knows of the pairs; a listwise list is keyed by the whole list and each position in it,
+        and is scored again whole unless every document and its pass count are found."""
         if self.cache is None:
             work.computed = list(range(len(queries)))
             return
         # The loaded version's tag: a re-import (other weights, another backend) never meets the old scores.
         variant = f"{version}|{options.max_length}|{options.side}|{options.max_document_tokens}|{options.truncate}"
-        if uses_instruction:
+        if recipe.uses_instruction:
             variant += f"|{options.instruction!r}"
-        for position, (query, document) in enumerate(zip(queries, documents, strict=True)):
-            key = cache_key(variant, query, document)
-            cached = self.cache.get(key)
-            if cached is None:
-                work.computed.append(position)
-                work.keys.append(key)
-            else:
-                work.logits[position], work.tokens[position] = cached
-        self.metrics.cache_hits.inc(len(queries) - len(work.computed))
+        found = look_up(self.cache, variant, queries, documents, recipe.listwise and options.one_list)
+        work.computed, work.keys, work.passes, work.passes_key = found.computed, found.keys, found.passes, found.key
+        for position, (logit, tokens) in found.hits.items():
+            work.logits[position], work.tokens[position] = logit, tokens
+        self.metrics.cache_hits.inc(len(found.hits))
         self.metrics.cache_misses.inc(len(work.computed))
 
     def _finish(self, work: _Work, documents: int) -> DocumentScores:
@@ -320,13 +344,15 @@ class RerankEngine:
                 work.logits[position] = logit
                 if self.cache is not None and math.isfinite(logit):
                     self.cache.put(work.keys[j], logit, work.tokens[position])
+            if self.cache is not None and work.passes_key is not None and work.passes is not None:
+                self.cache.put(work.passes_key, float(work.passes), 0)
         best: list[float] = [-math.inf] * documents
         tokens = [0] * documents
         for owner, logit, count in zip(work.owners, work.logits, work.tokens, strict=True):
             assert logit is not None
             best[owner] = max(best[owner], logit)
             tokens[owner] += count
-        return DocumentScores(work.stored.model_id, best, tokens, work.calibration, work.relevance)
+        return DocumentScores(work.stored.model_id, best, tokens, work.calibration, work.relevance, work.passes)
 
 
 def _for_model(
@@ -351,16 +377,6 @@ def _text_only(stored: StoredReranker, field: str) -> str:
         f"`{field}` is an image, and {stored.model_id} ranks text only; send images to a multimodal reranker (recipe "
         "qwen3-vl, such as Qwen/Qwen3-VL-Reranker-2B)"
     )
-
-
-def _distinct_images(pairs: Sequence[tuple[Item, Item]]) -> list[ImageInput]:
-    """Each image of `pairs` once (a query's image is prepared once for all its documents)."""
-    seen: dict[bytes, ImageInput] = {}
-    for pair in pairs:
-        for item in pair:
-            for image in item.images if isinstance(item, Content) else ():
-                seen.setdefault(image.digest, image)
-    return list(seen.values())
 
 
 def _cancel_prepared_work(done: concurrent.futures.Future) -> None:

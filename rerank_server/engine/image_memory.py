@@ -10,9 +10,11 @@ before they are read, and held until the request ends.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 
 from rerank_server.errors import QueueFullError
 from rerank_server.metrics import RerankMetrics
+from rerank_server.recipes import Content, ImageInput, Item
 
 
 class Reservation:
@@ -63,3 +65,13 @@ class ImageMemory:
                 )
             self._held += size
         return Reservation(self, size)
+
+
+def distinct_images(pairs: Sequence[tuple[Item, Item]]) -> list[ImageInput]:
+    """Each image of `pairs` once (a query's image is prepared once for all its documents)."""
+    seen: dict[bytes, ImageInput] = {}
+    for pair in pairs:
+        for item in pair:
+            for image in item.images if isinstance(item, Content) else ():
+                seen.setdefault(image.digest, image)
+    return list(seen.values())

@@ -70,6 +70,13 @@ def run_passes(
     """
     if not len(encoded):
         return torch.empty(0)
+    if encoded.lists is not None:  # not the length planner: a list's passes are its recipe's, and decide its scores
+        scored = []
+        for start, stop in encoded.list_bounds():
+            scored.append(model.forward(encoded.slice(start, stop)).float().cpu())
+            if on_pass is not None:
+                on_pass()
+        return torch.cat(scored)
     budget = token_budget or default_token_budget(model.device)
     order: list[int] = []
     outputs: list[torch.Tensor] = []

@@ -22,6 +22,7 @@ class DocumentScores:
     document_tokens: list[int]  # what the model saw of each document (all its windows), templates included
     calibration: Calibration | None = None
     relevance: Callable[[list[float]], list[float]] | None = None  # the recipe's own map (None: the sigmoid)
+    passes: int | None = None  # a listwise model's passes over the list (more than one: they were fused)
 
     @property
     def tokens(self) -> int:

@@ -22,6 +22,7 @@ from rerank_server.importer.cpu_path import CpuChoice, candidates, settle
 from rerank_server.importer.fidelity import DEFAULT_FLOOR
 from rerank_server.importer.folder import WEIGHT_FILES, ModelImportError, catalogue_mismatch, inspect_folder
 from rerank_server.models.store import APP_LABEL, StoredReranker, as_stored, find_reranker, list_rerankers
+from rerank_server.recipes import RECIPES
 
 logger = logging.getLogger("bentoml")
 
@@ -88,7 +89,9 @@ def store_folder(
     backend, precision = options.backend, options.cpu_precision
     info = inspect_folder(folder, model_id, options.recipe, trust_remote_code=options.trust_remote_code)
     code = remote_code.collect(folder, model_id, code_folders) if options.trust_remote_code else None
-    if code and code.files and not info.architecture.endswith("ForSequenceClassification"):
+    # A listwise model's code is stored (it came with the weights) but never run: the server scores it with its recipe.
+    runs_code = bool(code and code.files) and not RECIPES[info.recipe].listwise
+    if runs_code and not info.architecture.endswith("ForSequenceClassification"):
         raise ModelImportError(
             f"{model_id}: --trust-remote-code runs the code of *ForSequenceClassification cross-encoders; a "
             f"{info.architecture} with code of its own is not served"
@@ -138,12 +141,12 @@ def store_folder(
         if code:
             remote_code.store(code, target)
         # On the stored copy: a remote-code config names its code there, and nothing is fetched.
-        check_vocabulary(target, model_id, trust_remote_code=bool(code and code.files))
+        check_vocabulary(target, model_id, trust_remote_code=runs_code)
         # A conversion for this CPU: settled on the stored copy (where the model's own code is), checked against it.
         draft = as_stored(model)
         assert draft is not None
         convertible = info.recipe == "cross-encoder" and info.architecture in CPU_RUNTIME_ARCHITECTURES
-        convertible = convertible and not (code and code.files)
+        convertible = convertible and not runs_code
         plan = candidates(cpu, convertible) if backend == "auto" else (CpuChoice(backend, precision),)
         settled = settle(draft, plan, floor=options.min_spearman, auto=backend == "auto", cpu=cpu)
         model.info.metadata.update(

@@ -95,7 +95,9 @@ def settle(draft: StoredReranker, plan: Sequence[CpuChoice], *, floor: float, au
             refused.append(f"{choice.label}: {exc}")
             continue
         if fidelity.passes(floor):
-            why = f"the fastest path for {cpu} CPUs ({CPU_CLASSES[cpu]}) that keeps rankings" if auto else "rankings kept"
+            why = "rankings kept"
+            if auto:
+                why = f"the fastest path for {cpu} CPUs ({CPU_CLASSES[cpu]}) that keeps rankings"
             return Settled(choice, fidelity, f"{choice.label}: {why}: {fidelity.describe()} (floor {floor})")
         message = f"{choice.label} changes its rankings against float32: {fidelity.describe()}, under {floor}"
         backends.remove_conversion(draft.path, choice.backend)

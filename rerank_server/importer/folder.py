@@ -12,6 +12,7 @@ from rerank_server.catalog import known_model
 from rerank_server.models.loaded import ships_own_code
 from rerank_server.recipes import RECIPES, recipe_from_id, recipe_from_prompt
 from rerank_server.recipes.colbert import ColbertSettings, colbert_settings, module_folders
+from rerank_server.recipes.listwise import projector_file
 
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
 # Rerankers whose scoring lives only in their repository's own Python code (`trust_remote_code`), which this server
@@ -24,6 +25,10 @@ _CUSTOM_CODE = {
 
 # Vision-language checkpoints (Qwen3VLForConditionalGeneration): rerankers with an image-taking recipe.
 _VISION_SUFFIX = "ForConditionalGeneration"
+# Listwise rerankers (jina-reranker-v3 / v3.5): a Qwen3 backbone and a projector, scored by a listwise recipe. Their
+# repository ships code (`rerank()`), stored with --trust-remote-code like any model's but never run: the recipe and
+# backend are this server's.
+LISTWISE_ARCHITECTURES = ("JinaForRanking",)
 
 
 class ModelImportError(Exception):
@@ -144,6 +149,8 @@ def inspect_folder(
         )
     if (colbert := colbert_settings(folder)) is not None:
         return _late_interaction(folder, model_id, config, architecture, recipe, colbert)
+    if architecture in LISTWISE_ARCHITECTURES or (recipe and RECIPES.get(recipe) and RECIPES[recipe].listwise):
+        return _listwise(folder, model_id, config, architecture, recipe)
     stack = module_stack(folder)
     if not architecture.endswith(("ForSequenceClassification", "ForCausalLM", _VISION_SUFFIX)) and not stack:
         raise ModelImportError(
@@ -162,6 +169,8 @@ def inspect_folder(
     if not any((folder / name).exists() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
         raise ModelImportError(f"{folder} holds no tokenizer files")
     chosen = _recipe_for(folder, model_id, architecture, recipe)
+    if RECIPES[chosen].listwise:
+        raise ModelImportError(f"{model_id}: the {chosen} recipe scores listwise models ({architecture} is not one)")
     if chosen == "cross-encoder" and architecture.endswith("ForCausalLM"):
         raise ModelImportError(f"{model_id}: the cross-encoder recipe needs a *ForSequenceClassification model")
     if stack and chosen != "cross-encoder":
@@ -202,6 +211,33 @@ def _late_interaction(
     return FolderInfo(
         architecture, 1, colbert.query_length + colbert.document_length, "colbert", str(dtype) if dtype else None,
         _parameters(encoder),
+    )  # fmt: skip
+
+
+def _listwise(folder: Path, model_id: str, config: dict[str, Any], architecture: str, chosen: str | None) -> FolderInfo:
+    """A listwise reranker folder (JinaForRanking): a Qwen3 backbone with the projector in its safetensors. The recipe
+    is `--recipe`'s, the catalogue's or the id's, else v3.5's where the config has sliding-window layers."""
+    if architecture not in LISTWISE_ARCHITECTURES or config.get("model_type") != "qwen3":
+        raise ModelImportError(
+            f"{model_id}: listwise recipes score JinaForRanking models with a qwen3 backbone, not a {architecture} "
+            f"({config.get('model_type')})"
+        )
+    known = known_model(model_id)
+    found = chosen or (known.recipe if known else None) or recipe_from_id(model_id)
+    if found is None:
+        found = "jina-v3.5" if "sliding_attention" in (config.get("layer_types") or ()) else "jina-v3"
+    if not RECIPES[found].listwise:
+        raise ModelImportError(f"{model_id} is a listwise reranker ({architecture}): scored with jina-v3 or jina-v3.5")
+    try:
+        projector_file(folder)
+    except ValueError as exc:
+        raise ModelImportError(str(exc)) from exc
+    if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer_config.json").is_file():
+        raise ModelImportError(f"{folder} holds no tokenizer files")
+    dtype = config.get("dtype") or config.get("torch_dtype")
+    return FolderInfo(
+        architecture, 1, _max_length(folder, model_id, config, found), found, str(dtype) if dtype else None,
+        _parameters(folder),
     )  # fmt: skip
 
 

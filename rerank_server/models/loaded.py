@@ -24,6 +24,7 @@ from rerank_server.backends import Backend, CpuPrecision, is_cpu_runtime, load_b
 from rerank_server.cpu import cpu_class, has_native_bf16, usable_cpus
 from rerank_server.models.embedding_cache import EmbeddingCache, new_owner
 from rerank_server.models.late_interaction import late_interaction_scores
+from rerank_server.models.listwise import listwise_scores
 from rerank_server.recipes import DEFAULT_OPTIONS, RECIPES, EncodedPairs, ImageInput, Item, Recipe, TextOptions
 
 if TYPE_CHECKING:
@@ -158,6 +159,9 @@ class LoadedReranker:
     def forward(self, encoded: EncodedPairs) -> torch.Tensor:
         """One forward pass over `encoded`, padded as the recipe pads: a float32 logit per pair, possibly still on
         the device (the caller copies the passes of a batch back together, once)."""
+        if encoded.lists is not None:  # never padded together: a list's scores must depend on that list alone
+            with self._forward_lock:
+                return listwise_scores(self.backend, encoded.lists)  # type: ignore[arg-type]
         if encoded.late is not None:  # queries and documents are padded apart, there
             with self._forward_lock:
                 return late_interaction_scores(self.backend, encoded.late, self.embeddings, self.owner)  # type: ignore[arg-type]
@@ -243,11 +247,13 @@ def load_reranker(
     tokenizers: int = 0,
     allow_remote_code: bool = True,
     embeddings: EmbeddingCache | None = None,
+    list_pass_tokens: int | None = None,
 ) -> LoadedReranker:
     """A stored reranker loaded with its recipe on its backend (`device` and `dtype` are torch's; a CPU runtime
     ignores them). `dtype` is a RERANK_DTYPE choice. A model that runs its own code loads only when
-    `allow_remote_code` (RERANK_ALLOW_REMOTE_CODE), and only from the code stored with it."""
-    if stored.remote_code and not allow_remote_code:
+    `allow_remote_code` (RERANK_ALLOW_REMOTE_CODE), and only from the code stored with it. `list_pass_tokens`: a
+    listwise model's most tokens in one pass (RERANK_MAX_LIST_PASS_TOKENS; None: its tokenizer's context)."""
+    if stored.runs_code and not allow_remote_code:
         raise RemoteCodeRefused(
             f"{stored.model_id} runs its own modelling code ({', '.join(stored.remote_code)}), and this host does not "
             "run models' own code (RERANK_ALLOW_REMOTE_CODE=false)"
@@ -271,8 +277,8 @@ def load_reranker(
     return load_folder(
         stored.path, recipe=stored.recipe, max_length=stored.max_length, causal=stored.causal, backend=stored.backend,
         device=device, dtype=dtype, checkpoint_dtype=stored.checkpoint_dtype, threads=threads, tokenizers=tokenizers,
-        remote_code=bool(stored.remote_code), module_stack=stored.module_stack, embeddings=embeddings,
-        cpu_precision=stored.cpu_precision,
+        remote_code=stored.runs_code, module_stack=stored.module_stack, embeddings=embeddings,
+        cpu_precision=stored.cpu_precision, list_pass_tokens=list_pass_tokens,
     )  # fmt: skip
 
 
@@ -292,6 +298,7 @@ def load_folder(
     module_stack: bool = False,
     embeddings: EmbeddingCache | None = None,
     cpu_precision: CpuPrecision = "float32",
+    list_pass_tokens: int | None = None,
 ) -> LoadedReranker:
     """A model folder loaded as `load_reranker` loads a stored one (for tools, benchmarks and tests)."""
     from rerank_server.backends.torch_backend import resolve_dtype
@@ -300,6 +307,8 @@ def load_folder(
         device = "cpu"
     recipe_class = RECIPES[recipe]
     extras = recipe_class.load_extras(path)  # shared by the copies (an image processor does not change when called)
+    if recipe_class.listwise:
+        extras["pass_tokens"] = list_pass_tokens
     recipes = RecipePool(
         lambda tokenizer: recipe_class(tokenizer, max_length, **extras), load_tokenizer(path, remote_code),
         tokenizers or default_tokenizer_copies(device),
@@ -309,6 +318,7 @@ def load_folder(
         backend, path, causal=causal, head=recipes.first.last_token_head() if causal or vision else None,
         pad_id=recipes.first.pad_id, device=device, dtype=resolve_dtype(dtype, device, checkpoint_dtype, cpu_precision),
         threads=threads or usable_cpus(), remote_code=remote_code, module_stack=module_stack, vision=vision,
-        late_interaction=recipe_class.late_interaction, cpu_precision=cpu_precision,
+        late_interaction=recipe_class.late_interaction, listwise=recipe_class.listwise,
+        float32_projection=getattr(recipe_class, "float32_projection", False), cpu_precision=cpu_precision,
     )  # fmt: skip
     return LoadedReranker(recipes, model, embeddings)

@@ -16,6 +16,7 @@ import bentoml
 from rerank_server.backends import BackendName, CpuPrecision, is_cpu_runtime
 from rerank_server.catalog import canonical_id, known_model
 from rerank_server.models.calibration import Calibration, stored_calibration
+from rerank_server.recipes import RECIPES
 
 # Marks our models among whatever else shares the user's BentoML store.
 APP_LABEL = {"app": "rerank-server"}
@@ -63,6 +64,13 @@ class StoredReranker:
     def causal(self) -> bool:
         """A language model scored from its next-token logits, rather than a classifier."""
         return self.architecture.endswith("ForCausalLM")
+
+    @property
+    def runs_code(self) -> bool:
+        """Whether serving it runs its stored code: a listwise model's (jina-reranker-v3's `rerank()`) is stored with it
+        but never run, since this server's recipe and backend score it."""
+        recipe = RECIPES.get(self.recipe)
+        return bool(self.remote_code) and not (recipe is not None and recipe.listwise)
 
     @property
     def store_name(self) -> str:

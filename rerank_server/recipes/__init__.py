@@ -9,11 +9,13 @@ from __future__ import annotations
 from rerank_server.recipes.base import (
     DEFAULT_OPTIONS,
     Content,
+    DocumentList,
     EncodedPairs,
     ImageInput,
     Item,
     LastTokenHead,
     LatePair,
+    ListPass,
     PairImages,
     Recipe,
     RecipeError,
@@ -22,6 +24,7 @@ from rerank_server.recipes.base import (
 from rerank_server.recipes.bge_gemma import BgeGemmaRecipe
 from rerank_server.recipes.colbert import ColbertRecipe
 from rerank_server.recipes.cross_encoder import CrossEncoderRecipe
+from rerank_server.recipes.listwise import JinaV3Recipe, JinaV35Recipe
 from rerank_server.recipes.mxbai_v2 import MxbaiV2Recipe
 from rerank_server.recipes.qwen3 import Qwen3Recipe
 from rerank_server.recipes.qwen3_vl import Qwen3VLRecipe
@@ -30,11 +33,13 @@ __all__ = [
     "DEFAULT_OPTIONS",
     "RECIPES",
     "Content",
+    "DocumentList",
     "EncodedPairs",
     "ImageInput",
     "Item",
     "LastTokenHead",
     "LatePair",
+    "ListPass",
     "PairImages",
     "Recipe",
     "RecipeError",
@@ -45,8 +50,11 @@ __all__ = [
 
 RECIPES: dict[str, type[Recipe]] = {
     recipe.name: recipe
-    for recipe in (CrossEncoderRecipe, Qwen3Recipe, BgeGemmaRecipe, MxbaiV2Recipe, Qwen3VLRecipe, ColbertRecipe)
-}
+    for recipe in (
+        CrossEncoderRecipe, Qwen3Recipe, BgeGemmaRecipe, MxbaiV2Recipe, Qwen3VLRecipe, ColbertRecipe, JinaV3Recipe,
+        JinaV35Recipe,
+    )
+}  # fmt: skip
 
 # Text that only a family's own prompt contains: a chat template (sentence-transformers' causal-LM CrossEncoder
 # folders carry one) that holds it is that family's prompt.
@@ -62,6 +70,8 @@ _ID_FRAGMENTS = {
     "bge-reranker-v2-gemma": "bge-gemma",
     "mxbai-rerank-base-v2": "mxbai-v2",
     "mxbai-rerank-large-v2": "mxbai-v2",
+    "jina-reranker-v3.5": "jina-v3.5",  # before v3, which its id also contains
+    "jina-reranker-v3": "jina-v3",
 }
 
 

@@ -40,6 +40,9 @@ class TextOptions:
     max_document_tokens: int | None = None  # Cohere's max_tokens_per_doc
     instruction: str | None = None  # replaces the recipe's default instruction, where it has one
     truncate: bool = True  # TEI's `truncate: false`: nothing is cut, and a pair over the limit is refused
+    # Listwise models: the request's documents are one list read together (rerank, `/score` with one query); False:
+    # each pair is a list of its own (pairwise `/score`, `/score_pairs`), so that no pair's score depends on another.
+    one_list: bool = True
 
 
 DEFAULT_OPTIONS = TextOptions()
@@ -95,6 +98,25 @@ class LatePair:
 
 
 @dataclass(frozen=True)
+class ListPass:
+    """One forward pass of a listwise model: its prompt's ids, which documents of the list it holds (their indices),
+    where each one's marker is, and where the query's marker that is read is."""
+
+    input_ids: tuple[int, ...]
+    documents: tuple[int, ...]
+    document_positions: tuple[int, ...]
+    query_position: int
+
+
+@dataclass(frozen=True)
+class DocumentList:
+    """A list of documents a listwise model scores together: its passes (one, or several that are fused)."""
+
+    passes: tuple[ListPass, ...]
+    size: int
+
+
+@dataclass(frozen=True)
 class EncodedPairs:
     """Tokenized pairs, unpadded, in request order: what the model thread needs, prepared on another thread.
 
@@ -108,6 +130,9 @@ class EncodedPairs:
     # Late-interaction recipes: each pair's query and document apart (`input_ids` then holds them end to end, which is
     # what the pass planner counts).
     late: list[LatePair] | None = None
+    # Listwise recipes: the lists, whose documents are the rows in order (a row's ids are the tokens of the passes
+    # that count for that document: its passage, and for each pass's first document the prompt around them).
+    lists: list[DocumentList] | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -120,13 +145,34 @@ class EncodedPairs:
         """Pairs `start` to `stop` (itself when that is all of them)."""
         if start == 0 and stop >= len(self):
             return self
+        if self.lists is not None:
+            return self._lists_between(start, stop)
         types = self.token_type_ids[start:stop] if self.token_type_ids is not None else None
         images = self.images[start:stop] if self.images is not None else None
         late = self.late[start:stop] if self.late is not None else None
         return EncodedPairs(self.input_ids[start:stop], types, images, late)
 
+    def list_bounds(self) -> list[tuple[int, int]]:
+        """Listwise: the rows (start, stop) of each list."""
+        bounds, start = [], 0
+        for scored in self.lists or ():
+            bounds.append((start, start + scored.size))
+            start += scored.size
+        return bounds
+
+    def _lists_between(self, start: int, stop: int) -> EncodedPairs:
+        """The whole lists whose rows are `start` to `stop`: a list is never cut (its scores depend on all of it)."""
+        bounds = self.list_bounds()
+        inside = [i for i, (first, last) in enumerate(bounds) if first >= start and last <= stop]
+        if not inside or bounds[inside[0]][0] != start or bounds[inside[-1]][1] != min(stop, len(self)):
+            raise ValueError(f"rows {start}:{stop} cut a list of documents scored together")
+        lists = self.lists or []
+        return EncodedPairs(self.input_ids[start:stop], lists=[lists[i] for i in inside])
+
     def select(self, rows: Sequence[int]) -> EncodedPairs:
         """The pairs at `rows`, in that order."""
+        if self.lists is not None:
+            raise ValueError("a listwise encoding is scored list by list, never reordered")
         types = [self.token_type_ids[i] for i in rows] if self.token_type_ids is not None else None
         images = [self.images[i] for i in rows] if self.images is not None else None
         late = [self.late[i] for i in rows] if self.late is not None else None
@@ -145,7 +191,10 @@ class EncodedPairs:
         late = None
         if all(part.late is not None for part in parts):  # one model's parts: all late, or none
             late = [pair for part in parts for pair in part.late or ()]
-        return cls([ids for part in parts for ids in part.input_ids], types, images, late)
+        lists = None
+        if all(part.lists is not None for part in parts):  # one model's parts: all listwise, or none
+            lists = [scored for part in parts for scored in part.lists or ()]
+        return cls([ids for part in parts for ids in part.input_ids], types, images, late, lists)
 
 
 @dataclass(frozen=True)
@@ -170,10 +219,13 @@ class Recipe(ABC):
     takes_images: ClassVar[bool] = False
     # What `relevance_score` is without a calibration (the sigmoid of the raw score, always; for yes/no LLM
     # rerankers that is p(yes) against no), and what the raw score (`use_activation: false`) is: /v1/models shows both.
-    score_kind: ClassVar[Literal["sigmoid", "p-yes", "mean-maxsim"]] = "sigmoid"
+    score_kind: ClassVar[Literal["sigmoid", "p-yes", "mean-maxsim", "cosine"]] = "sigmoid"
     raw_score: ClassVar[str] = "the classifier's logit"
     # Query and document encoded apart (`EncodedPairs.late`), scored by MaxSim of token embeddings (ColBERT).
     late_interaction: ClassVar[bool] = False
+    # The query and all documents in one context, scored from marker tokens' states (jina-reranker-v3): a request's
+    # documents are one `DocumentList` (`EncodedPairs.lists`), never cut or merged with another request's.
+    listwise: ClassVar[bool] = False
 
     @classmethod
     def load_extras(cls, path: Path) -> dict[str, Any]:
@@ -209,6 +261,15 @@ class Recipe(ABC):
                 "truncate_prompt_tokens",
             )
         return options.max_length
+
+    def whole_prompt_limit(self, options: TextOptions, family: str, caps: str) -> int:
+        """`limit` for a family that cuts each text at caps of its own rather than the whole prompt: `family` and its
+        `caps` explain the refusal of truncate_prompt_tokens (-1 or absent is the model's max_length)."""
+        if options.max_length is not None and options.max_length >= 0:
+            raise RecipeError(
+                f"truncate_prompt_tokens does not apply to a {family} model: {caps}", "truncate_prompt_tokens"
+            )
+        return self.max_length
 
     def last_token_head(self) -> LastTokenHead:
         """Which vocabulary logits make the score when the checkpoint is a causal LM."""

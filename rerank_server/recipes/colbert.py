@@ -140,13 +140,12 @@ class ColbertRecipe(Recipe):
         return [value / self.settings.query_length for value in raw]
 
     def limit(self, options: TextOptions) -> int:
-        if options.max_length is not None and options.max_length >= 0:
-            raise RecipeError(
-                "truncate_prompt_tokens does not apply to a ColBERT model: a document is cut to its document_length "
-                f"({self.settings.document_length}) and a query to its query_length ({self.settings.query_length})",
-                "truncate_prompt_tokens",
-            )
-        return self.max_length
+        """The model's max_length; truncate_prompt_tokens is refused (query and document are cut apart)."""
+        caps = (
+            f"a document is cut to its document_length ({self.settings.document_length}) and a query to its "
+            f"query_length ({self.settings.query_length})"
+        )
+        return self.whole_prompt_limit(options, "ColBERT", caps)
 
     def encode(self, queries: Sequence[str], documents: Sequence[str], options: TextOptions) -> EncodedPairs:
         self.limit(options)

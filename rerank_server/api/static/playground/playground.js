@@ -282,6 +282,7 @@ function showScoring(side, modelId) {
     const meanings = {
       "p-yes": "not calibrated: p(yes) of the model",
       "mean-maxsim": "not calibrated: MaxSim over the query length (a mean cosine)",
+      cosine: "not calibrated: cosine in [\u22121, 1], read with all the documents together (listwise)",
     };
     scoring.textContent = meanings[kind] || "not calibrated: sigmoid of the raw score";
   }

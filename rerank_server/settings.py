@@ -97,8 +97,8 @@ class Settings(BaseSettings):
         description="Most documents in one request to a listwise model (jina-reranker-v3), which reads them in one "
         "context: passes of at most 125, fused; 250 is two passes by count.",
     )
-    max_list_pass_tokens: int = Field(
-        32_768,
+    max_list_pass_tokens: int | None = Field(
+        None,
         ge=1024,
         description="Most tokens of one forward pass of a listwise model (jina-reranker-v3), counted as its published "
         "split rule counts them (twice the query and the documents, and here the instruction; the prompt adds about "
@@ -107,7 +107,9 @@ class Settings(BaseSettings):
         "with its square where v3.5's sliding-window layers build a mask: at 32768 about 2 GB of float32 "
         "activations for the 0.6B model on a CPU (estimated; v3.5's mask measured 5 GB more), well within a 24 GB "
         "GPU in float16; at 131072 four times the activations and 16 times the mask (80 GB), an out-of-memory on "
-        "either. A document that cannot fit beside the query and instruction is refused (400).",
+        "either. Unset: 32768 on a GPU, 8192 on a CPU, where one 32768-token pass of the 0.6B model takes "
+        "minutes on a few cores and would pass RERANK_STALL_TIMEOUT_S (a pass is the unit of progress /livez sees). A "
+        "document that cannot fit beside the query and instruction is refused (400).",
     )
     max_body_bytes: int = Field(32 * 2**20, ge=1024, description="Largest request body accepted.")
     max_chunks_per_doc: int = Field(0, ge=0, description="Default chunking of long documents (0: off).")

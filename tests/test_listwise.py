@@ -64,7 +64,8 @@ def references(folders: dict[str, Path]) -> dict[str, Reference]:
 
 @pytest.fixture(scope="module")
 def engine(stored):
-    with scoring_engine(cache_size=10_000, max_list_documents=140) as module_engine:
+    # The pass bound at the tokenizers' own contexts: the published split rule exactly (the bound is tested apart).
+    with scoring_engine(cache_size=10_000, max_list_documents=140, max_list_pass_tokens=V35_CONTEXT) as module_engine:
         yield module_engine
 
 
@@ -170,6 +171,19 @@ def test_a_list_past_the_pass_bound_is_read_in_more_passes(stored, folders):
         refused = client.post("/v1/rerank", json=body)
         assert refused.status_code == 400 and "RERANK_MAX_LIST_PASS_TOKENS" in refused.text, refused.text
         assert int(rerank(client, V3_ID, documents, instruction=words(150, 4))[1]["x-rerank-listwise-passes"]) > passes
+
+
+def test_the_pass_bound_is_smaller_on_a_cpu_than_on_a_gpu(stored):
+    """Unset, RERANK_MAX_LIST_PASS_TOKENS is 8,192 on a CPU: a 32,768-token pass would take minutes on a few cores,
+    longer than the stall timeout /livez allows one pass."""
+    from rerank_server.models.registry import ModelRegistry
+    from rerank_server.settings import Settings
+
+    model = ModelRegistry(Settings(default_model=V35_ID, device="cpu")).get(V35_ID)
+    try:
+        assert model.recipe.pass_tokens == 8192 and model.recipe.context == 8192 < V35_CONTEXT
+    finally:
+        model.release()
 
 
 def test_v35_reads_with_its_sliding_window_layers(references, folders):

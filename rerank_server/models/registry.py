@@ -393,7 +393,7 @@ class ModelRegistry:
             stored, device=self.device, dtype=self.settings.dtype, tokenizers=self.settings.tokenizers,
             allow_remote_code=self.settings.allow_remote_code,
             embeddings=self.embeddings if self.settings.embedding_cache_mb else None,
-            list_pass_tokens=self.settings.max_list_pass_tokens,
+            list_pass_tokens=self.settings.max_list_pass_tokens or (32_768 if self.device.startswith("cuda") else 8192),
         )  # fmt: skip
         check_canary(model, stored.model_id)  # on this device and dtype: where a broken conversion shows
         return model

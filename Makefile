@@ -19,7 +19,8 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(BIN)/pip install -q -r requirements-dev.txt
 	touch $@
 
-# Imports the default model when the store lacks it (models/<name>/ first, else the Hub), then serves on :$(PORT)
+# Imports the default model when the store lacks it (models/<name>/ first, else the Hub; on a CPU host for the fastest
+# path of its CPU that keeps rankings, --backend auto), then serves on :$(PORT)
 # (`make serve PORT=8001`). A venv that was set up serves as it is, even when requirements*.txt changed since (a
 # `git pull`): updating it needs the package index, which an offline host lacks; it says so, and `make setup` updates.
 serve:
@@ -29,7 +30,7 @@ serve:
 			echo "make serve: $$file changed since $(VENV) was set up; serving with $(VENV) as it is (run make setup to update it, which needs the package index)"; \
 		fi; \
 	done
-	$(BIN)/python import_models.py --if-missing "$(RERANK_DEFAULT_MODEL)"
+	$(BIN)/python import_models.py --if-missing --backend auto "$(RERANK_DEFAULT_MODEL)"
 	$(BIN)/bentoml serve service:Reranker --port $(PORT)
 
 # The browser tests (tests/test_playground.py) drive Debian's Chromium; without it they skip (under CI they fail).

@@ -148,3 +148,15 @@ def test_a_model_imported_for_one_class_loads_on_another(cpu_is, fixture_model_d
         assert len(score_directly(model, ["a query"], ["a document"]).scores) == 1
     finally:
         model.release()
+
+
+def test_auto_on_a_gpu_host_stores_torch(monkeypatch, cpu_is, fixture_model_dir: Path) -> None:
+    """`make serve` imports with --backend auto everywhere: where a GPU is visible that means torch, whose precision
+    RERANK_DTYPE decides on the GPU, whatever the CPU beside it has."""
+    from rerank_server.importer import commit
+
+    monkeypatch.setattr(commit, "gpu_visible", lambda: True)
+    cpu_is("avx512-bf16")
+    result = import_from_folder("test-org/auto-gpu", fixture_model_dir, ImportOptions(backend="auto"))
+    assert (result.stored.backend, result.stored.cpu_precision, result.stored.cpu_class) == ("torch", "float32", "")
+    assert "a GPU is visible" in result.cpu_choice

@@ -44,6 +44,8 @@ def test_make_serve_serves_with_an_out_of_date_venv_and_says_so(checkout: Path) 
     assert "pip: no index" not in done.stderr  # no install attempted
     assert "requirements.txt changed since .venv was set up" in done.stdout and "make setup" in done.stdout
     assert "bentoml serve service:Reranker --port 8000" in done.stdout
+    # On a CPU host, the fastest path of this CPU that keeps rankings (a GPU host stores torch).
+    assert "import_models.py --if-missing --backend auto BAAI/bge-reranker-base" in done.stdout
 
 
 def test_make_serve_sets_up_a_venv_that_was_never_set_up(checkout: Path) -> None:

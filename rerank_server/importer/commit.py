@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -18,7 +18,7 @@ from rerank_server.cpu import cpu_class, has_native_bf16
 from rerank_server.importer import remote_code
 from rerank_server.importer.card import card_license
 from rerank_server.importer.check import check_runs, check_vocabulary
-from rerank_server.importer.cpu_path import CpuChoice, candidates, settle
+from rerank_server.importer.cpu_path import FLOAT32, CpuChoice, candidates, gpu_visible, settle
 from rerank_server.importer.fidelity import DEFAULT_FLOOR
 from rerank_server.importer.folder import WEIGHT_FILES, ModelImportError, catalogue_mismatch, inspect_folder
 from rerank_server.models.store import APP_LABEL, StoredReranker, as_stored, find_reranker, list_rerankers
@@ -148,7 +148,13 @@ def store_folder(
         convertible = info.recipe == "cross-encoder" and info.architecture in CPU_RUNTIME_ARCHITECTURES
         convertible = convertible and not runs_code
         plan = candidates(cpu, convertible) if backend == "auto" else (CpuChoice(backend, precision),)
-        settled = settle(draft, plan, floor=options.min_spearman, auto=backend == "auto", cpu=cpu)
+        on_gpu = backend == "auto" and gpu_visible()
+        # A GPU host serves torch, in the precision RERANK_DTYPE gives it there: nothing to choose for its CPU.
+        settled = settle(
+            draft, (FLOAT32,) if on_gpu else plan, floor=options.min_spearman, auto=backend == "auto", cpu=cpu
+        )
+        if on_gpu:
+            settled = replace(settled, note="torch: a GPU is visible, where RERANK_DTYPE decides the precision")
         model.info.metadata.update(
             backend=settled.choice.backend,
             cpu_precision=settled.choice.precision,

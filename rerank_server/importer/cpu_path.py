@@ -58,6 +58,12 @@ TORCH_PATHS: dict[CpuClass, tuple[CpuChoice, ...]] = {
 }
 
 
+def gpu_visible() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def candidates(cpu: CpuClass, convertible: bool) -> tuple[CpuChoice, ...]:
     """What `--backend auto` tries on this class of CPU, fastest first (float32 torch comes after all of them)."""
     return (CONVERTIBLE_PATHS if convertible else TORCH_PATHS)[cpu]

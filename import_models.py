@@ -116,6 +116,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--verify", action="store_true", help="load the stored MODEL_IDs (default: all) and score one pair with each"
     )
     args = parser.parse_args(argv)
+    if not 0 <= args.min_spearman <= 1:
+        parser.error("--min-spearman is a rank correlation: between 0 (no check) and 1")
     if args.from_dir and len(args.models) != 1:
         parser.error("--from-dir registers one folder: give exactly one MODEL_ID")
     return args
@@ -127,16 +129,18 @@ def print_stored() -> None:
         print("No rerankers in the store yet: run `python import_models.py`.")
         return
     print(
-        f"{'MODEL':40} {'TAG':50} {'RECIPE':13} {'BACKEND':9} {'MAX_LEN':>7} {'SIZE':>8}  {'CODE':6}  {'LICENSE':14}  "
-        "SCORE  SOURCE"
+        f"{'MODEL':40} {'TAG':50} {'RECIPE':13} {'BACKEND':13} {'CPU':20} {'MAX_LEN':>7} {'SIZE':>8}  {'CODE':6}  "
+        f"{'LICENSE':14}  SCORE  SOURCE"
     )
     for s in stored:
         code = "own" if s.runs_code else "stored" if s.remote_code else "-"
         license_id = (s.license or "-") + (" (NC)" if non_commercial(s.license) else "")
         score = "calibrated" if s.calibration else "-"
+        # The CPU class and precision it was stored for (--backend auto, --precision), "-" where any host serves it.
+        cpu = f"{s.cpu_class} {s.cpu_precision}" if s.cpu_class else "-"
         print(
-            f"{s.model_id:40} {s.tag:50} {s.recipe:13} {s.backend:9} {s.max_length:>7} {_size(s.size_bytes):>8}  "
-            f"{code:6}  {license_id:14}  {score:5}  {s.source}"
+            f"{s.model_id:40} {s.tag:50} {s.recipe:13} {s.backend:13} {cpu:20} {s.max_length:>7} "
+            f"{_size(s.size_bytes):>8}  {code:6}  {license_id:14}  {score:5}  {s.source}"
         )
 
 
@@ -271,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{s.model_id}: {verb} as {s.tag}, {_size(s.size_bytes)}, {s.recipe} recipe, {s.backend}, {s.path}")
         if result.cpu_choice:
             print(f"  for this CPU: {result.cpu_choice}")
+        elif result.skipped and s.cpu_class:
+            print(f"  stored for {s.cpu_class} CPUs in {s.cpu_precision}: {s.fidelity or 'rankings not checked'}")
         for name, digest in s.remote_code.items():
             print(f"  its own code, stored with it and run by the server: {name} sha256 {digest}")
     return 1 if failures else 0

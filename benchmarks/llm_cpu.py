@@ -28,7 +28,7 @@ from benchmarks.workload import documents  # noqa: E402
 from rerank_server.cpu import cpu_class, usable_cpus  # noqa: E402
 from rerank_server.engine.passes import score_directly  # noqa: E402
 from rerank_server.importer.fidelity import compare, probe_lists, scores_of  # noqa: E402
-from rerank_server.models.loaded import load_folder  # noqa: E402
+from rerank_server.models.loaded import load_folder, load_tokenizer  # noqa: E402
 from tests.fixture_models import build_mxbai_v2_reranker, build_qwen3_reranker  # noqa: E402
 
 QUERY = "how does a cross encoder rerank passages for retrieval augmented generation?"
@@ -63,6 +63,7 @@ def fidelity(family: str, path: Path) -> dict[str, str]:
     for dtype, model in models.items():
         measured = compare(scores_of(model, probes), reference)
         out[dtype] = f"{measured.worst_spearman:.4f} | {measured.worst_top10}/{measured.top}"
+        model.release()
     return out
 
 
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     for family in args.families:
         name, shape, _ = FAMILIES[family]
         real = folder(family, shape, cache)
-        tokenizer = load_folder(real, recipe=family, max_length=8192, causal=True).recipe.tokenizer
+        tokenizer = load_tokenizer(real)
         requests = [documents(args.docs, tokenizer, seed=i, high=args.max_tokens) for i in range(args.requests)]
         checked = fidelity(family, folder(family, "tiny", cache))
         base = None

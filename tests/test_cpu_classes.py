@@ -9,6 +9,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,6 +20,7 @@ from rerank_server.backends.torch_backend import resolve_dtype
 from rerank_server.engine.passes import score_directly
 from rerank_server.importer.commit import ImportOptions
 from rerank_server.importer.cpu_path import candidates
+from rerank_server.importer.fidelity import Fidelity
 from rerank_server.importer.folder import ModelImportError
 from rerank_server.importer.sources import import_from_folder
 from rerank_server.models.loaded import load_reranker
@@ -34,6 +36,11 @@ FLAGS = {
 
 @pytest.fixture
 def cpu_is(monkeypatch):
+    """Fakes this CPU's flags, on a host without a GPU (where --backend auto stores torch)."""
+    from rerank_server.importer import commit
+
+    monkeypatch.setattr(commit, "gpu_visible", lambda: False)
+
     def fake(cpu_class: str) -> None:
         monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset(FLAGS[cpu_class]))
 
@@ -99,11 +106,17 @@ def test_the_gate_refuses_a_named_path_that_reorders_rankings_and_stores_nothing
     assert find_reranker("test-org/gated") is None
 
 
-def test_auto_falls_back_to_float32_when_no_faster_path_keeps_rankings(cpu_is, fixture_model_dir: Path) -> None:
+def test_auto_falls_back_to_float32_when_no_faster_path_keeps_rankings(
+    monkeypatch, cpu_is, fixture_model_dir: Path
+) -> None:
+    # Every path's rankings judged broken, whatever this CPU's arithmetic makes of them (the conversions are real).
+    from rerank_server.importer import cpu_path
+
+    broken = Fidelity(worst_spearman=0.5, worst_top10=3, top=10, max_abs_delta=1.0, lists=6, documents=20)
+    monkeypatch.setattr(cpu_path, "_scores", lambda draft, choice, probes: [np.zeros(20)])
+    monkeypatch.setattr(cpu_path, "compare", lambda candidate, reference: broken)
     cpu_is("avx512-bf16")
-    result = import_from_folder(
-        "test-org/auto-strict", fixture_model_dir, ImportOptions(backend="auto", min_spearman=0.999999)
-    )
+    result = import_from_folder("test-org/auto-strict", fixture_model_dir, ImportOptions(backend="auto"))
     stored = result.stored
     assert (stored.backend, stored.cpu_precision, stored.cpu_class) == ("torch", "float32", "")
     assert "openvino-int8 in bfloat16 changes its rankings" in result.cpu_choice
@@ -112,12 +125,23 @@ def test_auto_falls_back_to_float32_when_no_faster_path_keeps_rankings(cpu_is, f
     assert list(stored.path.glob("*.safetensors")), "float32 torch keeps its weights"
 
 
-def test_bfloat16_is_refused_where_the_import_cannot_check_it(cpu_is, fixture_model_dir: Path) -> None:
-    cpu_is("avx2")
-    with pytest.raises(ModelImportError, match="has no native bfloat16 to check it on"):
+@pytest.mark.parametrize(
+    ("cpu_class", "backend", "refusal"),
+    [
+        ("avx2", "torch", "has no native bfloat16 to check it on"),
+        ("avx512-bf16", "onnx-int8", "is for --backend torch, openvino or openvino-int8"),
+        ("avx512-bf16", "auto", "chooses the precision itself"),
+    ],
+)
+def test_bfloat16_is_refused_where_it_means_nothing_or_cannot_be_checked(
+    cpu_is, fixture_model_dir: Path, cpu_class: str, backend: str, refusal: str
+) -> None:
+    cpu_is(cpu_class)
+    with pytest.raises(ModelImportError, match=refusal):
         import_from_folder(
-            "test-org/unchecked", fixture_model_dir, ImportOptions(backend="torch", cpu_precision="bfloat16")
+            "test-org/unchecked", fixture_model_dir, ImportOptions(backend=backend, cpu_precision="bfloat16")
         )
+    assert find_reranker("test-org/unchecked") is None
 
 
 def test_the_conversion_is_deterministic(fixture_model_dir: Path, tmp_path: Path) -> None:
@@ -148,6 +172,13 @@ def test_a_model_imported_for_one_class_loads_on_another(cpu_is, fixture_model_d
         assert len(score_directly(model, ["a query"], ["a document"]).scores) == 1
     finally:
         model.release()
+    # Stored unchecked (--min-spearman 0): an import that checks is not "the same source, already stored".
+    cpu_is("avx512-bf16")
+    checked = import_from_folder(
+        "test-org/moved", fixture_model_dir,
+        ImportOptions(backend="openvino-int8", cpu_precision="bfloat16", min_spearman=0.5),
+    )  # fmt: skip
+    assert not checked.skipped and "worst-query Spearman" in checked.stored.fidelity
 
 
 def test_auto_on_a_gpu_host_stores_torch(monkeypatch, cpu_is, fixture_model_dir: Path) -> None:

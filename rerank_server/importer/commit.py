@@ -99,18 +99,18 @@ def store_folder(
     if backend != "auto" and backends.is_cpu_runtime(backend):
         _check_cpu_runtime(model_id, backend, info.recipe, info.architecture, code)
     cpu = cpu_class()
-    if precision == "bfloat16" and not has_native_bf16():
-        raise ModelImportError(
-            f"{model_id}: --precision bfloat16 is checked against float32 at import, and this CPU ({cpu}) has no "
-            "native bfloat16 to check it on; import it on the CPU that serves it (--backend auto chooses there)"
-        )
+    _check_precision(model_id, backend, precision, cpu)
     # After the refusals: an import refused for another reason says that reason alone, in one line.
     if mismatch := catalogue_mismatch(folder, model_id, info.architecture):
         logger.warning(mismatch)
+    on_gpu = backend == "auto" and gpu_visible()
     if backend == "auto":
-        fingerprint = f"{fingerprint}+auto@{cpu}"  # chosen for this class of CPU: another class chooses again
+        # Chosen for this class of CPU, or for the GPU: another host chooses again.
+        fingerprint = f"{fingerprint}+auto@{'cuda' if on_gpu else cpu}"
     elif backend != "torch" or precision != "float32":
         fingerprint = f"{fingerprint}+{backend}" + ("" if precision == "float32" else f"@{precision}")
+    if options.min_spearman <= 0 and (backend == "auto" or backend != "torch" or precision != "float32"):
+        fingerprint = f"{fingerprint}+unchecked"  # a later checked import must not find it "already stored"
     if info.recipe != "cross-encoder":
         fingerprint = f"{fingerprint}+{info.recipe}"
     if code and code.files:
@@ -148,7 +148,6 @@ def store_folder(
         convertible = info.recipe == "cross-encoder" and info.architecture in CPU_RUNTIME_ARCHITECTURES
         convertible = convertible and not runs_code
         plan = candidates(cpu, convertible) if backend == "auto" else (CpuChoice(backend, precision),)
-        on_gpu = backend == "auto" and gpu_visible()
         # A GPU host serves torch, in the precision RERANK_DTYPE gives it there: nothing to choose for its CPU.
         settled = settle(
             draft, (FLOAT32,) if on_gpu else plan, floor=options.min_spearman, auto=backend == "auto", cpu=cpu
@@ -181,6 +180,21 @@ def store_folder(
             model_id, existing.tag, stored.tag, stored.model_id,
         )  # fmt: skip
     return ImportResult(stored, skipped=False, cpu_choice=settled.note)
+
+
+def _check_precision(model_id: str, backend: str, precision: str, cpu: str) -> None:
+    """bfloat16 is a choice for torch and OpenVINO, and only where the import can check it against float32."""
+    if precision == "float32":
+        return
+    if backend == "auto":
+        raise ModelImportError(f"{model_id}: --backend auto chooses the precision itself; leave --precision out")
+    if backend not in ("torch", "openvino", "openvino-int8"):
+        raise ModelImportError(f"{model_id}: --precision bfloat16 is for --backend torch, openvino or openvino-int8")
+    if not has_native_bf16():
+        raise ModelImportError(
+            f"{model_id}: --precision bfloat16 is checked against float32 at import, and this CPU ({cpu}) has no "
+            "native bfloat16 to check it on; import it on the CPU that serves it (--backend auto chooses there)"
+        )
 
 
 def _check_cpu_runtime(

@@ -59,9 +59,12 @@ TORCH_PATHS: dict[CpuClass, tuple[CpuChoice, ...]] = {
 
 
 def gpu_visible() -> bool:
-    import torch
+    """Whether the server here would run on a GPU: CUDA visible and RERANK_DEVICE not set to another device."""
+    import os
 
-    return torch.cuda.is_available()
+    from rerank_server.backends.torch_backend import resolve_device
+
+    return resolve_device(os.environ.get("RERANK_DEVICE", "auto")).startswith("cuda")
 
 
 def candidates(cpu: CpuClass, convertible: bool) -> tuple[CpuChoice, ...]:
@@ -79,24 +82,28 @@ class Settled:
 def settle(draft: StoredReranker, plan: Sequence[CpuChoice], *, floor: float, auto: bool, cpu: CpuClass) -> Settled:
     """Convert the stored copy at `draft.path` for the first path of `plan` whose rankings hold against float32 (its
     runtime's files are left there; a refused path's are removed). Named (`auto=False`, one path): a path that breaks
-    rankings is a ModelImportError. `auto`: the next is tried, and float32 torch is the last resort."""
+    rankings, or cannot convert or score, is a ModelImportError. `auto`: the next is tried, and float32 torch is the
+    last resort. `floor` 0: nothing is checked, the first path that converts is stored."""
     if not plan:
         return Settled(FLOAT32, None, f"torch in float32 on {cpu} CPUs ({CPU_CLASSES[cpu]}): no faster path for them")
-    if plan[0].exact or floor <= 0:
-        _convert(draft, plan[0])
-        return Settled(
-            plan[0], None, "" if plan[0].exact else f"{plan[0].label}: rankings not checked (--min-spearman 0)"
-        )
-    probes = probe_lists(_tokenizer(draft))
+    if plan[0].exact:
+        return Settled(plan[0], None, "")
+    probes = probe_lists(_tokenizer(draft)) if floor > 0 else []
     reference: list | None = None  # after the first conversion: a model that cannot convert says so first
     refused = []
     for choice in plan:
         try:
             _convert(draft, choice)
-            reference = reference or _scores(draft, FLOAT32, probes)
+            if floor <= 0:
+                return Settled(choice, None, f"{choice.label}: rankings not checked (--min-spearman 0)")
+            if reference is None:
+                # The float32 model and the candidate in turn, each released before the next (fidelity.py).
+                logger.info("Checking %s's rankings with %s against float32", draft.model_id, choice.label)
+                reference = _scores(draft, FLOAT32, probes)
             fidelity = compare(_scores(draft, choice, probes), reference)
         except ModelImportError as exc:
-            if not auto:
+            backends.remove_conversion(draft.path, choice.backend)
+            if not auto or isinstance(exc, _ReferenceFailed):
                 raise
             refused.append(f"{choice.label}: {exc}")
             continue
@@ -117,6 +124,10 @@ def settle(draft: StoredReranker, plan: Sequence[CpuChoice], *, floor: float, au
     return Settled(FLOAT32, None, f"torch in float32 on {cpu} CPUs ({CPU_CLASSES[cpu]}): {kept}")
 
 
+class _ReferenceFailed(ModelImportError):
+    """The float32 model itself could not score the probes: no path can be checked, and the import stops."""
+
+
 def _convert(draft: StoredReranker, choice: CpuChoice) -> None:
     if not backends.is_cpu_runtime(choice.backend):
         return
@@ -134,7 +145,7 @@ def _convert(draft: StoredReranker, choice: CpuChoice) -> None:
 def _tokenizer(draft: StoredReranker):
     from rerank_server.models.loaded import load_tokenizer
 
-    return load_tokenizer(draft.path, bool(draft.remote_code))
+    return load_tokenizer(draft.path, draft.runs_code)
 
 
 def _scores(draft: StoredReranker, choice: CpuChoice, probes) -> list:
@@ -146,7 +157,8 @@ def _scores(draft: StoredReranker, choice: CpuChoice, probes) -> list:
         model = load_reranker(stored, device="cpu", dtype="auto")
         return scores_of(model, probes)
     except Exception as exc:  # noqa: BLE001 - any failure is this path refused, in one line
-        raise ModelImportError(
+        failed = _ReferenceFailed if choice.exact else ModelImportError
+        raise failed(
             f"{draft.model_id}: {choice.label} could not score the fidelity check's pairs ({first_line(exc)})"
         ) from exc
     finally:

@@ -96,9 +96,10 @@ def probe_lists(tokenizer, *, queries: int = QUERIES, documents: int = DOCUMENTS
 
 
 def scores_of(model: LoadedReranker, lists: Sequence[ProbeList]) -> list[np.ndarray]:
-    """The raw score of every probe document, one array per list."""
+    """The raw score of every probe document, one array per list (not the relevance: a sigmoid in float32 reaches
+    1.0 near a logit of 17 and would hide the order of the most relevant documents)."""
     return [
-        np.asarray(score_directly(model, [p.query] * len(p.documents), p.documents).scores, dtype=np.float64)
+        np.asarray(score_directly(model, [p.query] * len(p.documents), p.documents).logits, dtype=np.float64)
         for p in lists
     ]
 

@@ -19,13 +19,13 @@ from contextlib import contextmanager
 import torch
 
 from rerank_server.backends.torch_backend import resolve_device, resolve_dtype
-from rerank_server.cpu import has_amx_bf16, usable_cpus
+from rerank_server.cpu import usable_cpus
 from rerank_server.errors import ModelLoadError, UnknownModelError
 from rerank_server.metrics import RerankMetrics, worker_label
 from rerank_server.models.canary import check_canary
 from rerank_server.models.embedding_cache import EmbeddingCache
 from rerank_server.models.failures import LoadFailures
-from rerank_server.models.loaded import LoadedReranker, load_reranker
+from rerank_server.models.loaded import LoadedReranker, amx_hint, load_reranker
 from rerank_server.models.store import StoredReranker, find_reranker, list_rerankers
 from rerank_server.settings import Settings
 
@@ -307,11 +307,8 @@ class ModelRegistry:
             "Loaded %s (%s, %s recipe, %s backend) on %s in %.1f s (%d CPU threads)",
             model_id, stored.tag, stored.recipe, stored.backend, model.device, elapsed, usable_cpus(),
         )  # fmt: skip
-        if model.device == "cpu" and stored.backend == "torch" and stored.cpu_precision == "float32" and has_amx_bf16():
-            logger.info(
-                "This CPU has AMX bfloat16 units: `import_models.py %s --backend auto --force` stores it for them, "
-                "2-3.6x faster with rankings checked (docs/benchmarks.md, CPU backends)", model_id,
-            )  # fmt: skip
+        if hint := amx_hint(stored, self.settings.dtype, model.device):
+            logger.info(hint)
         return model
 
     # --- the budget --------------------------------------------------------------------------------------------------

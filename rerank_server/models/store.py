@@ -55,6 +55,7 @@ class StoredReranker:
     # on another class still loads it, with float32 where bfloat16 is not native there.
     cpu_precision: CpuPrecision = "float32"
     cpu_class: str = ""
+    fidelity: str = ""  # how its rankings compared with float32 at import ("" when not checked)
 
     @property
     def owned_by(self) -> str:
@@ -115,6 +116,7 @@ def as_stored(model: bentoml.Model) -> StoredReranker | None:
         calibration_problem=calibration_problem,
         cpu_precision="bfloat16" if meta.get("cpu_precision") == "bfloat16" else "float32",
         cpu_class=str(meta.get("cpu_class", "")),
+        fidelity=str(meta.get("fidelity", "")),
     )
 
 

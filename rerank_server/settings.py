@@ -100,16 +100,20 @@ class Settings(BaseSettings):
     max_list_pass_tokens: int | None = Field(
         None,
         ge=1024,
-        description="Most tokens of one forward pass of a listwise model (jina-reranker-v3), counted as its published "
-        "split rule counts them (twice the query and the documents, and here the instruction; the prompt adds about "
-        "10 a document): the rule's length budget is the smaller of this and the tokenizer's model_max_length "
-        "(131072), so a longer list is read in more passes and fused. A pass's memory grows with its length, and "
-        "with its square where v3.5's sliding-window layers build a mask: at 32768 about 2 GB of float32 "
-        "activations for the 0.6B model on a CPU (estimated; v3.5's mask measured 5 GB more), well within a 24 GB "
-        "GPU in float16; at 131072 four times the activations and 16 times the mask (80 GB), an out-of-memory on "
-        "either. Unset: 32768 on a GPU, 8192 on a CPU, where one 32768-token pass of the 0.6B model takes "
-        "minutes on a few cores and would pass RERANK_STALL_TIMEOUT_S (a pass is the unit of progress /livez sees). A "
-        "document that cannot fit beside the query and instruction is refused (400).",
+        description="Most tokens of one forward pass of a listwise model (jina-reranker-v3), counted as twice the "
+        "query, the instruction and the documents (the prompt's template adds about 130 a pass and 10 a document). "
+        "Below the tokenizer's model_max_length (131072) it replaces the published split rule, which would close a "
+        "pass after every document once the bound is near the document cap (v3.5: 8192): a list is split by its "
+        "documents' real lengths, each joining the current pass while it fits in what is left (at most 125 a pass), "
+        "and a longer list is read in more passes and fused. A document longer than what a pass holds beside the "
+        "query and instruction is cut to that room (refused with TEI's 413 under `truncate: false`); only a query "
+        "and instruction that leave no room are refused (400). A pass's memory grows with its length, and with its "
+        "square where v3.5's sliding-window layers build a mask: at 32768 about 2 GB of float32 activations for the "
+        "0.6B model on a CPU (estimated; v3.5's mask measured 5 GB more), well within a 24 GB GPU in float16; at "
+        "131072 four times the activations and 16 times the mask (80 GB), an out-of-memory on either. Unset: 32768 "
+        "on a GPU, 8192 on a CPU, where one 32768-token pass of the 0.6B model takes minutes on a few cores. Each "
+        "pass counts as progress for RERANK_STALL_TIMEOUT_S (/livez): a list of many passes is never a stall while "
+        "each of its passes ends within it.",
     )
     max_body_bytes: int = Field(32 * 2**20, ge=1024, description="Largest request body accepted.")
     max_chunks_per_doc: int = Field(0, ge=0, description="Default chunking of long documents (0: off).")

@@ -5,6 +5,11 @@ The published model is `JinaForRanking(Qwen3ForCausalLM)` with `lm_head` swapped
 last hidden states after the final norm. Here that is transformers' own Qwen3ForCausalLM with the same swap (the
 server takes another route, `Qwen3Model.last_hidden_state`), the projector an `nn.Sequential` of Linear, ReLU, Linear
 without bias loaded from the checkpoint's `projector.0.weight` / `projector.2.weight`, and the cosine torch's.
+
+`pass_tokens` is the server's bound on one pass (RERANK_MAX_LIST_PASS_TOKENS), written here from its statement, not
+from the server's code: below `model_max_length` it replaces rerank()'s split. The budget of a pass is the bound less
+twice the query and the instruction; a document longer than that budget is cut to it as rerank() cuts at a cap
+(decoded tokens); documents fill a pass in order while each fits in what is left, at most 125 a pass.
 """
 
 from __future__ import annotations
@@ -64,14 +69,17 @@ class Reference:
         version: Version,
         config: transformers.Qwen3Config | None = None,
         model_max_length: int | None = None,
+        pass_tokens: int | None = None,
     ) -> None:
-        """`model_max_length`: the tokenizer's, which rerank() splits by, set to this instead of the folder's."""
+        """`model_max_length`: the tokenizer's, which rerank() splits by, set to this instead of the folder's;
+        `pass_tokens`: the server's bound (the module's docstring)."""
         from safetensors.torch import load_file
 
         self.version = version
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
         if model_max_length is not None:
             self.tokenizer.model_max_length = model_max_length
+        self.bound = pass_tokens if pass_tokens and pass_tokens < self.tokenizer.model_max_length else None
         self.model = transformers.Qwen3ForCausalLM.from_pretrained(folder, config=config, dtype=torch.float32).eval()
         self.model.lm_head = torch.nn.Identity()
         weights = load_file(str(folder / "model.safetensors"))
@@ -92,8 +100,25 @@ class Reference:
         ids = self.tokenizer(text, add_special_tokens=False, truncation=True, max_length=cap)["input_ids"]
         return self.tokenizer.decode(ids) if len(ids) == cap else text
 
-    def blocks(self, query: str, documents: list[str]) -> list[list[int]]:
-        """Indices of each pass's documents, as rerank() closes its blocks."""
+    def _budget(self, query: str, instruction: str | None) -> int:
+        """Under the bound: a pass's tokens for its documents (the query is in the prompt twice)."""
+        assert self.bound is not None
+        return self.bound - 2 * len(self._ids(query)) - (len(self._ids(instruction)) if instruction else 0)
+
+    def blocks(self, query: str, documents: list[str], instruction: str | None = None) -> list[list[int]]:
+        """Indices of each pass's documents, as rerank() closes its blocks (under the bound: as they fit)."""
+        if self.bound is not None:
+            budget = self._budget(query, instruction)
+            fitted: list[list[int]] = []
+            left = budget
+            for i, document in enumerate(documents):
+                tokens = len(self._ids(document))
+                if not fitted or len(fitted[-1]) == BLOCK or tokens > left:
+                    fitted.append([])
+                    left = budget
+                fitted[-1].append(i)
+                left -= tokens
+            return fitted
         capacity = self.tokenizer.model_max_length - 2 * len(self._ids(query))
         blocks, current, room = [], [], capacity
         for i, document in enumerate(documents):
@@ -109,7 +134,7 @@ class Reference:
         query, documents, instruction = self._clean(query, documents, instruction)
         return [
             self._ids(_prompt(query, [documents[i] for i in block], instruction, self.version))
-            for block in self.blocks(query, documents)
+            for block in self.blocks(query, documents, instruction)
         ]
 
     def _clean(self, query: str, documents: list[str], instruction: str | None) -> tuple[str, list[str], str | None]:
@@ -117,8 +142,11 @@ class Reference:
             return text.replace(DOC_TOKEN, "").replace(QUERY_TOKEN, "")
 
         query = self._truncate(strip(query), self.version.query_cap)
-        documents = [self._truncate(strip(document), self.version.document_cap) for document in documents]
-        return query, documents, strip(instruction) if instruction else None
+        instruction = strip(instruction) if instruction else None
+        cap = self.version.document_cap
+        if self.bound is not None:
+            cap = min(cap, self._budget(query, instruction))
+        return query, [self._truncate(strip(document), cap) for document in documents], instruction
 
     @torch.no_grad()
     def rerank(self, query: str, documents: list[str], instruction: str | None = None) -> list[float]:
@@ -126,7 +154,7 @@ class Reference:
         query, documents, instruction = self._clean(query, documents, instruction)
         query_vectors, weights = [], []
         document_vectors: dict[int, torch.Tensor] = {}
-        for block in self.blocks(query, documents):
+        for block in self.blocks(query, documents, instruction):
             ids = torch.tensor([self._ids(_prompt(query, [documents[i] for i in block], instruction, self.version))])
             hidden = self.model(input_ids=ids).logits[0]  # lm_head is Identity: the normed last hidden states
             docs = self.projector(hidden[ids[0] == DOC_ID])

@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 import transformers
 
+from rerank_server.engine.passes import run_passes
 from rerank_server.importer.commit import ImportOptions
 from rerank_server.importer.folder import ModelImportError, inspect_folder
 from rerank_server.importer.sources import import_from_folder
-from rerank_server.models.loaded import load_tokenizer
-from rerank_server.recipes import RECIPES, TextOptions
+from rerank_server.models.loaded import load_folder, load_tokenizer
+from rerank_server.recipes import RECIPES, EncodedPairs, RecipeError, TextOptions
 from tests.conftest import FIXTURE_MODEL_ID, routes_client, scores_by_index, scoring_engine
 from tests.fixture_listwise import build_jina_reranker
 from tests.fixture_models import _CORPUS_WORDS
@@ -140,37 +141,98 @@ def test_long_documents_close_passes_by_the_length_rule(client, references, fold
     assert check_against_reference(client, references, folders, model, documents) >= 2
 
 
+def close(served: list[float], expected: list[float]) -> None:
+    """The served scores equal the reference's within TOLERANCE."""
+    assert max(abs(a - b) for a, b in zip(served, expected, strict=True)) < TOLERANCE
+
+
 def test_a_list_past_the_pass_bound_is_read_in_more_passes(stored, folders):
-    """RERANK_MAX_LIST_PASS_TOKENS below the tokenizer's context is the published split rule's length budget: the
-    scores are the published rerank()'s with model_max_length set to the bound; a document that cannot fit beside the
-    query even alone is refused with a 400 naming the limit."""
+    """RERANK_MAX_LIST_PASS_TOKENS below the tokenizer's context replaces the published split: documents fill a pass
+    while each fits in what the bound leaves beside twice the query and the instruction (the reference states that
+    rule apart, `pass_tokens`), and the passes are scored and fused as the published rerank() does."""
     bound = 2400
-    documents = [words(150, 400 + i) for i in range(8)]
-    published = Reference(folders[V3_ID], V3)
-    assert len(published.blocks(QUERY, documents)) == 1  # within the folder's context: one pass
-    reference = Reference(folders[V3_ID], V3, model_max_length=bound)
-    passes = len(reference.blocks(QUERY, documents))
-    assert passes >= 3
+    documents = [words(300, 400 + i) for i in range(10)]  # 300 tokens each (the fixture's words are one token)
+    assert len(Reference(folders[V3_ID], V3).blocks(QUERY, documents)) == 1  # within the folder's context: one pass
+    reference = Reference(folders[V3_ID], V3, pass_tokens=bound)
+    # 2,400 less twice the query's 19 tokens holds 7 documents; the published rule with model_max_length = 2,400
+    # would close a pass after every second one (room at most the cap of 2,048).
+    assert reference.blocks(QUERY, documents) == [list(range(7)), [7, 8, 9]]
+    # The instruction, which rerank() neither caps nor counts, counts against the bound: 700 tokens leave room for 5.
+    instruction = words(700, 3)
+    assert len(instruction) <= 4096  # the wire's own limit on an instruction
+    assert reference.blocks(QUERY, documents, instruction) == [list(range(5)), list(range(5, 10))]
     with scoring_engine(max_list_pass_tokens=bound) as bounded, routes_client(bounded) as client:
         results, headers = rerank(client, V3_ID, documents)
-        assert int(headers["x-rerank-listwise-passes"]) == passes
-        served = scores_by_index(results)
-        assert max(abs(a - b) for a, b in zip(served, reference.rerank(QUERY, documents), strict=True)) < TOLERANCE
-        # 512 query tokens twice and a document at its cap of 2,048: 3,072 tokens in a pass of its own.
-        body = {"model": V3_ID, "query": words(700, 1), "documents": [SHORT[0], words(2300, 2)]}
-        refused = client.post("/v1/rerank", json=body)
-        assert refused.status_code == 400, refused.text
-        assert "RERANK_MAX_LIST_PASS_TOKENS" in refused.text and "2400" in refused.text
-        assert "document 1" in refused.text and refused.json()["error"]["param"] == "documents"
-        # The instruction, which rerank() neither caps nor counts, counts against the bound: a document at its cap
-        # fits beside the query alone, not beside the instruction too; and a list takes more passes with it.
-        at_cap, instruction = words(2300, 2), words(500, 3)
-        assert len(instruction) <= 4096  # the wire's own limit on an instruction
-        assert rerank(client, V3_ID, [at_cap])[0]
-        body = {"model": V3_ID, "query": QUERY, "documents": [at_cap], "instruction": instruction}
-        refused = client.post("/v1/rerank", json=body)
-        assert refused.status_code == 400 and "RERANK_MAX_LIST_PASS_TOKENS" in refused.text, refused.text
-        assert int(rerank(client, V3_ID, documents, instruction=words(150, 4))[1]["x-rerank-listwise-passes"]) > passes
+        assert int(headers["x-rerank-listwise-passes"]) == 2
+        close(scores_by_index(results), reference.rerank(QUERY, documents))
+        results, headers = rerank(client, V3_ID, documents, instruction=instruction)
+        assert int(headers["x-rerank-listwise-passes"]) == 2
+        close(scores_by_index(results), reference.rerank(QUERY, documents, instruction))
+
+
+def test_a_document_longer_than_a_bounded_pass_is_cut_to_the_room(stored, folders):
+    """Under the bound a document longer than what a pass holds beside the query (twice) and the instruction is cut
+    to that room as the published code cuts at a cap (its decoded tokens), not refused; TEI's `truncate: false` is
+    refused with TEI's 413; only a query and instruction that leave no room at all are a 400 naming the field."""
+    bound, query, long = 2400, words(700, 1), words(2300, 2)
+    published = Reference(folders[V3_ID], V3)
+    tokenizer = published.tokenizer
+    query_ids = tokenizer(query)["input_ids"]
+    room = bound - 2 * 512  # the query at its cap of 512, twice in the prompt: 1,376 tokens left for a document
+    assert len(query_ids) > 512 and len(tokenizer(long)["input_ids"]) > V3.document_cap > room
+    cut = tokenizer.decode(tokenizer(long)["input_ids"][:room])
+    with scoring_engine(max_list_pass_tokens=bound) as bounded, routes_client(bounded) as client:
+        response = client.post("/v1/rerank", json={"model": V3_ID, "query": query, "documents": [long]})
+        assert response.status_code == 200, response.text
+        assert response.json()["usage"]["prompt_tokens"] == len(published.prompts(query, [cut])[0])
+        close(scores_by_index(response.json()["results"]), published.rerank(query, [cut]))
+        # In a list: the cut document fills a pass of its own; the bounded reference cuts and splits alike.
+        documents = [SHORT[0], long, SHORT[1]]
+        response = client.post("/v1/rerank", json={"model": V3_ID, "query": query, "documents": documents})
+        assert response.status_code == 200, response.text
+        assert response.headers["x-rerank-listwise-passes"] == "3"
+        bounded_reference = Reference(folders[V3_ID], V3, pass_tokens=bound)
+        close(scores_by_index(response.json()["results"]), bounded_reference.rerank(query, documents))
+        tei = client.post("/rerank", json={"model": V3_ID, "query": query, "texts": [long], "truncate": False})
+        assert tei.status_code == 413 and f"`inputs` must have less than {room} tokens" in tei.text, tei.text
+    # No room at all (the bound's floor is 1,024): the field that takes it is named, with the limit.
+    recipe = RECIPES["jina-v3"](load_tokenizer(folders[V3_ID]), 131_072, pass_tokens=1024)
+    with pytest.raises(RecipeError, match="RERANK_MAX_LIST_PASS_TOKENS") as refused:
+        recipe.encode([query], [SHORT[0]], TextOptions())
+    assert refused.value.param == "query" and "1024" in refused.value.message
+    with pytest.raises(RecipeError, match="RERANK_MAX_LIST_PASS_TOKENS") as refused:
+        recipe.encode([QUERY], [SHORT[0]], TextOptions(instruction=words(1000, 5)))
+    assert refused.value.param == "instruction"
+    assert len(recipe.encode([QUERY], [SHORT[0]], TextOptions(instruction=words(900, 5))).lists[0].passes) == 1
+
+
+def test_v35_lists_of_short_documents_are_one_pass_under_the_cpu_bound(stored, references):
+    """On a CPU the bound (8,192) is v3.5's document cap: the published rule, room at most the cap, would read every
+    document in a pass of its own; by the documents' real lengths 20 short ones are one pass, the published one."""
+    documents = [words(12, 500 + i) for i in range(20)]
+    assert len(references[V35_ID].blocks(QUERY, documents)) == 1
+    with scoring_engine(device="cpu") as cpu, routes_client(cpu) as client:
+        results, headers = rerank(client, V35_ID, documents)
+    assert headers["x-rerank-listwise-passes"] == "1"
+    close(scores_by_index(results), references[V35_ID].rerank(QUERY, documents))
+
+
+def test_progress_is_reported_after_each_pass_of_a_list(stored, folders):
+    """The batcher's stall watch (/livez) sees every pass: a list of several passes is one forward call, which calls
+    `on_pass` after each of its passes, not once for the list."""
+    model = load_folder(folders[V3_ID], recipe="jina-v3", max_length=131_072, list_pass_tokens=2400)
+    try:
+        lists = [
+            model.encode([QUERY] * 10, [words(300, 400 + i) for i in range(10)]),  # 2 passes
+            model.encode([QUERY] * 3, SHORT[:3]),  # 1 pass
+            model.encode([QUERY] * 8, [words(1000, 600 + i) for i in range(8)]),  # 2 a pass: 4 passes
+        ]
+        assert [len(encoded.lists[0].passes) for encoded in lists] == [2, 1, 4]
+        calls: list[int] = []
+        run_passes(model, EncodedPairs.concat(lists), on_pass=lambda: calls.append(1))
+        assert len(calls) == 7
+    finally:
+        model.release()
 
 
 def test_the_pass_bound_is_smaller_on_a_cpu_than_on_a_gpu(stored):
@@ -263,14 +325,18 @@ def test_each_refusal_is_a_400_naming_its_field(client, path, body, field, statu
     assert f"`{field}`" in response.text or f"'{field}'" in response.text or f'"{field}"' in response.text
 
 
-def test_concurrent_mixed_requests_equal_their_sequential_answers(client):
+def test_concurrent_mixed_requests_equal_their_sequential_answers(stored):
+    """On an engine without the result cache (the module's would answer the concurrent requests from the sequential
+    ones' entries): listwise lists and cross-encoder pairs scored together by the batcher equal their answers alone."""
     requests = [
         {"model": V3_ID if i % 2 == 0 else FIXTURE_MODEL_ID, "query": f"{QUERY} {i}", "documents": SHORT[: 3 + i % 3]}
         for i in range(8)
     ]
-    sequential = [client.post("/v1/rerank", json=body).json()["results"] for body in requests]
-    with ThreadPoolExecutor(8) as pool:
-        concurrent = list(pool.map(lambda body: client.post("/v1/rerank", json=body).json()["results"], requests))
+    with scoring_engine(max_list_pass_tokens=V35_CONTEXT) as uncached, routes_client(uncached) as client:
+        assert uncached.cache is None
+        sequential = [client.post("/v1/rerank", json=body).json()["results"] for body in requests]
+        with ThreadPoolExecutor(8) as pool:
+            concurrent = list(pool.map(lambda body: client.post("/v1/rerank", json=body).json()["results"], requests))
     for alone, together in zip(sequential, concurrent, strict=True):
         assert [r["index"] for r in together] == [r["index"] for r in alone]
         assert scores_by_index(together) == pytest.approx(scores_by_index(alone), abs=1e-6)

@@ -25,8 +25,9 @@ class Forward(Protocol):
 
     device: str
 
-    def forward(self, encoded: EncodedPairs) -> torch.Tensor:
-        """One pass: a logit per pair, possibly still on the device."""
+    def forward(self, encoded: EncodedPairs, on_pass: Callable[[], None] | None = None) -> torch.Tensor:
+        """One pass: a logit per pair, possibly still on the device. A listwise model's lists are several passes in
+        one call: it calls `on_pass` after each (only lists are given one; other models are one pass a call)."""
 
 
 def default_token_budget(device: str) -> int:
@@ -71,12 +72,10 @@ def run_passes(
     if not len(encoded):
         return torch.empty(0)
     if encoded.lists is not None:  # not the length planner: a list's passes are its recipe's, and decide its scores
-        scored = []
-        for start, stop in encoded.list_bounds():
-            scored.append(model.forward(encoded.slice(start, stop)).float().cpu())
-            if on_pass is not None:
-                on_pass()
-        return torch.cat(scored)
+        # Each list's passes report themselves (`on_pass` inside the forward): one list of many passes on a CPU can
+        # outlast the stall limit that /livez holds a single pass to.
+        scored = [model.forward(encoded.slice(start, stop), on_pass=on_pass) for start, stop in encoded.list_bounds()]
+        return torch.cat([part.float().cpu() for part in scored])
     budget = token_budget or default_token_budget(model.device)
     order: list[int] = []
     outputs: list[torch.Tensor] = []

@@ -1,11 +1,15 @@
 """Scoring lists with a listwise model: each pass of a list read once (one unpadded forward, never shared with another
 list), the projected states at its markers, the cosine of each document with the query; a list read in several passes
 fused as the published `rerank()` does: each pass weighted by (1 + its best cosine) / 2, the query vector the weighted
-mean of the passes' query vectors, and every document scored again against it."""
+mean of the passes' query vectors, and every document scored again against it. `on_pass` is called after each pass:
+a list of many passes is one call of the model, and the batcher's stall watch (/livez) must see it move.
+
+On a GPU the callback marks a pass launched rather than finished (nothing waits for the device before the list's
+final copy back); a pass there takes a small part of the stall limit."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,8 +26,10 @@ def cosine(documents: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cosine_similarity(documents, query.expand_as(documents), dim=-1)
 
 
-def list_scores(backend: ListwiseBackbone, scored: DocumentList) -> torch.Tensor:
-    """The cosine of each document of one list (float32, on the CPU, in list order)."""
+def list_scores(
+    backend: ListwiseBackbone, scored: DocumentList, on_pass: Callable[[], None] | None = None
+) -> torch.Tensor:
+    """The cosine of each document of one list (float32, on the CPU, in list order); `on_pass` after each pass."""
     queries: list[torch.Tensor] = []
     documents: list[torch.Tensor | None] = [None] * scored.size
     bests: list[torch.Tensor] = []
@@ -36,6 +42,8 @@ def list_scores(backend: ListwiseBackbone, scored: DocumentList) -> torch.Tensor
         for index, vector in zip(one.documents, vectors, strict=True):
             documents[index] = vector
         bests.append(cosine(vectors, query).max())
+        if on_pass is not None:
+            on_pass()
     stacked = torch.stack(documents)  # type: ignore[arg-type]
     if len(queries) == 1:
         return cosine(stacked, queries[0]).float().cpu()
@@ -44,6 +52,9 @@ def list_scores(backend: ListwiseBackbone, scored: DocumentList) -> torch.Tensor
     return cosine(stacked, query).float().cpu()
 
 
-def listwise_scores(backend: ListwiseBackbone, lists: Sequence[DocumentList]) -> torch.Tensor:
-    """The scores of every document of `lists`, one list after another (float32, on the CPU)."""
-    return torch.cat([list_scores(backend, scored) for scored in lists])
+def listwise_scores(
+    backend: ListwiseBackbone, lists: Sequence[DocumentList], on_pass: Callable[[], None] | None = None
+) -> torch.Tensor:
+    """The scores of every document of `lists`, one list after another (float32, on the CPU); `on_pass` after each
+    pass of each list."""
+    return torch.cat([list_scores(backend, scored, on_pass) for scored in lists])

@@ -156,12 +156,13 @@ class LoadedReranker:
         with self.recipes.borrow() as recipe:
             return recipe.image_bytes(images, max_source_pixels)
 
-    def forward(self, encoded: EncodedPairs) -> torch.Tensor:
+    def forward(self, encoded: EncodedPairs, on_pass: Callable[[], None] | None = None) -> torch.Tensor:
         """One forward pass over `encoded`, padded as the recipe pads: a float32 logit per pair, possibly still on
-        the device (the caller copies the passes of a batch back together, once)."""
+        the device (the caller copies the passes of a batch back together, once). Listwise lists are read in passes
+        of their own inside this one call: `on_pass` is called after each (other models: one pass, never called)."""
         if encoded.lists is not None:  # never padded together: a list's scores must depend on that list alone
             with self._forward_lock:
-                return listwise_scores(self.backend, encoded.lists)  # type: ignore[arg-type]
+                return listwise_scores(self.backend, encoded.lists, on_pass)  # type: ignore[arg-type]
         if encoded.late is not None:  # queries and documents are padded apart, there
             with self._forward_lock:
                 return late_interaction_scores(self.backend, encoded.late, self.embeddings, self.owner)  # type: ignore[arg-type]

@@ -8,10 +8,13 @@ and each document to 2,048 (v3.5: 1,024 and 8,192), a text at its cap being repl
 holds at most 125 documents and closes once the tokenizer's `model_max_length`, less twice the query and the
 documents so far, leaves no room for a document at the cap; several passes are fused (`models/listwise.py`). The
 server bounds that length (RERANK_MAX_LIST_PASS_TOKENS, `pass_tokens`): one forward's memory grows with it, and with
-the square of it where v3.5's sliding-window mask is built, so a list longer than the bound is split into more passes
-than `rerank()` would make. Passage ids count from 0 in each pass. v3.5 also puts `<|rerank_token|>` after the query
-in the header line, and the later one (after the final `<query>`) is read. The projector and the cosine are
-`models/listwise.py`'s; the backbone's last hidden states (after the final norm) are `backends/listwise.py`'s.
+the square of it where v3.5's sliding-window mask is built. Where the bound is below `model_max_length`, the published
+rule cannot be kept (with a bound at or below v3.5's cap of 8,192 it would close a pass after every document): a list
+is split by its documents' real lengths instead, each document joining the current pass while it fits in what is left
+of the bound beside twice the query and the instruction, and a document longer than that room is cut to it. Passage
+ids count from 0 in each pass. v3.5 also puts `<|rerank_token|>` after the query in the header line, and the later one
+(after the final `<query>`) is read. The projector and the cosine are `models/listwise.py`'s; the backbone's last
+hidden states (after the final norm) are `backends/listwise.py`'s.
 """
 
 from __future__ import annotations
@@ -91,9 +94,10 @@ class JinaV3Recipe(Recipe):
         context = stated if stated < 10**7 else max_length
         self.pass_tokens = pass_tokens
         self.context = min(context, pass_tokens) if pass_tokens else context
-        # Where the bound, not the tokenizer, sets the context, the split counts the instruction (which `rerank()`
-        # neither caps nor counts) against it: a long one would otherwise make every pass longer by as much.
-        self.counts_instruction = self.context < context
+        # Where the bound, not the tokenizer, sets the context, the published rule cannot be kept (`split`): the
+        # documents' real lengths split the list, and the instruction (which `rerank()` neither caps nor counts)
+        # counts against the bound, or a long one would make every pass longer by as much.
+        self.bounded = self.context < context
 
     def _marker(self, token: str) -> int:
         ids = self.tokenizer(token, add_special_tokens=False)["input_ids"]
@@ -146,11 +150,11 @@ class JinaV3Recipe(Recipe):
         instruction_tokens = self._instruction_tokens(instruction)
         for group in groups:
             query, query_tokens = self._capped(sanitize(queries[group[0]]), self.query_cap, "right", True, "query")
-            kept = [self._capped(sanitize(documents[i]), cap, options.side, options.truncate, "texts") for i in group]
             # What every pass of the list holds besides its documents, and what of it the split counts.
             fixed = 2 * query_tokens + instruction_tokens
-            self._check_pass_room(fixed, kept, group)
-            counted = fixed if self.counts_instruction else 2 * query_tokens
+            room = min(cap, self._pass_room(query_tokens, instruction_tokens))
+            kept = [self._capped(sanitize(documents[i]), room, options.side, options.truncate, "texts") for i in group]
+            counted = fixed if self.bounded else 2 * query_tokens
             passes = tuple(self._pass(query, instruction, kept, block) for block in self.split(counted, kept))
             rows.extend(self._rows(passes, len(kept)))
             lists.append(DocumentList(passes, len(kept)))
@@ -164,26 +168,35 @@ class JinaV3Recipe(Recipe):
         cut, _ = self.long_text.cut(instruction, self.pass_tokens + 1)
         return self.long_text.count(cut)
 
-    def _check_pass_room(self, fixed: int, documents: Sequence[tuple[str, int]], indices: range) -> None:
-        """Refuse a document that cannot be read within `pass_tokens` even alone beside the query (which the prompt
-        holds twice) and the instruction, `fixed` tokens: every pass the split makes then stays within the bound."""
+    def _pass_room(self, query_tokens: int, instruction_tokens: int) -> int:
+        """The most tokens of one document that a pass within `pass_tokens` holds beside the query (twice in the
+        prompt) and the instruction: a longer document is cut to it (or refused with `truncate` false, by
+        `_capped`), so that every pass the split makes stays within the bound. Refuses a query and instruction that
+        leave no room at all: no cut of the documents could help there."""
         if not self.pass_tokens:
-            return
-        for index, (_, tokens) in zip(indices, documents, strict=True):
-            if fixed + tokens > self.pass_tokens:
-                raise RecipeError(
-                    f"document {index} with the query (twice in the prompt) and the instruction takes "
-                    f"{fixed + tokens} tokens, over the limit of {self.pass_tokens} tokens in one listwise pass "
-                    "(RERANK_MAX_LIST_PASS_TOKENS): shorten the query or the instruction, or set max_tokens_per_doc",
-                    "documents",
-                )
+            return self.document_cap
+        fixed = 2 * query_tokens + instruction_tokens
+        room = self.pass_tokens - fixed
+        if room < 1:
+            field = "query" if 2 * query_tokens >= self.pass_tokens else "instruction"
+            raise RecipeError(
+                f"the query (twice in the prompt) and the instruction take {fixed} tokens, leaving no room for a "
+                f"document within the limit of {self.pass_tokens} tokens in one listwise pass "
+                f"(RERANK_MAX_LIST_PASS_TOKENS): shorten the {field}",
+                field,
+            )
+        return room
 
     def split(self, fixed: int, documents: Sequence[tuple[str, int]]) -> list[list[int]]:
-        """`rerank()`'s blocks: document indices in passes of at most 125, closed once the context less twice the
-        query (`fixed`, with the instruction where the bound sets the context) and the documents so far leaves no
-        room for a document at the cap. A document joins a pass only while more than the cap is left, so `fixed` and
-        a pass's documents never exceed the context (a pass of one is checked by `_check_pass_room`); the prompt's
-        template adds about 130 tokens a pass and 10 a document."""
+        """Document indices in passes of at most 125. Where the tokenizer's context sets the length, `rerank()`'s
+        rule: a pass closes once the context less twice the query (`fixed`) and the documents so far leaves no room
+        for a document at the cap. Where the bound sets it (`bounded`), that rule would close a pass after
+        every document once the bound is near the cap (v3.5 on a CPU: 8,192 and 8,192), so the documents' real
+        lengths decide: a document joins the current pass while it fits in what is left of the bound beside `fixed`
+        (twice the query and the instruction), else it opens a pass; every document fits a pass alone (`encode` cuts
+        it to `_pass_room`). The prompt's template adds about 130 tokens a pass and 10 a document."""
+        if self.bounded:
+            return self._split_by_lengths(fixed, documents)
         blocks: list[list[int]] = [[]]
         room = self.context - fixed
         for index, (_, tokens) in enumerate(documents):
@@ -192,6 +205,17 @@ class JinaV3Recipe(Recipe):
             if len(blocks[-1]) >= DOCUMENTS_PER_PASS or room <= self.document_cap:
                 blocks.append([])
                 room = self.context - fixed
+        return [block for block in blocks if block]
+
+    def _split_by_lengths(self, fixed: int, documents: Sequence[tuple[str, int]]) -> list[list[int]]:
+        blocks: list[list[int]] = [[]]
+        left = self.context - fixed
+        for index, (_, tokens) in enumerate(documents):
+            if blocks[-1] and (tokens > left or len(blocks[-1]) >= DOCUMENTS_PER_PASS):
+                blocks.append([])
+                left = self.context - fixed
+            blocks[-1].append(index)
+            left -= tokens
         return [block for block in blocks if block]
 
     def prompt(self, query: str, instruction: str | None, documents: Sequence[str]) -> str:

@@ -11,7 +11,7 @@ the score head kept float, with SmoothQuant, and accuracy-controlled (`nncf.quan
 put back to float, most sensitive first, until the worst-query Spearman against fp32 is within 0.01 of 1; on the
 MiniLM fixture only, since the bge shapes' random-weight rankings mean nothing).
 
-Every path runs the same padded batches (sorted by length, 2,048-token budget, 2 threads), built in advance, so only
+Every path runs the same padded batches (sorted by length, --token-budget 2,048, 2 threads), built in advance, so only
 the forward differs. Calibration for static int8 uses different texts from the measured ones: probe lists built from
 the model's vocabulary, as the import's fidelity gate builds them (rerank_server/importer/fidelity.py).
 """
@@ -46,7 +46,8 @@ HEAD = [".*classifier.*", ".*pooler.*"]
 ACCURACY_CONTROL_STEPS = 8
 PATHS = [
     "torch fp32", "torch bf16", "openvino fp32", "openvino bf16", "openvino int8 weights", "openvino int8 weights bf16",
-    "openvino int8 all weights bf16", "static int8", "static int8 bf16", "static int8 smoothquant 0.5 bf16",
+    "openvino int8 weights bf16 activations float", "openvino int8 all weights bf16", "static int8",
+    "static int8 bf16", "static int8 smoothquant 0.5 bf16",
     "static int8 accuracy-controlled bf16",
 ]  # fmt: skip
 
@@ -104,7 +105,7 @@ def openvino_model(path: str, onnx: Path, calibration: list[dict], validate):
     import openvino as ov
 
     model = ov.Core().read_model(str(onnx))
-    hint = "bf16" if path.endswith("bf16") else "f32"
+    hint = "bf16" if "bf16" in path else "f32"
     if "int8 weights" in path or "int8 all weights" in path:
         ignored = None if "all weights" in path else nncf.IgnoredScope(patterns=KEPT_FLOAT, validate=False)
         return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM, ignored_scope=ignored), hint
@@ -129,19 +130,24 @@ def openvino_model(path: str, onnx: Path, calibration: list[dict], validate):
     return model, hint
 
 
-def openvino_forward(model, hint: str):
+def openvino_forward(model, hint: str, quantize_activations: bool = True):
+    """`quantize_activations`: OpenVINO's default for int8-weight matrix products, the activations quantized on the
+    fly (DYNAMIC_QUANTIZATION_GROUP_SIZE 32); off, they stay in the hint's precision."""
     import openvino as ov
 
-    # NNCF's accuracy control hands its validation function a model it compiled itself.
-    compiled = model if isinstance(model, ov.CompiledModel) else ov.Core().compile_model(model, "CPU", {
+    config = {
         "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(usable_cpus()),
         "INFERENCE_PRECISION_HINT": hint,
-    })  # fmt: skip
+    }  # fmt: skip
+    if not quantize_activations:
+        config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = "0"
+    # NNCF's accuracy control hands its validation function a model it compiled itself.
+    compiled = model if isinstance(model, ov.CompiledModel) else ov.Core().compile_model(model, "CPU", config)
     request = compiled.create_infer_request()
     return lambda feed: np.asarray(request.infer(feed)["logits"])[:, 0].astype(np.float64)
 
 
-def measure(name: str, paths: list[str], model_cache: Path, docs: int, queries: int) -> dict[str, tuple]:
+def measure(name: str, paths: list[str], model_cache: Path, docs: int, queries: int, budget: int) -> dict[str, tuple]:
     from transformers import AutoTokenizer
 
     model_dir = build_model(name, model_cache / name)
@@ -153,7 +159,8 @@ def measure(name: str, paths: list[str], model_cache: Path, docs: int, queries: 
 
     names = [port.get_any_name() for port in ov.Core().read_model(str(onnx)).inputs]
     requests = [
-        batches(tokenizer, QUERIES[i % 4], documents(docs, tokenizer, seed=100 + i), names) for i in range(queries)
+        batches(tokenizer, QUERIES[i % 4], documents(docs, tokenizer, seed=100 + i), names, budget)
+        for i in range(queries)
     ]
     calibration = [
         feed for probe in probe_lists(tokenizer) for _, feed in batches(tokenizer, probe.query, probe.documents, names)
@@ -178,7 +185,8 @@ def measure(name: str, paths: list[str], model_cache: Path, docs: int, queries: 
             if path == "torch bf16":
                 forward = torch_forward(model_dir, "bfloat16")
             else:
-                forward = openvino_forward(*openvino_model(path, onnx, calibration, validate))
+                model, hint = openvino_model(path, onnx, calibration, validate)
+                forward = openvino_forward(model, hint, quantize_activations="activations float" not in path)
             scores, seconds = run_all(forward, requests, docs)
             results[path] = (seconds, base / seconds, compare(scores, reference))
         except Exception as exc:  # noqa: BLE001 - a path that does not build is a row of the frontier too
@@ -193,6 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--paths", type=lambda s: s.split(","), default=PATHS)
     parser.add_argument("--docs", type=int, default=20, help="documents per request")
     parser.add_argument("--queries", type=int, default=4, help="requests, one query each")
+    parser.add_argument("--token-budget", type=int, default=2048, help="padded tokens per pass (the CPU default)")
     parser.add_argument("--model-cache", default=str(Path(tempfile.gettempdir()) / "rerank-bench-models"))
     parser.add_argument("--write", action="store_true", help="record the table in docs/benchmarks.md")
     args = parser.parse_args(argv)
@@ -219,7 +228,8 @@ def main(argv: list[str] | None = None) -> None:
     markdown = (
         f"### {machine()}, CPU class {cpu_class()} — {date.today().isoformat()}\n\n`{command.strip()}`\n\n"
         f"{args.queries} requests × {args.docs} documents (32–480 tokens each), {usable_cpus()} threads, the same "
-        "padded batches for every path; fidelity on the MiniLM fixture against torch fp32.\n\n" + "\n".join(lines)
+        f"padded batches for every path ({args.token_budget:,}-token budget); fidelity on the MiniLM fixture against "
+        "torch fp32.\n\n" + "\n".join(lines)
     )
     print(markdown)
     if args.write:

@@ -22,7 +22,11 @@ class Settings(BaseSettings):
     default_model: str = Field(DEFAULT_MODEL_ID, description="Model used when a request names none.")
     preload: str = Field("", description="Comma-separated model ids loaded at start-up, besides the default.")
     device: DeviceChoice = Field("auto", description="auto: CUDA when available, else CPU.")
-    dtype: DtypeChoice = Field("auto", description="auto: float16 on CUDA, float32 elsewhere.")
+    dtype: DtypeChoice = Field(
+        "auto",
+        description="auto: on CUDA bfloat16 for checkpoints that ship in it, else float16; on a CPU the precision the "
+        "model was imported for (import_models.py --backend auto / --precision), bfloat16 only where the CPU has it.",
+    )
     workers: int = Field(
         0,
         ge=0,

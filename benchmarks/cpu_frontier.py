@@ -206,12 +206,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--write", action="store_true", help="record the table in docs/benchmarks.md")
     args = parser.parse_args(argv)
     measured = {
-        name: measure(name, args.paths, Path(args.model_cache), args.docs, args.queries) for name in args.models
+        name: measure(name, args.paths, Path(args.model_cache), args.docs, args.queries, args.token_budget)
+        for name in args.models
     }
     head = "| path | " + " | ".join(f"{m}: ms per request | {m}: × torch fp32" for m in args.models)
     lines = [
         f"{head} | MiniLM worst-query Spearman | MiniLM top-10 kept, worst query |",
-        "|---" * (2 + 2 * len(args.models)) + "|",
+        "|---" * (3 + 2 * len(args.models)) + "|",
     ]
     for path in args.paths:
         cells = []

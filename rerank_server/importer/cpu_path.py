@@ -1,7 +1,7 @@
 """Which CPU path a model is stored for: the one named (`--backend`, `--precision`), or with `--backend auto` the
 fastest this class of CPU has that keeps the model's rankings, tried fastest first through the fidelity gate.
 
-The order per class is what docs/benchmarks.md measured ("CPU backends by CPU class"): on AMX, torch's bfloat16 runs
+The order per class is what docs/benchmarks.md measured ("CPU classes"): on AMX, torch's bfloat16 runs
 on the tiles; with AVX-512 bfloat16 and no AMX, OpenVINO with int8 weights computing in bfloat16 is fastest; on AVX2
 alone only int8 weights help (bfloat16 would be emulated, slower than float32). Converted runtimes take BERT-family
 cross-encoders only (`commit.CPU_RUNTIME_ARCHITECTURES`); every other family may still run torch in bfloat16.

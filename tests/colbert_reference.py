@@ -20,10 +20,17 @@ from tests.fixture_models import _modernbert_config, minilm_source
 SKIPLIST = list(string.punctuation)
 
 
-def build_colbert(target: Path, backbone: str = "bert", document_length: int = 48, nested: bool = False) -> Path:
+def build_colbert(
+    target: Path,
+    backbone: str = "bert",
+    document_length: int = 48,
+    nested: bool = False,
+    leave_out: tuple[str, ...] = (),
+) -> Path:
     """A PyLate-shaped ColBERT folder: a bare encoder (MiniLM-L6's BERT, or a tiny random ModernBERT with `[Q] ` /
-    `[D] ` added as tokens, as GTE-ModernColBERT has them), a 1_Dense projection without bias, and PyLate's config.
-    `nested`: the transformer in `0_Transformer/`, as some uploads (answerai-colbert-small-v1) keep it."""
+    `[D] ` added as tokens, as GTE-ModernColBERT has them), a 1_Dense projection without bias, and PyLate's config
+    without the keys in `leave_out`. `nested`: the transformer in `0_Transformer/`, as some uploads
+    (answerai-colbert-small-v1) keep it."""
     torch.manual_seed(1)
     if backbone == "bert":
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(minilm_source()))
@@ -70,36 +77,74 @@ def build_colbert(target: Path, backbone: str = "bert", document_length: int = 4
         "skiplist_words": SKIPLIST,
         "do_query_expansion": True,
     }
+    for key in leave_out:
+        del config[key]
     (target / "config_sentence_transformers.json").write_text(json.dumps(config))
     return target
 
 
-class PyLateReference:
-    """PyLate's ColBERT.encode and colbert_scores on a folder, one document at a time."""
+# PyLate's values for what neither the caller nor the folder says (models.ColBERT.__init__, after the modules load).
+PYLATE_DEFAULTS = {
+    "query_prefix": "[Q] ",
+    "document_prefix": "[D] ",
+    "query_length": 32,
+    "document_length": 180,
+    "do_query_expansion": True,
+    "attend_to_expansion_tokens": False,
+    "skiplist_words": SKIPLIST,
+}
 
-    def __init__(self, folder: Path) -> None:
-        self.config = json.loads((folder / "config_sentence_transformers.json").read_text())
+
+class PyLateReference:
+    """PyLate's ColBERT.encode and colbert_scores on a folder, one document at a time. `arguments` are the keyword
+    arguments a caller passes to `models.ColBERT` (query_prefix, attend_to_expansion_tokens, ...): they win over the
+    folder's own values, as in PyLate."""
+
+    def __init__(self, folder: Path, trust_remote_code: bool = False, **arguments: object) -> None:
+        config = {key: value for key, value in arguments.items() if value is not None}
+        if (folder / "modules.json").is_file():
+            # A sentence-transformers folder: PyLate's _parse_model_config takes each key the caller left unset.
+            modules = json.loads((folder / "modules.json").read_text())
+            encoder = folder / modules[0]["path"]
+            saved = json.loads((folder / "config_sentence_transformers.json").read_text())
+            for key in PYLATE_DEFAULTS:
+                if config.get(key) is None and saved.get(key) is not None:
+                    config[key] = saved[key]
+            from safetensors.torch import load_file
+
+            self.weight = load_file(str(folder / "1_Dense" / "model.safetensors"))["linear.weight"]
+        else:
+            raise ValueError(f"{folder} is not a PyLate folder")
+        for key, default in PYLATE_DEFAULTS.items():
+            if config.get(key) is None:
+                config[key] = default
+        if not config["do_query_expansion"]:
+            config["attend_to_expansion_tokens"] = False
+        self.config = config
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+        # PyLate adds its prefixes to the tokenizer; a prefix it lacks would get a new, random embedding row, which
+        # no fixture has.
+        size = len(self.tokenizer)
+        self.tokenizer.add_tokens([p for p in (config["query_prefix"], config["document_prefix"]) if p])
+        assert len(self.tokenizer) == size, "a prefix that is not a token of the tokenizer"
         # PyLate: "If it is a MLM model, use the MASK token" as the padding of query expansion.
         self.tokenizer.pad_token_id = self.tokenizer.mask_token_id
-        modules = json.loads((folder / "modules.json").read_text())
-        self.model = transformers.AutoModel.from_pretrained(str(folder / modules[0]["path"])).eval()
-        from safetensors.torch import load_file
-
-        self.weight = load_file(str(folder / "1_Dense" / "model.safetensors"))["linear.weight"]
+        self.model = transformers.AutoModel.from_pretrained(str(encoder), trust_remote_code=trust_remote_code).eval()
         self.skiplist = [self.tokenizer.convert_tokens_to_ids(word) for word in self.config["skiplist_words"]]
 
     def tokenize(self, text: str, is_query: bool) -> dict[str, torch.Tensor]:
         length = self.config["query_length" if is_query else "document_length"]
-        prefix = self.tokenizer.convert_tokens_to_ids(self.config["query_prefix" if is_query else "document_prefix"])
+        prefix = self.config["query_prefix" if is_query else "document_prefix"]
         padding = "max_length" if is_query and self.config["do_query_expansion"] else False
         out = self.tokenizer(
-            [text], padding=padding, truncation=True, max_length=length - 1, return_tensors="pt",
-            return_token_type_ids=False,
+            [text], padding=padding, truncation=True, max_length=length - 1 if prefix else length,
+            return_tensors="pt", return_token_type_ids=False,
         )  # fmt: skip
         ids, mask = out["input_ids"], out["attention_mask"]
-        ids = torch.cat([ids[:, :1], torch.full((1, 1), prefix), ids[:, 1:]], dim=1)
-        mask = torch.cat([mask[:, :1], torch.ones((1, 1), dtype=mask.dtype), mask[:, 1:]], dim=1)
+        if prefix:  # PyLate: an empty prefix is none
+            prefix_id = self.tokenizer.convert_tokens_to_ids(prefix)
+            ids = torch.cat([ids[:, :1], torch.full((1, 1), prefix_id), ids[:, 1:]], dim=1)
+            mask = torch.cat([mask[:, :1], torch.ones((1, 1), dtype=mask.dtype), mask[:, 1:]], dim=1)
         if is_query and self.config["attend_to_expansion_tokens"]:
             mask.fill_(1)
         return {"input_ids": ids, "attention_mask": mask}

@@ -64,6 +64,27 @@ def test_a_pylate_folder_is_stored_as_a_late_interaction_model(colbert_models, t
         import_from_folder("test-org/no-dense", folder)
 
 
+def test_what_a_pylate_config_leaves_out_is_pylates_default(tmp_path) -> None:
+    # PyLate fills what its config does not say with its own defaults: `[Q] ` / `[D] ` as the prefixes (tokens of this
+    # ModernBERT fixture, as of GTE-ModernColBERT) and the punctuation as the skiplist.
+    silent = ("query_prefix", "document_prefix", "skiplist_words")
+    folder = build_colbert(tmp_path / "silent", "modernbert", leave_out=silent)
+    reference = PyLateReference(folder)
+    stored = import_from_folder("test-org/silent-colbert", folder).stored
+    documents = DOCUMENTS[:5]
+    with scoring_engine() as engine:
+        model = engine.registry.get(stored.model_id)
+        for pair, document in zip(model.encode([QUERY] * len(documents), documents).late, documents, strict=True):
+            assert list(pair.query) == reference.ids(QUERY, True) and list(pair.document) == reference.ids(
+                document, False
+            )
+        punctuation = {reference.tokenizer.convert_tokens_to_ids(mark) for mark in "!?.,;:()"}
+        kept = model.encode([QUERY], [DOCUMENTS[4]]).late[0]
+        assert [token in punctuation for token in kept.document] == [not keep for keep in kept.kept]
+        logits = score_directly(model, [QUERY] * len(documents), documents).logits
+    assert logits == pytest.approx([reference.score(QUERY, d) for d in documents], abs=1e-5)
+
+
 @pytest.mark.parametrize("model_id", [BERT_ID, MODERN_ID])
 def test_scores_are_pylates_on_every_route(colbert_models, model_id: str) -> None:
     _, reference = colbert_models[model_id]

@@ -16,6 +16,7 @@ so a document seen before costs no encoder pass.
 from __future__ import annotations
 
 import json
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,15 +32,35 @@ CONFIG_FILE = "config_sentence_transformers.json"
 
 @dataclass(frozen=True)
 class ColbertSettings:
-    """What PyLate's `config_sentence_transformers.json` says about encoding (PyLate's defaults where it is silent)."""
+    """How a ColBERT model encodes; the defaults are PyLate's for what neither its caller nor the folder says."""
 
-    query_prefix: str = "[unused0]"
-    document_prefix: str = "[unused1]"
+    query_prefix: str = "[Q] "
+    document_prefix: str = "[D] "
     query_length: int = 32
     document_length: int = 180
     do_query_expansion: bool = True
     attend_to_expansion_tokens: bool = False
-    skiplist_words: tuple[str, ...] = ()
+    skiplist_words: tuple[str, ...] = tuple(string.punctuation)
+
+
+def _resolved(found: dict[str, Any], defaults: ColbertSettings) -> ColbertSettings:
+    """Each setting as the folder says it, else the default (PyLate: a missing or null value is unsaid; an empty
+    prefix or skiplist is said)."""
+
+    def value(name: str) -> Any:
+        return found[name] if found.get(name) is not None else getattr(defaults, name)
+
+    expansion = bool(value("do_query_expansion"))
+    return ColbertSettings(
+        query_prefix=str(value("query_prefix")),
+        document_prefix=str(value("document_prefix")),
+        query_length=int(value("query_length")),
+        document_length=int(value("document_length")),
+        do_query_expansion=expansion,
+        # PyLate never attends to expansion tokens it does not make.
+        attend_to_expansion_tokens=expansion and bool(value("attend_to_expansion_tokens")),
+        skiplist_words=tuple(str(word) for word in value("skiplist_words")),
+    )
 
 
 def colbert_settings(folder: Path) -> ColbertSettings | None:
@@ -50,20 +71,7 @@ def colbert_settings(folder: Path) -> ColbertSettings | None:
         return None
     if not isinstance(config, dict) or config.get("model_type") != "ColBERT":
         return None
-    defaults = ColbertSettings()
-    expansion = bool(config.get("do_query_expansion", defaults.do_query_expansion))
-    return ColbertSettings(
-        query_prefix=str(config.get("query_prefix") if config.get("query_prefix") is not None else "[unused0]"),
-        document_prefix=str(
-            config.get("document_prefix") if config.get("document_prefix") is not None else "[unused1]"
-        ),
-        query_length=int(config.get("query_length") or defaults.query_length),
-        document_length=int(config.get("document_length") or defaults.document_length),
-        do_query_expansion=expansion,
-        # PyLate never attends to expansion tokens it does not make.
-        attend_to_expansion_tokens=expansion and bool(config.get("attend_to_expansion_tokens", False)),
-        skiplist_words=tuple(str(word) for word in config.get("skiplist_words") or ()),
-    )
+    return _resolved(config, ColbertSettings())
 
 
 def module_folders(folder: Path) -> tuple[Path, Path] | None:

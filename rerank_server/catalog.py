@@ -137,8 +137,8 @@ KNOWN_MODELS: tuple[KnownModel, ...] = (
     KnownModel("cross-encoder/ettin-reranker-150m-v1", 7999, "~0.6 GB", "Ettin 150M, long documents"),
     KnownModel("cross-encoder/ettin-reranker-400m-v1", 7999, "~1.6 GB", "Ettin 400M"),
     KnownModel("cross-encoder/ettin-reranker-1b-v1", 7999, "~4 GB", "Ettin 1B: near mxbai-rerank-large-v2"),
-    # Late interaction (ColBERT, PyLate folders): max_length is the query length plus the document length of its
-    # published config, which the import reads from the folder itself.
+    # Late interaction (ColBERT, PyLate or Stanford folders): max_length is the query length plus the document length
+    # of its published config, which the import reads from the folder itself.
     KnownModel(
         "lightonai/GTE-ModernColBERT-v1",
         332,
@@ -147,6 +147,14 @@ KNOWN_MODELS: tuple[KnownModel, ...] = (
         "colbert",
         license="apache-2.0",
     ),  # fmt: skip
+    KnownModel(
+        "answerdotai/answerai-colbert-small-v1",
+        332,
+        "~130 MB",
+        "late interaction (BERT, 33M), English, small and fast on a CPU",
+        "colbert",
+        license="apache-2.0",
+    ),
     # Listwise: the query and all documents in one context (up to 125 a pass, passes fused). max_length is the
     # context of the published tokenizer (model_max_length; one pass is bounded lower by RERANK_MAX_LIST_PASS_TOKENS);
     # each document is cut at 2,048 tokens (v3.5: 8,192).

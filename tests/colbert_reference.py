@@ -1,4 +1,5 @@
-"""ColBERT fixtures saved as PyLate saves a model, and PyLate's scoring written out independently of the server.
+"""ColBERT fixtures saved as PyLate saves a model and as colbert-ai (Stanford) saves one, and PyLate's scoring of both
+written out independently of the server.
 
 The reference follows PyLate 1.6's `models.ColBERT` (`tokenize`, `encode`, `skiplist_mask`) and
 `scores.colbert_scores`: PyLate itself pins sentence-transformers 5.3 and transformers <= 5.3, older than this
@@ -83,6 +84,73 @@ def build_colbert(
     return target
 
 
+# colbert-ai's artifact.metadata as it saves it (the keys PyLate reads, and some it does not).
+STANFORD_METADATA = {
+    "query_token_id": "[unused0]",
+    "doc_token_id": "[unused1]",
+    "query_maxlen": 32,
+    "doc_maxlen": 48,
+    "attend_to_mask_tokens": False,
+    "dim": 24,
+    "similarity": "cosine",
+    "mask_punctuation": True,
+    "checkpoint": "colbert-ir/colbertv2.0",
+}
+
+
+def build_stanford_colbert(
+    target: Path, metadata: dict | None = STANFORD_METADATA, weights: str = "safetensors"
+) -> Path:
+    """A ColBERT folder as colbert-ai saves its HF_ColBERT: MiniLM-L6's BERT under `bert.` and a bias-free projection
+    `linear.weight` in one checkpoint (`weights`: "safetensors" or "bin"), config.json naming HF_ColBERT with the
+    backbone's model_type, the tokenizer, and `metadata` as artifact.metadata (None: no such file)."""
+    torch.manual_seed(2)
+    encoder = transformers.AutoModel.from_pretrained(str(minilm_source()))
+    transformers.AutoTokenizer.from_pretrained(str(minilm_source())).save_pretrained(target)
+    state = {f"bert.{key}": value.contiguous() for key, value in encoder.state_dict().items()}
+    _save_stanford(target, encoder.config.to_dict(), state, weights)
+    if metadata is not None:
+        (target / "artifact.metadata").write_text(json.dumps(metadata, indent=2))
+    return target
+
+
+def _save_stanford(target: Path, config: dict, state: dict[str, torch.Tensor], weights: str = "safetensors") -> None:
+    state["linear.weight"] = torch.nn.Linear(config["hidden_size"], 24, bias=False).weight.detach().contiguous()
+    if weights == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, target / "model.safetensors", metadata={"format": "pt"})
+    else:
+        torch.save(state, target / "pytorch_model.bin")
+    (target / "config.json").write_text(json.dumps({**config, "architectures": ["HF_ColBERT"]}, indent=2))
+
+
+def _stanford_projection(folder: Path) -> torch.Tensor:
+    """PyLate's Dense.from_stanford_weights: `linear.weight` of model.safetensors, else of pytorch_model.bin."""
+    if (folder / "model.safetensors").is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(folder / "model.safetensors"), framework="pt") as weights:
+            return weights.get_tensor("linear.weight")
+    return torch.load(folder / "pytorch_model.bin", map_location="cpu")["linear.weight"]
+
+
+def _stanford_metadata(folder: Path, config: dict) -> None:
+    """PyLate's reading of artifact.metadata into what the caller left unset: colbert-ai's prefix tokens where the
+    metadata (or the file) names none, the rest left to PyLate's defaults."""
+    path = folder / "artifact.metadata"
+    metadata = json.loads(path.read_text()) if path.is_file() else {}
+    for key, name, fallback in (
+        ("query_prefix", "query_token_id", "[unused0]"),
+        ("document_prefix", "doc_token_id", "[unused1]"),
+        ("query_length", "query_maxlen", None),
+        ("document_length", "doc_maxlen", None),
+        ("attend_to_expansion_tokens", "attend_to_mask_tokens", None),
+    ):
+        if config.get(key) is None:
+            config[key] = metadata.get(name) if metadata.get(name) is not None else fallback
+
+
 # PyLate's values for what neither the caller nor the folder says (models.ColBERT.__init__, after the modules load).
 PYLATE_DEFAULTS = {
     "query_prefix": "[Q] ",
@@ -113,15 +181,17 @@ class PyLateReference:
             from safetensors.torch import load_file
 
             self.weight = load_file(str(folder / "1_Dense" / "model.safetensors"))["linear.weight"]
-        else:
-            raise ValueError(f"{folder} is not a PyLate folder")
+        else:  # a Stanford folder (HF_ColBERT): no modules, so PyLate appends the checkpoint's own projection
+            encoder = folder
+            self.weight = _stanford_projection(folder)
+            _stanford_metadata(folder, config)
         for key, default in PYLATE_DEFAULTS.items():
             if config.get(key) is None:
                 config[key] = default
         if not config["do_query_expansion"]:
             config["attend_to_expansion_tokens"] = False
         self.config = config
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
         # PyLate adds its prefixes to the tokenizer; a prefix it lacks would get a new, random embedding row, which
         # no fixture has.
         size = len(self.tokenizer)

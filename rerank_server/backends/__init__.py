@@ -143,7 +143,7 @@ def load_backend(
         if late_interaction:
             from rerank_server.backends.late_interaction import TokenEmbeddings
 
-            return TokenEmbeddings(path, device=device, dtype=dtype)  # type: ignore[return-value]
+            return TokenEmbeddings(path, device=device, dtype=dtype, remote_code=remote_code)  # type: ignore[return-value]
         if vision:
             from rerank_server.backends.vision_backend import VisionLastTokenLogit
 

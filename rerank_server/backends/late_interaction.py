@@ -1,45 +1,74 @@
-"""The forward pass of a late-interaction model (ColBERT as PyLate saves it) on PyTorch: the bare encoder
-(`config.json`'s BertModel, ModernBertModel, ...), then the Dense projection of `1_Dense/` (no bias, no activation),
-then L2 normalisation of each token's vector. Token ids in, one unit vector per token out; MaxSim is the recipe's."""
+"""The forward pass of a late-interaction model (ColBERT) on PyTorch: the bare encoder (BertModel, ModernBertModel,
+... or the model's own class, with its stored code), then the projection (no bias, no activation: a PyLate folder's
+`1_Dense/`, or the `linear.weight` a Stanford checkpoint keeps beside its backbone), then L2 normalisation of each
+token's vector. Token ids in, one unit vector per token out; MaxSim is the recipe's."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from rerank_server.backends.torch_backend import TorchBackend
-from rerank_server.recipes.colbert import module_folders
+from rerank_server.recipes.colbert import PROJECTION, colbert_files
+
+logger = logging.getLogger("bentoml")
+
+_BIAS = PROJECTION.replace(".weight", ".bias")
 
 
-def _dense_weight(where: Path) -> torch.Tensor:
-    """The projection matrix (out x in) of a Dense module's folder."""
-    if (where / "model.safetensors").is_file():
-        from safetensors.torch import load_file
+def _projection(path: Path) -> torch.Tensor:
+    """The projection matrix (out x in) of the weights file that holds it; of a safetensors file only that tensor is
+    read (a Stanford checkpoint holds the whole backbone beside it)."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
 
-        state = load_file(str(where / "model.safetensors"))
+        with safe_open(str(path), framework="pt") as weights:
+            state = {key: weights.get_tensor(key) for key in (PROJECTION, _BIAS) if key in weights.keys()}  # noqa: SIM118
     else:
-        state = torch.load(where / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    if state.get("linear.bias") is not None:
-        raise ValueError(f"{where}: a Dense projection with a bias, which PyLate's ColBERT never has")
-    return state["linear.weight"]
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get(_BIAS) is not None:
+        raise ValueError(f"{path}: a ColBERT projection with a bias, which neither PyLate's nor colbert-ai's has")
+    if PROJECTION not in state:
+        raise ValueError(f"{path} holds no ColBERT projection ({PROJECTION})")
+    return state[PROJECTION]
+
+
+def _encoder(folder: Path, dtype: torch.dtype, remote_code: bool) -> torch.nn.Module:
+    """The bare encoder. transformers' load report is kept quiet: it would call a Stanford checkpoint's projection
+    (read apart, above) an unexpected key at every load; anything else it would report is logged here in one line."""
+    from transformers import AutoModel
+
+    reporter = logging.getLogger("transformers.modeling_utils")
+    level = reporter.level
+    reporter.setLevel(logging.ERROR)
+    try:
+        encoder, report = AutoModel.from_pretrained(
+            folder, dtype=dtype, trust_remote_code=remote_code, local_files_only=True, output_loading_info=True
+        )
+    finally:
+        reporter.setLevel(level)
+    missing, unused = sorted(report["missing_keys"]), sorted(set(report["unexpected_keys"]) - {PROJECTION})
+    if missing or unused:
+        logger.warning(
+            "%s: the encoder's checkpoint does not match its class: %s initialised at random, %s not used",
+            folder, ", ".join(missing) or "nothing", ", ".join(unused) or "nothing",
+        )  # fmt: skip
+    return encoder
 
 
 class TokenEmbeddings(TorchBackend):
-    """A ColBERT encoder: each token's projected, normalised vector."""
+    """A ColBERT encoder: each token's projected, normalised vector. `remote_code`: the encoder is the model's own
+    class, from the code stored with it."""
 
-    def __init__(self, path: Path, *, device: str, dtype: torch.dtype) -> None:
-        from transformers import AutoModel
-
-        folders = module_folders(path)
-        if folders is None:
-            raise ValueError(f"{path}: modules.json does not list a transformer and a Dense projection")
-        encoder, dense = folders
+    def __init__(self, path: Path, *, device: str, dtype: torch.dtype, remote_code: bool = False) -> None:
+        encoder, projection = colbert_files(path)
         self.device = device
         self.dtype = dtype
-        self.encoder = AutoModel.from_pretrained(encoder, dtype=dtype, local_files_only=True).to(device).eval()
-        self.projection = _dense_weight(dense).to(device=device, dtype=dtype)
+        self.encoder = _encoder(encoder, dtype, remote_code).to(device).eval()
+        self.projection = _projection(projection).to(device=device, dtype=dtype)
         self._measure(self.encoder)
         self.weight_bytes += self.projection.numel() * self.projection.element_size()
 

@@ -11,7 +11,7 @@ from typing import Any
 from rerank_server.catalog import known_model
 from rerank_server.models.loaded import ships_own_code
 from rerank_server.recipes import RECIPES, recipe_from_id, recipe_from_prompt
-from rerank_server.recipes.colbert import ColbertSettings, colbert_settings, module_folders
+from rerank_server.recipes.colbert import STANFORD_ARCHITECTURE, ColbertSettings, colbert_files, colbert_settings
 from rerank_server.recipes.listwise import projector_file
 
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
@@ -125,7 +125,8 @@ def inspect_folder(
 
     A reranker is a one-logit `*ForSequenceClassification` (a cross-encoder, or a converted LLM reranker), a
     `*ForCausalLM` with a known scoring recipe, a vision-language `*ForConditionalGeneration` with its recipe and
-    image processor (Qwen3-VL-Reranker), or a sentence-transformers CrossEncoder with a score head of its own.
+    image processor (Qwen3-VL-Reranker), a sentence-transformers CrossEncoder with a score head of its own, or a
+    ColBERT encoder as PyLate or colbert-ai (HF_ColBERT) saves it.
     A folder whose config maps classes to its own Python code (`auto_map`) is taken only with `trust_remote_code`.
     Raises ModelImportError saying what is missing, so a wrong folder is caught before anything is stored.
     """
@@ -147,7 +148,11 @@ def inspect_folder(
             f"{model_id} ships its own modelling code (auto_map in its config), which would run inside the server: "
             "import it with --trust-remote-code to store that code with the weights and run it (if you trust it)"
         )
-    if (colbert := colbert_settings(folder)) is not None:
+    try:
+        colbert = colbert_settings(folder)
+    except ValueError as exc:
+        raise ModelImportError(f"{model_id}: {exc}") from exc
+    if colbert is not None:
         return _late_interaction(folder, model_id, config, architecture, recipe, colbert)
     if architecture in LISTWISE_ARCHITECTURES or (recipe and RECIPES.get(recipe) and RECIPES[recipe].listwise):
         return _listwise(folder, model_id, config, architecture, recipe)
@@ -189,17 +194,17 @@ def inspect_folder(
 def _late_interaction(
     folder: Path, model_id: str, config: dict[str, Any], architecture: str, chosen: str | None, colbert: ColbertSettings
 ) -> FolderInfo:
-    """A PyLate ColBERT folder: the bare encoder, its Dense projection, the query and document lengths. Never a
+    """A ColBERT folder, PyLate's (the bare encoder and its Dense projection) or Stanford's (colbert-ai's HF_ColBERT:
+    the backbone and the projection in one checkpoint): its files and the query and document lengths. Never a
     cross-encoder (sentence-transformers would convert it to one and score nonsense)."""
     if chosen not in (None, "colbert"):
         raise ModelImportError(
             f"{model_id} is a late-interaction (ColBERT) model: it is scored with the colbert recipe"
         )
-    if (folders := module_folders(folder)) is None:
-        raise ModelImportError(f"{folder}: a ColBERT folder lists its transformer and Dense projection in modules.json")
-    encoder, dense = folders
-    if not any((dense / name).is_file() for name in ("model.safetensors", "pytorch_model.bin")):
-        raise ModelImportError(f"{dense} holds no weights of the Dense projection")
+    try:
+        encoder, _ = colbert_files(folder)
+    except ValueError as exc:
+        raise ModelImportError(str(exc)) from exc
     if not any(next(encoder.glob(pattern), None) for pattern in WEIGHT_FILES):
         raise ModelImportError(f"{encoder} holds no model weights (*.safetensors or pytorch_model.bin)")
     if not (folder / "tokenizer.json").is_file() and not (folder / "vocab.txt").is_file():
@@ -207,11 +212,30 @@ def _late_interaction(
     if encoder != folder:  # the transformer's own config names the encoder
         config = read_json(encoder / "config.json") or config
         architecture = str((config.get("architectures") or [architecture])[0])
+    if architecture == STANFORD_ARCHITECTURE:
+        architecture = _backbone(model_id, config)
     dtype = config.get("dtype") or config.get("torch_dtype")
     return FolderInfo(
         architecture, 1, colbert.query_length + colbert.document_length, "colbert", str(dtype) if dtype else None,
         _parameters(encoder),
     )  # fmt: skip
+
+
+def _backbone(model_id: str, config: dict[str, Any]) -> str:
+    """The class a Stanford ColBERT's backbone loads as, which `HF_ColBERT` (colbert-ai's wrapper) does not name: its
+    own code's AutoModel (auto_map), else transformers' bare model of its model_type (BertModel)."""
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+    auto_map = config.get("auto_map") if isinstance(config.get("auto_map"), dict) else {}
+    if isinstance(own := auto_map.get("AutoModel"), str):
+        return own.rpartition(".")[2]
+    stock = MODEL_MAPPING_NAMES.get(str(config.get("model_type", "")))
+    if not stock:
+        raise ModelImportError(
+            f"{model_id}: a ColBERT backbone of model_type {config.get('model_type')!r}, for which transformers has no "
+            "model and its config's auto_map names no AutoModel of its own"
+        )
+    return stock if isinstance(stock, str) else stock[0]
 
 
 def _listwise(folder: Path, model_id: str, config: dict[str, Any], architecture: str, chosen: str | None) -> FolderInfo:

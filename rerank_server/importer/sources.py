@@ -15,8 +15,9 @@ from rerank_server.importer.remote_code import other_repositories
 
 logger = logging.getLogger("bentoml")
 
-# What a download takes: configs, tokenizers (vocab.txt, sentencepiece, chat templates) and one copy of the weights.
-_HUB_FILES = ["*.json", "*.txt", "*.model", "*.jinja"]
+# What a download takes: configs (a Stanford ColBERT's colbert-ai settings too), tokenizers (vocab.txt, sentencepiece,
+# chat templates) and one copy of the weights.
+_HUB_FILES = ["*.json", "*.txt", "*.model", "*.jinja", "artifact.metadata"]
 
 Source = Literal["hub", "modelscope"]
 

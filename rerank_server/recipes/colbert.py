@@ -1,6 +1,8 @@
-"""Late-interaction rerankers (ColBERT, as PyLate saves them: answerai-colbert-small, GTE-ModernColBERT,
-mxbai-edge-colbert): the query and each document are encoded apart, one vector per token, and the score is MaxSim,
-the sum over the query's tokens of its best cosine against the document's tokens.
+"""Late-interaction rerankers (ColBERT): the query and each document are encoded apart, one vector per token, and the
+score is MaxSim, the sum over the query's tokens of its best cosine against the document's tokens. Two folder layouts:
+PyLate's (GTE-ModernColBERT, mxbai-edge-colbert: `config_sentence_transformers.json`, the encoder and a Dense module)
+and Stanford's (colbert-ai and RAGatouille: answerai-colbert-small-v1, jina-colbert-v2: `config.json` with
+`HF_ColBERT`, the backbone and the projection `linear.weight` in one checkpoint, colbert-ai's `artifact.metadata`).
 
 The reference is PyLate's `models.ColBERT.encode(..., is_query=True/False)` and `scores.colbert_scores`: each text
 truncated to its length less one (`query_length`, `document_length`), the prefix token (`[Q] ` / `[D] `, or
@@ -28,6 +30,11 @@ from rerank_server.errors import InputTooLongError
 from rerank_server.recipes.base import EncodedPairs, LatePair, Recipe, RecipeError, Side, TextOptions
 
 CONFIG_FILE = "config_sentence_transformers.json"
+# A Stanford folder: config.json's first architecture, colbert-ai's ColBERTConfig (JSON) beside the weights, and the
+# projection's key in them (next to the backbone's `bert.*` / `roberta.*`).
+STANFORD_ARCHITECTURE = "HF_ColBERT"
+STANFORD_METADATA = "artifact.metadata"
+PROJECTION = "linear.weight"
 
 
 @dataclass(frozen=True)
@@ -63,15 +70,61 @@ def _resolved(found: dict[str, Any], defaults: ColbertSettings) -> ColbertSettin
     )
 
 
-def colbert_settings(folder: Path) -> ColbertSettings | None:
-    """The ColBERT settings of a PyLate folder, or None when the folder is not one (`model_type` is not ColBERT)."""
+# PyLate's defaults for a Stanford folder whose metadata does not name its prefixes: colbert-ai's marker tokens.
+_STANFORD_DEFAULTS = ColbertSettings(query_prefix="[unused0]", document_prefix="[unused1]")
+
+
+def _json(path: Path) -> Any:
+    """A JSON file's value, None when there is no such file; ValueError when it is not readable JSON."""
     try:
-        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
         return None
-    if not isinstance(config, dict) or config.get("model_type") != "ColBERT":
-        return None
-    return _resolved(config, ColbertSettings())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path} is not readable JSON ({exc})") from exc
+
+
+def _is_pylate(folder: Path) -> bool:
+    try:
+        config = _json(folder / CONFIG_FILE)
+    except ValueError:
+        return False
+    return isinstance(config, dict) and config.get("model_type") == "ColBERT"
+
+
+def is_stanford(folder: Path) -> bool:
+    """Whether `folder` is a Stanford ColBERT checkpoint: config.json's first architecture is HF_ColBERT, as PyLate
+    checks it."""
+    try:
+        config = _json(folder / "config.json")
+    except ValueError:
+        return False
+    architectures = config.get("architectures") if isinstance(config, dict) else None
+    return isinstance(architectures, list) and architectures[:1] == [STANFORD_ARCHITECTURE]
+
+
+def _stanford_settings(folder: Path) -> ColbertSettings:
+    """What PyLate reads of colbert-ai's artifact.metadata (colbert-ai's prefix tokens where it names none)."""
+    metadata = _json(folder / STANFORD_METADATA) or {}
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{folder / STANFORD_METADATA} is not a JSON object")
+    found = {
+        "query_prefix": metadata.get("query_token_id"),
+        "document_prefix": metadata.get("doc_token_id"),
+        "query_length": metadata.get("query_maxlen"),
+        "document_length": metadata.get("doc_maxlen"),
+        "attend_to_expansion_tokens": metadata.get("attend_to_mask_tokens"),
+    }
+    return _resolved(found, _STANFORD_DEFAULTS)
+
+
+def colbert_settings(folder: Path) -> ColbertSettings | None:
+    """The ColBERT settings of a PyLate folder (its config's `model_type` is ColBERT) or of a Stanford one
+    (HF_ColBERT), None when the folder is neither; a folder with both is PyLate's, as PyLate reads its modules first.
+    ValueError when a Stanford folder's artifact.metadata is not readable."""
+    if _is_pylate(folder):
+        return _resolved(_json(folder / CONFIG_FILE), ColbertSettings())
+    return _stanford_settings(folder) if is_stanford(folder) else None
 
 
 def module_folders(folder: Path) -> tuple[Path, Path] | None:
@@ -90,6 +143,49 @@ def module_folders(folder: Path) -> tuple[Path, Path] | None:
     return folder / str(modules[0].get("path") or ""), folder / str(dense.get("path") or "1_Dense")
 
 
+def _stanford_weights(folder: Path) -> Path:
+    """The one weights file of a Stanford folder, as PyLate reads the projection from it: model.safetensors (its
+    header checked for the projection), else pytorch_model.bin (a pickle: the backend finds out once it loads it)."""
+    safetensors = folder / "model.safetensors"
+    if safetensors.is_file():
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(safetensors), framework="numpy") as weights:  # the header only: no tensor is read
+                keys = set(weights.keys())
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own types for a corrupt header
+            raise ValueError(f"{safetensors} is not a readable safetensors file ({exc})") from exc
+        if PROJECTION not in keys:
+            raise ValueError(
+                f"{safetensors} holds no ColBERT projection ({PROJECTION}), which a Stanford ColBERT checkpoint "
+                "(HF_ColBERT) keeps beside its backbone"
+            )
+        return safetensors
+    if (folder / "pytorch_model.bin").is_file():
+        return folder / "pytorch_model.bin"
+    if any(folder.glob("*.index.json")):
+        raise ValueError(
+            f"{folder}: sharded weights; a Stanford ColBERT checkpoint is read from one model.safetensors or "
+            "pytorch_model.bin, where PyLate finds its projection"
+        )
+    raise ValueError(f"{folder} holds no model.safetensors or pytorch_model.bin")
+
+
+def colbert_files(folder: Path) -> tuple[Path, Path]:
+    """Where a ColBERT folder keeps its encoder (the folder the transformer loads from) and its projection (the weights
+    file holding `linear.weight`): a PyLate folder's modules, or a Stanford folder itself and its one checkpoint.
+    ValueError saying what is missing."""
+    if not _is_pylate(folder) and is_stanford(folder):
+        return folder, _stanford_weights(folder)
+    if (folders := module_folders(folder)) is None:
+        raise ValueError(f"{folder}: a ColBERT folder lists its transformer and Dense projection in modules.json")
+    encoder, dense = folders
+    found = [dense / name for name in ("model.safetensors", "pytorch_model.bin") if (dense / name).is_file()]
+    if not found:
+        raise ValueError(f"{dense} holds no weights of the Dense projection")
+    return encoder, found[0]
+
+
 def maxsim(query: torch.Tensor, document: torch.Tensor) -> torch.Tensor:
     """MaxSim of one pair of L2-normalised token embeddings: each query token's best cosine over the document's
     tokens, summed (a document with no kept token scores 0)."""
@@ -100,7 +196,7 @@ def maxsim(query: torch.Tensor, document: torch.Tensor) -> torch.Tensor:
 
 class ColbertRecipe(Recipe):
     name = "colbert"
-    description = "late interaction (PyLate ColBERT): query and document encoded apart, MaxSim of their token vectors"
+    description = "late interaction (ColBERT): query and document encoded apart, MaxSim of their token vectors"
     score_kind = "mean-maxsim"
     raw_score = (
         "MaxSim: over the query's tokens (expansion included), the sum of each one's best cosine in the document"
@@ -109,9 +205,16 @@ class ColbertRecipe(Recipe):
 
     @classmethod
     def load_extras(cls, path: Path) -> dict[str, Any]:
-        settings = colbert_settings(path)
+        try:
+            settings = colbert_settings(path)
+        except ValueError as exc:
+            raise RecipeError(str(exc), "model") from exc
         if settings is None:
-            raise RecipeError(f"{path} has no ColBERT {CONFIG_FILE} (model_type ColBERT)", "model")
+            raise RecipeError(
+                f"{path} is not a ColBERT folder (PyLate's {CONFIG_FILE} with model_type ColBERT, or "
+                f"{STANFORD_ARCHITECTURE} in config.json)",
+                "model",
+            )
         return {"settings": settings}
 
     def __init__(self, tokenizer: Any, max_length: int, settings: ColbertSettings) -> None:

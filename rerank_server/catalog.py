@@ -8,6 +8,7 @@ request's name means is decided in one place, `model_store.find_reranker`.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 DEFAULT_MODEL_ID = "BAAI/bge-reranker-base"
@@ -29,6 +30,9 @@ class KnownModel:
     # config.json's `architectures[0]`, where one is known: a folder imported under this id with another family (the
     # part before "For") is most likely the wrong folder.
     architecture: str = ""
+    # A ColBERT model's arguments to PyLate's `models.ColBERT(...)` as its model card passes them (query_prefix,
+    # attend_to_expansion_tokens, ...): as in PyLate, they win over what the folder says.
+    pylate_arguments: Mapping[str, str | int | bool] = field(default_factory=dict)
 
     @property
     def size_bytes(self) -> float | None:
@@ -154,6 +158,20 @@ KNOWN_MODELS: tuple[KnownModel, ...] = (
         "late interaction (BERT, 33M), English, small and fast on a CPU",
         "colbert",
         license="apache-2.0",
+    ),
+    KnownModel(
+        "jinaai/jina-colbert-v2",
+        8224,
+        "~1.1 GB",
+        "late interaction (XLM-RoBERTa 560M), multilingual, long documents; non-commercial",
+        "colbert",
+        remote_code=True,
+        license="cc-by-nc-4.0",
+        pylate_arguments={
+            "query_prefix": "[QueryMarker]",
+            "document_prefix": "[DocumentMarker]",
+            "attend_to_expansion_tokens": True,
+        },
     ),
     # Listwise: the query and all documents in one context (up to 125 a pass, passes fused). max_length is the
     # context of the published tokenizer (model_max_length; one pass is bounded lower by RERANK_MAX_LIST_PASS_TOKENS);

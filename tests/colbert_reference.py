@@ -114,6 +114,66 @@ def build_stanford_colbert(
     return target
 
 
+_ROTARY_CONFIGURATION = """from transformers import XLMRobertaConfig
+
+
+class RotaryXLMRobertaConfig(XLMRobertaConfig):
+    model_type = "rotary-xlm-roberta"
+"""
+_ROTARY_MODELING = '''import torch
+from transformers import XLMRobertaModel
+
+from .configuration_rotary import RotaryXLMRobertaConfig
+
+
+class RotaryXLMRobertaModel(XLMRobertaModel):
+    """XLM-RoBERTa with a position signal on its output that the stock class lacks (as jina-colbert-v2's rotary
+    embeddings are its own code's): without this code, the scores differ."""
+
+    config_class = RotaryXLMRobertaConfig
+
+    def forward(self, input_ids=None, attention_mask=None, **kwargs):
+        output = super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        hidden = output.last_hidden_state
+        positions = torch.arange(hidden.shape[1], device=hidden.device, dtype=hidden.dtype)[:, None]
+        frequencies = torch.linspace(0.1, 1.0, hidden.shape[-1], device=hidden.device, dtype=hidden.dtype)
+        output.last_hidden_state = hidden + torch.sin(positions * frequencies)
+        return output
+'''
+# The metadata of the folder with its own code: colbert-ai's markers and no attention to expansion tokens, which the
+# arguments jina-colbert-v2's model card passes to PyLate override.
+ROTARY_METADATA = {**STANFORD_METADATA, "doc_maxlen": 64}
+
+
+def build_stanford_rotary(target: Path) -> Path:
+    """A Stanford ColBERT folder shaped like jina-colbert-v2: a backbone of its own code (XLM-RoBERTa with a position
+    signal, a model_type transformers does not know, named by auto_map; tiny, random), its weights under `roberta.`
+    beside `linear.weight`, MiniLM's tokenizer with `[QueryMarker]` and `[DocumentMarker]` added, and artifact.metadata
+    (ROTARY_METADATA)."""
+    target.mkdir(parents=True)
+    (target / "configuration_rotary.py").write_text(_ROTARY_CONFIGURATION)
+    (target / "modeling_rotary.py").write_text(_ROTARY_MODELING)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(minilm_source()))
+    tokenizer.add_tokens(["[QueryMarker]", "[DocumentMarker]"])
+    tokenizer.save_pretrained(target)
+    torch.manual_seed(3)
+    config = transformers.XLMRobertaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
+        max_position_embeddings=130, type_vocab_size=1, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id, initializer_range=0.2,
+    )  # fmt: skip
+    # The stock class has the weights the fixture's own class has: it only makes them.
+    encoder = transformers.XLMRobertaModel(config)
+    state = {f"roberta.{key}": value.contiguous() for key, value in encoder.state_dict().items()}
+    auto_map = {
+        "AutoConfig": "configuration_rotary.RotaryXLMRobertaConfig",
+        "AutoModel": "modeling_rotary.RotaryXLMRobertaModel",
+    }
+    _save_stanford(target, {**config.to_dict(), "model_type": "rotary-xlm-roberta", "auto_map": auto_map}, state)
+    (target / "artifact.metadata").write_text(json.dumps(ROTARY_METADATA, indent=2))
+    return target
+
+
 def _save_stanford(target: Path, config: dict, state: dict[str, torch.Tensor], weights: str = "safetensors") -> None:
     state["linear.weight"] = torch.nn.Linear(config["hidden_size"], 24, bias=False).weight.detach().contiguous()
     if weights == "safetensors":

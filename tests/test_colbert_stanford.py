@@ -14,7 +14,7 @@ from rerank_server.importer.commit import ImportOptions
 from rerank_server.importer.folder import ModelImportError, inspect_folder
 from rerank_server.importer.sources import import_from_folder
 from rerank_server.recipes.colbert import ColbertRecipe
-from tests.colbert_reference import PyLateReference, build_stanford_colbert
+from tests.colbert_reference import PyLateReference, build_stanford_colbert, build_stanford_rotary
 from tests.conftest import routes_client, scores_by_index, scoring_engine
 
 ANSWERAI_ID = "answerdotai/answerai-colbert-small-v1"
@@ -112,3 +112,38 @@ def test_an_import_by_id_downloads_the_colbert_settings(stanford_bert, monkeypat
         monkeypatch.setattr("huggingface_hub.constants.HUGGINGFACE_CO_URL_TEMPLATE", template)
         stored = import_from_hub("test-org/stanford-from-hub").stored
     assert (stored.path / "artifact.metadata").is_file() and stored.max_length == 32 + 48
+
+
+JINA_ID = "jinaai/jina-colbert-v2"
+# jina-colbert-v2's model card: models.ColBERT("jinaai/jina-colbert-v2", query_prefix="[QueryMarker]",
+# document_prefix="[DocumentMarker]", attend_to_expansion_tokens=True, trust_remote_code=True).
+MODEL_CARD = {
+    "query_prefix": "[QueryMarker]",
+    "document_prefix": "[DocumentMarker]",
+    "attend_to_expansion_tokens": True,
+}
+
+
+def test_a_stanford_folder_with_its_own_code_is_scored_as_its_model_card_says(tmp_path) -> None:
+    folder = build_stanford_rotary(tmp_path / "jina-colbert")
+    with pytest.raises(ModelImportError, match="ships its own modelling code.*--trust-remote-code"):
+        import_from_folder(JINA_ID, folder)
+    stored = import_from_folder(JINA_ID, folder, ImportOptions(trust_remote_code=True)).stored
+    assert (stored.recipe, stored.architecture, stored.max_length) == ("colbert", "RotaryXLMRobertaModel", 32 + 64)
+    assert set(stored.remote_code) == {"configuration_rotary.py", "modeling_rotary.py"} and stored.runs_code
+    assert stored.license == "cc-by-nc-4.0"
+    reference = PyLateReference(folder, trust_remote_code=True, **MODEL_CARD)
+    expected = [reference.score(QUERY, document) for document in DOCUMENTS]
+    with scoring_engine() as engine, routes_client(engine) as client:
+        pair = engine.registry.get(JINA_ID).encode([QUERY], [DOCUMENTS[0]]).late[0]
+        # The model card's markers, not the metadata's [unused0] / [unused1]; every expansion token attended.
+        assert pair.query[1] == reference.tokenizer.convert_tokens_to_ids("[QueryMarker]") and pair.attended == 32
+        assert list(pair.query) == reference.ids(QUERY, True)
+        assert list(pair.document) == reference.ids(DOCUMENTS[0], False)
+        body = {"model": JINA_ID, "query": QUERY, "documents": DOCUMENTS, "use_activation": False}
+        raw = client.post("/v1/rerank", json=body).json()["results"]
+        tei = {"model": JINA_ID, "query": QUERY, "texts": DOCUMENTS, "raw_scores": True}
+        tei_scores = scores_by_index(client.post("/rerank", json=tei).json(), "score")
+    assert scores_by_index(raw) == pytest.approx(expected, abs=1e-5)
+    assert [r["index"] for r in raw] == sorted(range(len(expected)), key=lambda i: -expected[i])
+    assert tei_scores == pytest.approx(expected, abs=1e-5)

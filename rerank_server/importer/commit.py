@@ -13,7 +13,7 @@ import bentoml
 
 from rerank_server import backends
 from rerank_server.backends import BackendName, CpuPrecision
-from rerank_server.catalog import canonical_id, model_id_problem, store_name
+from rerank_server.catalog import canonical_id, known_model, model_id_problem, store_name
 from rerank_server.cpu import cpu_class, has_native_bf16
 from rerank_server.importer import remote_code
 from rerank_server.importer.card import card_license
@@ -23,6 +23,7 @@ from rerank_server.importer.fidelity import DEFAULT_FLOOR
 from rerank_server.importer.folder import WEIGHT_FILES, ModelImportError, catalogue_mismatch, inspect_folder
 from rerank_server.models.store import APP_LABEL, StoredReranker, as_stored, find_reranker, list_rerankers
 from rerank_server.recipes import RECIPES
+from rerank_server.recipes.colbert import store_arguments
 
 logger = logging.getLogger("bentoml")
 
@@ -91,10 +92,10 @@ def store_folder(
     code = remote_code.collect(folder, model_id, code_folders) if options.trust_remote_code else None
     # A listwise model's code is stored (it came with the weights) but never run: the server scores it with its recipe.
     runs_code = bool(code and code.files) and not RECIPES[info.recipe].listwise
-    if runs_code and not info.architecture.endswith("ForSequenceClassification"):
+    if runs_code and info.recipe != "colbert" and not info.architecture.endswith("ForSequenceClassification"):
         raise ModelImportError(
-            f"{model_id}: --trust-remote-code runs the code of *ForSequenceClassification cross-encoders; a "
-            f"{info.architecture} with code of its own is not served"
+            f"{model_id}: --trust-remote-code runs the code of *ForSequenceClassification cross-encoders and ColBERT "
+            f"encoders; a {info.architecture} with code of its own is not served"
         )
     if backend != "auto" and backends.is_cpu_runtime(backend):
         _check_cpu_runtime(model_id, backend, info.recipe, info.architecture, code)
@@ -140,6 +141,10 @@ def store_folder(
         shutil.copytree(folder, target, ignore=_IGNORED, dirs_exist_ok=True)
         if code:
             remote_code.store(code, target)
+        known = known_model(model_id)
+        if info.recipe == "colbert" and known and known.pylate_arguments:
+            # Read at every load, as inspect_folder read the lengths with them.
+            store_arguments(target, known.pylate_arguments)
         # On the stored copy: a remote-code config names its code there, and nothing is fetched.
         check_vocabulary(target, model_id, trust_remote_code=runs_code)
         # A conversion for this CPU: settled on the stored copy (where the model's own code is), checked against it.

@@ -148,8 +148,9 @@ def inspect_folder(
             f"{model_id} ships its own modelling code (auto_map in its config), which would run inside the server: "
             "import it with --trust-remote-code to store that code with the weights and run it (if you trust it)"
         )
+    known = known_model(model_id)
     try:
-        colbert = colbert_settings(folder)
+        colbert = colbert_settings(folder, known.pylate_arguments if known and known.pylate_arguments else None)
     except ValueError as exc:
         raise ModelImportError(f"{model_id}: {exc}") from exc
     if colbert is not None:

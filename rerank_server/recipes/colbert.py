@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import string
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,9 @@ CONFIG_FILE = "config_sentence_transformers.json"
 STANFORD_ARCHITECTURE = "HF_ColBERT"
 STANFORD_METADATA = "artifact.metadata"
 PROJECTION = "linear.weight"
+# What a PyLate caller passes to `models.ColBERT(...)` for a model (a catalogue entry's, as its model card passes them),
+# kept with the stored model by its import.
+ARGUMENTS_FILE = "pylate_arguments.json"
 
 
 @dataclass(frozen=True)
@@ -50,12 +53,15 @@ class ColbertSettings:
     skiplist_words: tuple[str, ...] = tuple(string.punctuation)
 
 
-def _resolved(found: dict[str, Any], defaults: ColbertSettings) -> ColbertSettings:
-    """Each setting as the folder says it, else the default (PyLate: a missing or null value is unsaid; an empty
-    prefix or skiplist is said)."""
+def _resolved(arguments: Mapping[str, Any], found: Mapping[str, Any], defaults: ColbertSettings) -> ColbertSettings:
+    """Each setting as PyLate settles it: the caller's argument, else what the folder says, else the default (a
+    missing or null value is unsaid; an empty prefix or skiplist is said)."""
 
     def value(name: str) -> Any:
-        return found[name] if found.get(name) is not None else getattr(defaults, name)
+        for source in (arguments, found):
+            if source.get(name) is not None:
+                return source[name]
+        return getattr(defaults, name)
 
     expansion = bool(value("do_query_expansion"))
     return ColbertSettings(
@@ -103,7 +109,7 @@ def is_stanford(folder: Path) -> bool:
     return isinstance(architectures, list) and architectures[:1] == [STANFORD_ARCHITECTURE]
 
 
-def _stanford_settings(folder: Path) -> ColbertSettings:
+def _stanford_settings(folder: Path, arguments: Mapping[str, Any]) -> ColbertSettings:
     """What PyLate reads of colbert-ai's artifact.metadata (colbert-ai's prefix tokens where it names none)."""
     metadata = _json(folder / STANFORD_METADATA) or {}
     if not isinstance(metadata, dict):
@@ -115,16 +121,26 @@ def _stanford_settings(folder: Path) -> ColbertSettings:
         "document_length": metadata.get("doc_maxlen"),
         "attend_to_expansion_tokens": metadata.get("attend_to_mask_tokens"),
     }
-    return _resolved(found, _STANFORD_DEFAULTS)
+    return _resolved(arguments, found, _STANFORD_DEFAULTS)
 
 
-def colbert_settings(folder: Path) -> ColbertSettings | None:
+def colbert_settings(folder: Path, arguments: Mapping[str, Any] | None = None) -> ColbertSettings | None:
     """The ColBERT settings of a PyLate folder (its config's `model_type` is ColBERT) or of a Stanford one
     (HF_ColBERT), None when the folder is neither; a folder with both is PyLate's, as PyLate reads its modules first.
-    ValueError when a Stanford folder's artifact.metadata is not readable."""
+    `arguments`: PyLate's keyword arguments, which win over what the folder says as they do in PyLate (None: those
+    its import stored with the model, if any). ValueError when artifact.metadata or the arguments are not readable."""
+    if arguments is None:
+        arguments = _json(folder / ARGUMENTS_FILE) or {}
+        if not isinstance(arguments, dict):
+            raise ValueError(f"{folder / ARGUMENTS_FILE} is not a JSON object")
     if _is_pylate(folder):
-        return _resolved(_json(folder / CONFIG_FILE), ColbertSettings())
-    return _stanford_settings(folder) if is_stanford(folder) else None
+        return _resolved(arguments, _json(folder / CONFIG_FILE), ColbertSettings())
+    return _stanford_settings(folder, arguments) if is_stanford(folder) else None
+
+
+def store_arguments(folder: Path, arguments: Mapping[str, Any]) -> None:
+    """Keep PyLate's keyword arguments for a model with its stored copy, where `colbert_settings` reads them."""
+    (folder / ARGUMENTS_FILE).write_text(json.dumps(dict(arguments), indent=2) + "\n", encoding="utf-8")
 
 
 def module_folders(folder: Path) -> tuple[Path, Path] | None:

@@ -9,11 +9,13 @@ import shutil
 
 import httpx
 import pytest
+import torch
 
 from rerank_server.engine.passes import score_directly
 from rerank_server.importer.commit import ImportOptions
 from rerank_server.importer.folder import ModelImportError
 from rerank_server.importer.sources import import_from_folder
+from rerank_server.models.late_interaction import QueryMemo
 from rerank_server.models.loaded import load_reranker
 from rerank_server.recipes import DEFAULT_OPTIONS
 from tests.colbert_reference import PyLateReference, build_colbert
@@ -161,6 +163,22 @@ def test_a_document_seen_before_costs_no_encoder_pass_and_scores_the_same(colber
         assert score_directly(model, [QUERY] * 3, DOCUMENTS[:3]).logits == cold, "identical to the cold run"
         hits = engine.metrics.embedding_cache_hits._value.get()
         assert hits >= 6 and engine.metrics.embedding_cache_bytes._value.get() == engine.registry.embeddings.bytes_held
+
+
+def test_a_query_whose_pairs_span_several_passes_is_encoded_once(colbert_models) -> None:
+    _, reference = colbert_models[BERT_ID]
+    documents = [f"bamboo forest number {i} where the pandas of the reserve feed" for i in range(5)]
+    with scoring_engine() as engine:
+        model = engine.registry.get(BERT_ID)
+        passes = _counting_encoder(model)
+        # A budget below two pairs: each pair is a pass of its own, as a long batch is cut on a CPU.
+        scored = score_directly(model, [QUERY] * 5, documents, token_budget=100)
+        assert sum(passes) == 1 + 5, "the query once, each document once"
+        assert scored.logits == pytest.approx([reference.score(QUERY, d) for d in documents], abs=1e-5)
+    memo = QueryMemo(max_bytes=3 * 32 * 96 * 4)
+    for i in range(10):
+        memo.put(((i,), 1), torch.zeros(32, 96))
+    assert len(memo) == 3 and memo.get(((9,), 1)) is not None and memo.get(((0,), 1)) is None
 
 
 def test_the_cache_stays_within_its_budget_and_never_serves_another_version(colbert_models, tmp_path) -> None:

@@ -1,9 +1,15 @@
 """Scoring a pass of late-interaction pairs: each distinct query encoded once, each distinct document encoded once
 unless the worker's cache has its embeddings, then MaxSim per pair (the recipe's). Queries and documents of several
-requests are merged here into one encoder pass each, like any other pass."""
+requests are merged here into one encoder pass each, like any other pass.
+
+A batch is cut into passes by length, so one request's pairs span several passes: the loaded copy keeps its latest
+queries' embeddings (`QueryMemo`) so that a query is encoded once per batch, not once per pass.
+"""
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -29,14 +35,66 @@ def _padded(rows: Sequence[tuple[int, ...]], attended: Sequence[int]) -> tuple[n
     return ids, mask
 
 
+QueryKey = tuple[tuple[int, ...], int]
+
+
+class QueryMemo:
+    """The latest queries' token embeddings of one loaded copy, least recently used out past `max_bytes` (queries
+    are short: the default holds hundreds). Not the document cache: it would count queries as documents, and a batch
+    needs its queries whatever RERANK_EMBEDDING_CACHE_MB says."""
+
+    def __init__(self, max_bytes: int = 8 * 2**20) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[QueryKey, torch.Tensor] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: QueryKey) -> torch.Tensor | None:
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+            return found
+
+    def put(self, key: QueryKey, vectors: torch.Tensor) -> None:
+        size = vectors.numel() * vectors.element_size()
+        with self._lock:
+            if key in self._entries or size > self.max_bytes:
+                return
+            while self._entries and self._bytes + size > self.max_bytes:
+                _, evicted = self._entries.popitem(last=False)
+                self._bytes -= evicted.numel() * evicted.element_size()
+            self._entries[key] = vectors
+            self._bytes += size
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+
+
 def late_interaction_scores(
-    backend: TokenEmbeddings, pairs: Sequence[LatePair], cache: EmbeddingCache | None, owner: int
+    backend: TokenEmbeddings,
+    pairs: Sequence[LatePair],
+    cache: EmbeddingCache | None,
+    owner: int,
+    memo: QueryMemo | None = None,
 ) -> torch.Tensor:
-    """The MaxSim of each pair (float32, on the CPU), encoding what the cache does not hold."""
-    queries = list(dict.fromkeys((pair.query, pair.attended) for pair in pairs))
-    query_vectors = backend.embed(*_padded([q for q, _ in queries], [a for _, a in queries]))
-    # A query keeps every position, its expansion tokens too (PyLate's query expansion).
-    by_query = {key: query_vectors[i, : len(key[0])].cpu() for i, key in enumerate(queries)}
+    """The MaxSim of each pair (float32, on the CPU), encoding what the cache (documents) and the memo (queries) do
+    not hold."""
+    distinct = list(dict.fromkeys((pair.query, pair.attended) for pair in pairs))
+    by_query = {key: found for key in distinct if memo is not None and (found := memo.get(key)) is not None}
+    queries = [key for key in distinct if key not in by_query]
+    if queries:
+        query_vectors = backend.embed(*_padded([q for q, _ in queries], [a for _, a in queries]))
+        for i, key in enumerate(queries):
+            # A query keeps every position, its expansion tokens too (PyLate's query expansion).
+            by_query[key] = query_vectors[i, : len(key[0])].cpu().contiguous()
+            if memo is not None:
+                memo.put(key, by_query[key])
     documents = list(dict.fromkeys((pair.document, pair.kept) for pair in pairs))
     keys = [np.asarray(ids, dtype=np.int32).tobytes() for ids, _ in documents]
     cached = cache.get_many(owner, keys) if cache is not None else [None] * len(keys)

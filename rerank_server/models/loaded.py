@@ -23,7 +23,7 @@ import numpy as np
 from rerank_server.backends import Backend, CpuPrecision, is_cpu_runtime, load_backend
 from rerank_server.cpu import cpu_class, has_amx_bf16, has_native_bf16, usable_cpus
 from rerank_server.models.embedding_cache import EmbeddingCache, new_owner
-from rerank_server.models.late_interaction import late_interaction_scores
+from rerank_server.models.late_interaction import QueryMemo, late_interaction_scores
 from rerank_server.models.listwise import listwise_scores
 from rerank_server.recipes import DEFAULT_OPTIONS, RECIPES, EncodedPairs, ImageInput, Item, Recipe, TextOptions
 
@@ -112,6 +112,7 @@ class LoadedReranker:
         # Late-interaction models: the worker's document-embedding cache, and this copy's own keys in it.
         self.embeddings = embeddings
         self.owner = new_owner()
+        self.query_memo = QueryMemo()  # (stays empty for other models)
         # One forward at a time keeps the accelerator's memory use predictable (the batcher's thread is the only
         # caller while serving; tools may call from anywhere).
         self._forward_lock = threading.Lock()
@@ -165,7 +166,8 @@ class LoadedReranker:
                 return listwise_scores(self.backend, encoded.lists, on_pass)  # type: ignore[arg-type]
         if encoded.late is not None:  # queries and documents are padded apart, there
             with self._forward_lock:
-                return late_interaction_scores(self.backend, encoded.late, self.embeddings, self.owner)  # type: ignore[arg-type]
+                late = (encoded.late, self.embeddings, self.owner, self.query_memo)
+                return late_interaction_scores(self.backend, *late)  # type: ignore[arg-type]
         side, pad_id = self.recipe.padding_side, self.recipe.pad_id
         ids, mask = pad(encoded.input_ids, pad_id, side)
         types = pad(encoded.token_type_ids, 0, side)[0] if encoded.token_type_ids is not None else None
@@ -183,6 +185,7 @@ class LoadedReranker:
         """Drop the weights and the document embeddings this copy cached (the caller frees accelerator memory once
         nothing refers to them)."""
         self.backend.release()
+        self.query_memo.clear()
         if self.embeddings is not None:
             self.embeddings.forget(self.owner)
 

@@ -34,12 +34,15 @@ serve:
 	$(BIN)/bentoml serve service:Reranker --port $(PORT)
 
 # The browser tests (tests/test_playground.py) drive Debian's Chromium; without it they skip (under CI they fail).
+# Test files run on TEST_WORKERS processes (pytest-xdist), a file's tests in one of them, so that a module's server is
+# started once: most tests wait on a server or a subprocess, so two processes finish sooner even on two cores.
+TEST_WORKERS ?= 2
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	@command -v chromium >/dev/null 2>&1 || test -x /usr/bin/chromium || \
 		echo "make test: no Chromium, so the browser tests (tests/test_playground.py) will be SKIPPED: apt-get install chromium"
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 build: setup
 	$(BIN)/bentoml build

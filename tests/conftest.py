@@ -50,6 +50,15 @@ BGE_GEMMA_ID = "BAAI/bge-reranker-v2-gemma"
 QWEN3_VL_ID = "Qwen/Qwen3-VL-Reranker-2B"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """schemathesis names each operation's test apart (`test[POST /v1/rerank]`) but gives them all one node id, and
+    pytest-xdist schedules by node id: without its operation in the id, only one operation would be fuzzed."""
+    for item in items:
+        label = getattr(item, "operation_label", None)
+        if label and item._id.params is None:  # pytest 9's structured id: what a parametrize would have given it
+            item._id = item._id.with_params(label)
+
+
 @pytest.fixture(scope="session")
 def fixture_model_dir() -> Path:
     """A MiniLM-L6 cross-encoder folder in Hugging Face format, built once per test session."""

@@ -37,3 +37,13 @@ def test_generated_requests_get_schema_conformant_answers(case, stored_fixture) 
             case.call_and_validate(checks=CHECKS)
         finally:
             app.dependency_overrides.clear()
+
+
+def test_each_operation_is_fuzzed_under_its_own_name(request) -> None:
+    """pytest-xdist (`make test`) runs tests by node id: one id for all operations would fuzz only one of them."""
+    fuzzed = [
+        item.nodeid
+        for item in request.session.items
+        if item.originalname == "test_generated_requests_get_schema_conformant_answers"
+    ]
+    assert len(fuzzed) == len(set(fuzzed)) == len(list(schema.get_all_operations())) > 5

@@ -50,7 +50,9 @@ def _encoder(folder: Path, dtype: torch.dtype, remote_code: bool) -> torch.nn.Mo
         )
     finally:
         reporter.setLevel(level)
-    missing, unused = sorted(report["missing_keys"]), sorted(set(report["unexpected_keys"]) - {PROJECTION})
+    # The pooler (BertModel's, over the first token) is never used: token vectors come from the last hidden state.
+    missing = sorted(key for key in report["missing_keys"] if not key.startswith("pooler."))
+    unused = sorted(key for key in report["unexpected_keys"] if key != PROJECTION and not key.startswith("pooler."))
     if missing or unused:
         logger.warning(
             "%s: the encoder's checkpoint does not match its class: %s initialised at random, %s not used",

@@ -8,7 +8,6 @@ request's name means is decided in one place, `model_store.find_reranker`.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 DEFAULT_MODEL_ID = "BAAI/bge-reranker-base"
@@ -32,7 +31,7 @@ class KnownModel:
     architecture: str = ""
     # A ColBERT model's arguments to PyLate's `models.ColBERT(...)` as its model card passes them (query_prefix,
     # attend_to_expansion_tokens, ...): as in PyLate, they win over what the folder says.
-    pylate_arguments: Mapping[str, str | int | bool] = field(default_factory=dict)
+    pylate_arguments: tuple[tuple[str, str | int | bool], ...] = ()
 
     @property
     def size_bytes(self) -> float | None:
@@ -167,11 +166,11 @@ KNOWN_MODELS: tuple[KnownModel, ...] = (
         "colbert",
         remote_code=True,
         license="cc-by-nc-4.0",
-        pylate_arguments={
-            "query_prefix": "[QueryMarker]",
-            "document_prefix": "[DocumentMarker]",
-            "attend_to_expansion_tokens": True,
-        },
+        pylate_arguments=(
+            ("query_prefix", "[QueryMarker]"),
+            ("document_prefix", "[DocumentMarker]"),
+            ("attend_to_expansion_tokens", True),
+        ),
     ),
     # Listwise: the query and all documents in one context (up to 125 a pass, passes fused). max_length is the
     # context of the published tokenizer (model_max_length; one pass is bounded lower by RERANK_MAX_LIST_PASS_TOKENS);

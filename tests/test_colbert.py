@@ -174,6 +174,12 @@ def test_a_query_whose_pairs_span_several_passes_is_encoded_once(colbert_models)
         # A budget below two pairs: each pair is a pass of its own, as a long batch is cut on a CPU.
         scored = score_directly(model, [QUERY] * 5, documents, token_budget=100)
         assert sum(passes) == 1 + 5, "the query once, each document once"
+        # Two queries in one pass: each kept is a copy of its own rows, not a view holding the whole pass.
+        queries = ["where do pandas live?", "how long do pandas sleep?"]
+        score_directly(model, queries, documents[:2])
+        for pair in model.encode(queries, documents[:2]).late:
+            kept = model.query_memo.get((pair.query, pair.attended))
+            assert kept is not None and kept.untyped_storage().nbytes() == kept.numel() * 4
         assert scored.logits == pytest.approx([reference.score(QUERY, d) for d in documents], abs=1e-5)
     memo = QueryMemo(max_bytes=3 * 32 * 96 * 4)
     for i in range(10):

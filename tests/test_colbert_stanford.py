@@ -3,18 +3,20 @@ recognised at import as late-interaction models, and scored as PyLate scores the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from rerank_server.catalog import known_model
 from rerank_server.engine.passes import score_directly
 from rerank_server.importer.commit import ImportOptions
 from rerank_server.importer.folder import ModelImportError, inspect_folder
 from rerank_server.importer.sources import import_from_folder
 from rerank_server.recipes.colbert import ColbertRecipe
-from tests.colbert_reference import PyLateReference, build_stanford_colbert, build_stanford_rotary
+from tests.colbert_reference import STANFORD_METADATA, PyLateReference, build_stanford_colbert, build_stanford_rotary
 from tests.conftest import routes_client, scores_by_index, scoring_engine
 
 ANSWERAI_ID = "answerdotai/answerai-colbert-small-v1"
@@ -74,6 +76,17 @@ def test_without_artifact_metadata_the_settings_are_pylates_defaults(tmp_path) -
     assert inspect_folder(folder, "test-org/bare").max_length == pylate["query_length"] + pylate["document_length"]
 
 
+@pytest.mark.parametrize(
+    ("wrong", "message"),
+    [({"query_maxlen": 0}, "query_length must be a whole number of tokens above 0, not 0"),
+     ({"doc_maxlen": [300]}, r"document_length must be a whole number of tokens above 0, not \[300\]")],
+)  # fmt: skip
+def test_unusable_artifact_metadata_is_one_clear_import_error(tmp_path, wrong: dict, message: str) -> None:
+    folder = build_stanford_colbert(tmp_path / "wrong", metadata={**STANFORD_METADATA, **wrong})
+    with pytest.raises(ModelImportError, match=message):
+        import_from_folder("test-org/wrong-metadata", folder)
+
+
 def test_pickled_weights_and_missing_projections(tmp_path) -> None:
     pickled = build_stanford_colbert(tmp_path / "pickled", weights="bin")
     stored = import_from_folder("test-org/pickled-colbert", pickled).stored
@@ -124,7 +137,7 @@ MODEL_CARD = {
 }
 
 
-def test_a_stanford_folder_with_its_own_code_is_scored_as_its_model_card_says(tmp_path) -> None:
+def test_a_stanford_folder_with_its_own_code_is_scored_as_its_model_card_says(tmp_path, monkeypatch) -> None:
     folder = build_stanford_rotary(tmp_path / "jina-colbert")
     with pytest.raises(ModelImportError, match="ships its own modelling code.*--trust-remote-code"):
         import_from_folder(JINA_ID, folder)
@@ -147,3 +160,10 @@ def test_a_stanford_folder_with_its_own_code_is_scored_as_its_model_card_says(tm
     assert scores_by_index(raw) == pytest.approx(expected, abs=1e-5)
     assert [r["index"] for r in raw] == sorted(range(len(expected)), key=lambda i: -expected[i])
     assert tei_scores == pytest.approx(expected, abs=1e-5)
+    # The catalogue's arguments are part of the version: changed in a release, the next import stores the model again.
+    options = ImportOptions(trust_remote_code=True)
+    assert import_from_folder(JINA_ID, folder, options).skipped
+    changed = dataclasses.replace(known_model(JINA_ID), pylate_arguments=(("attend_to_expansion_tokens", False),))
+    for module in ("rerank_server.importer.commit", "rerank_server.importer.folder"):
+        monkeypatch.setattr(f"{module}.known_model", lambda model_id: changed)
+    assert not import_from_folder(JINA_ID, folder, options).skipped

@@ -6,6 +6,7 @@ token's vector. Token ids in, one unit vector per token out; MaxSim is the recip
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -42,14 +43,19 @@ def _encoder(folder: Path, dtype: torch.dtype, remote_code: bool) -> torch.nn.Mo
     from transformers import AutoModel
 
     reporter = logging.getLogger("transformers.modeling_utils")
-    level = reporter.level
-    reporter.setLevel(logging.ERROR)
+    # Only this thread's records below ERROR are dropped: a load on another thread keeps its report.
+    this_thread = threading.get_ident()
+
+    def quiet(record: logging.LogRecord) -> bool:
+        return record.thread != this_thread or record.levelno >= logging.ERROR
+
+    reporter.addFilter(quiet)
     try:
         encoder, report = AutoModel.from_pretrained(
             folder, dtype=dtype, trust_remote_code=remote_code, local_files_only=True, output_loading_info=True
         )
     finally:
-        reporter.setLevel(level)
+        reporter.removeFilter(quiet)
     # The pooler (BertModel's, over the first token) is never used: token vectors come from the last hidden state.
     missing = sorted(key for key in report["missing_keys"] if not key.startswith("pooler."))
     unused = sorted(key for key in report["unexpected_keys"] if key != PROJECTION and not key.startswith("pooler."))

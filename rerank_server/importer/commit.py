@@ -3,6 +3,8 @@ stored copy has run."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import shutil
 from dataclasses import dataclass, replace
@@ -116,6 +118,11 @@ def store_folder(
         fingerprint = f"{fingerprint}+{info.recipe}"
     if code and code.files:
         fingerprint = f"{fingerprint}+code"  # imported before with its code ignored: a new version
+    known = known_model(model_id)
+    arguments = dict(known.pylate_arguments) if info.recipe == "colbert" and known else {}
+    if arguments:  # the catalogue's PyLate arguments decide the scores: changed in a release, a new version
+        digest = hashlib.sha256(json.dumps(arguments, sort_keys=True).encode()).hexdigest()[:12]
+        fingerprint = f"{fingerprint}+pylate:{digest}"
     existing = next((s for s in list_rerankers() if s.store_name == store_name(model_id)), None)
     if existing and existing.fingerprint == fingerprint and not options.force:
         return ImportResult(existing, skipped=True)
@@ -141,10 +148,8 @@ def store_folder(
         shutil.copytree(folder, target, ignore=_IGNORED, dirs_exist_ok=True)
         if code:
             remote_code.store(code, target)
-        known = known_model(model_id)
-        if info.recipe == "colbert" and known and known.pylate_arguments:
-            # Read at every load, as inspect_folder read the lengths with them.
-            store_arguments(target, known.pylate_arguments)
+        if arguments:  # read at every load, as inspect_folder read the lengths with them
+            store_arguments(target, arguments)
         # On the stored copy: a remote-code config names its code there, and nothing is fetched.
         check_vocabulary(target, model_id, trust_remote_code=runs_code)
         # A conversion for this CPU: settled on the stored copy (where the model's own code is), checked against it.

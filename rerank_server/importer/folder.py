@@ -150,7 +150,7 @@ def inspect_folder(
         )
     known = known_model(model_id)
     try:
-        colbert = colbert_settings(folder, known.pylate_arguments if known and known.pylate_arguments else None)
+        colbert = colbert_settings(folder, dict(known.pylate_arguments) if known and known.pylate_arguments else None)
     except ValueError as exc:
         raise ModelImportError(f"{model_id}: {exc}") from exc
     if colbert is not None:

@@ -91,8 +91,9 @@ def late_interaction_scores(
     if queries:
         query_vectors = backend.embed(*_padded([q for q, _ in queries], [a for _, a in queries]))
         for i, key in enumerate(queries):
-            # A query keeps every position, its expansion tokens too (PyLate's query expansion).
-            by_query[key] = query_vectors[i, : len(key[0])].cpu().contiguous()
+            # A query keeps every position, its expansion tokens too (PyLate's query expansion). A copy of its own:
+            # a slice would keep the whole pass's tensor alive in the memo, far past the bytes it counts.
+            by_query[key] = query_vectors[i, : len(key[0])].cpu().clone()
             if memo is not None:
                 memo.put(key, by_query[key])
     documents = list(dict.fromkeys((pair.document, pair.kept) for pair in pairs))

@@ -63,16 +63,25 @@ def _resolved(arguments: Mapping[str, Any], found: Mapping[str, Any], defaults: 
                 return source[name]
         return getattr(defaults, name)
 
+    def length(name: str) -> int:
+        found = value(name)
+        if isinstance(found, bool) or not isinstance(found, int) or found < 1:
+            raise ValueError(f"{name} must be a whole number of tokens above 0, not {found!r}")
+        return found
+
+    skiplist = value("skiplist_words")
+    if isinstance(skiplist, str) or not isinstance(skiplist, (list, tuple)):
+        raise ValueError(f"skiplist_words must be a list of words, not {skiplist!r}")
     expansion = bool(value("do_query_expansion"))
     return ColbertSettings(
         query_prefix=str(value("query_prefix")),
         document_prefix=str(value("document_prefix")),
-        query_length=int(value("query_length")),
-        document_length=int(value("document_length")),
+        query_length=length("query_length"),
+        document_length=length("document_length"),
         do_query_expansion=expansion,
         # PyLate never attends to expansion tokens it does not make.
         attend_to_expansion_tokens=expansion and bool(value("attend_to_expansion_tokens")),
-        skiplist_words=tuple(str(word) for word in value("skiplist_words")),
+        skiplist_words=tuple(str(word) for word in skiplist),
     )
 
 

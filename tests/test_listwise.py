@@ -340,3 +340,22 @@ def test_concurrent_mixed_requests_equal_their_sequential_answers(stored):
     for alone, together in zip(sequential, concurrent, strict=True):
         assert [r["index"] for r in together] == [r["index"] for r in alone]
         assert scores_by_index(together) == pytest.approx(scores_by_index(alone), abs=1e-6)
+
+
+def test_a_load_reports_only_what_does_not_match(tmp_path, capfd, caplog) -> None:
+    """The projector is read apart from the backbone's checkpoint: transformers' load report would call it unexpected at
+    every load. It says nothing then, and a real mismatch is still one warning line."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from rerank_server.backends.listwise import ListwiseBackbone
+
+    folder = build_jina_reranker(tmp_path / "v3")
+    ListwiseBackbone(folder, device="cpu", dtype=torch.float32)
+    assert "LOAD REPORT" not in capfd.readouterr().err and not caplog.records
+    state = load_file(folder / "model.safetensors")
+    del state["model.norm.weight"]
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    ListwiseBackbone(folder, device="cpu", dtype=torch.float32)
+    warned = [record.getMessage() for record in caplog.records]
+    assert len(warned) == 1 and "norm.weight initialised at random, nothing not used" in warned[0]

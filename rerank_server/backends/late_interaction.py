@@ -5,17 +5,14 @@ token's vector. Token ids in, one unit vector per token out; MaxSim is the recip
 
 from __future__ import annotations
 
-import logging
-import threading
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from rerank_server.backends.load_report import from_pretrained_quietly
 from rerank_server.backends.torch_backend import TorchBackend
 from rerank_server.recipes.colbert import PROJECTION, colbert_files
-
-logger = logging.getLogger("bentoml")
 
 _BIAS = PROJECTION.replace(".weight", ".bias")
 
@@ -37,34 +34,19 @@ def _projection(path: Path) -> torch.Tensor:
     return state[PROJECTION]
 
 
+def _read_apart(key: str) -> bool:
+    """The projection, read apart (`_projection`); the pooler (BertModel's, over the first token), never used: token
+    vectors come from the last hidden state."""
+    return key == PROJECTION or key.startswith("pooler.")
+
+
 def _encoder(folder: Path, dtype: torch.dtype, remote_code: bool) -> torch.nn.Module:
-    """The bare encoder. transformers' load report is kept quiet: it would call a Stanford checkpoint's projection
-    (read apart, above) an unexpected key at every load; anything else it would report is logged here in one line."""
+    """The bare encoder (the model's own class with `remote_code`)."""
     from transformers import AutoModel
 
-    reporter = logging.getLogger("transformers.modeling_utils")
-    # Only this thread's records below ERROR are dropped: a load on another thread keeps its report.
-    this_thread = threading.get_ident()
-
-    def quiet(record: logging.LogRecord) -> bool:
-        return record.thread != this_thread or record.levelno >= logging.ERROR
-
-    reporter.addFilter(quiet)
-    try:
-        encoder, report = AutoModel.from_pretrained(
-            folder, dtype=dtype, trust_remote_code=remote_code, local_files_only=True, output_loading_info=True
-        )
-    finally:
-        reporter.removeFilter(quiet)
-    # The pooler (BertModel's, over the first token) is never used: token vectors come from the last hidden state.
-    missing = sorted(key for key in report["missing_keys"] if not key.startswith("pooler."))
-    unused = sorted(key for key in report["unexpected_keys"] if key != PROJECTION and not key.startswith("pooler."))
-    if missing or unused:
-        logger.warning(
-            "%s: the encoder's checkpoint does not match its class: %s initialised at random, %s not used",
-            folder, ", ".join(missing) or "nothing", ", ".join(unused) or "nothing",
-        )  # fmt: skip
-    return encoder
+    return from_pretrained_quietly(
+        AutoModel, folder, _read_apart, dtype=dtype, trust_remote_code=remote_code, local_files_only=True
+    )
 
 
 class TokenEmbeddings(TorchBackend):

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rerank_server.backends.load_report import from_pretrained_quietly
 from rerank_server.backends.torch_backend import TorchBackend, _on_device
 from rerank_server.recipes.listwise import PROJECTOR_KEYS, projector_file
 
@@ -36,7 +37,10 @@ class ListwiseBackbone(TorchBackend):
         if "sliding_attention" in (config.layer_types or ()) and config.sliding_window is None:
             raise ValueError(f"{path}: its config has sliding-window layers but no sliding_window (use_sliding_window)")
         found = projector_weights(path)
-        self.model = Qwen3Model.from_pretrained(path, config=config, dtype=dtype, local_files_only=True)
+        # The projector is in the same checkpoint, read apart (`projector_weights`).
+        self.model = from_pretrained_quietly(
+            Qwen3Model, path, set(PROJECTOR_KEYS).__contains__, config=config, dtype=dtype, local_files_only=True
+        )
         self.model = self.model.to(device).eval()
         self.head = [weight.to(device=device, dtype=dtype) for weight in found]
         self.float32_projection = float32_projection

@@ -16,8 +16,20 @@ from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import Any
 
-# The semaphore of the BentoML dispatch running in this task (set by `lend_dispatch_slots`' outbound call).
-_dispatch_slot: ContextVar[Any] = ContextVar("bentoml_dispatch_slot", default=None)
+
+class _Lease:
+    """One dispatch's slot in BentoML's semaphore, and how many of the dispatch's groups have set it aside now: a
+    dispatch holds one slot, so it is given back once however many groups wait on loads, and taken back when the last
+    of them is done."""
+
+    def __init__(self, semaphore: Any) -> None:
+        self.semaphore = semaphore
+        self.aside = 0
+
+
+# The lease of the BentoML dispatch running in this task (set by `lend_dispatch_slots`' outbound call); the tasks a
+# dispatch starts for its groups copy this context, so they share the lease.
+_dispatch_slot: ContextVar[_Lease | None] = ContextVar("bentoml_dispatch_slot", default=None)
 
 
 def bound_learned_wait(max_wait_s: float) -> None:
@@ -54,7 +66,7 @@ def lend_dispatch_slots() -> None:
         return
 
     async def outbound_call(self: Any, *args: Any, **kwargs: Any) -> Any:
-        _dispatch_slot.set(self._sema)  # this task's context only: the dispatch's callback runs in it
+        _dispatch_slot.set(_Lease(self._sema))  # this task's context only: the dispatch's callback runs in it
         return await original(self, *args, **kwargs)
 
     outbound_call.lends_its_slot = True  # type: ignore[attr-defined]
@@ -64,13 +76,18 @@ def lend_dispatch_slots() -> None:
 @asynccontextmanager
 async def slot_set_aside() -> AsyncIterator[None]:
     """Within this block the dispatch running in this task does not count as in flight: BentoML's dispatcher starts
-    the next one. Taken back after (even when that puts the count below zero: the next release evens it)."""
-    slot = _dispatch_slot.get()
-    if slot is None:  # not inside a BentoML dispatch
+    the next one. Taken back when the dispatch's last such block ends (even when that puts the count below zero: the
+    next release evens it). The event loop's thread is the only one that enters: no lock."""
+    lease = _dispatch_slot.get()
+    if lease is None:  # not inside a BentoML dispatch
         yield
         return
-    slot.release()
+    lease.aside += 1
+    if lease.aside == 1:
+        lease.semaphore.release()
     try:
         yield
     finally:
-        slot.sema -= 1
+        lease.aside -= 1
+        if lease.aside == 0:
+            lease.semaphore.sema -= 1

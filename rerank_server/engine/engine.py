@@ -51,10 +51,10 @@ class _Work:
     owners: list[int]  # the document each pair (window) belongs to
     logits: list[float | None]
     tokens: list[int]
+    relevance: Callable[[list[float]], list[float]]  # the recipe's own map from raw scores
     keys: list[bytes] = field(default_factory=list)
     computed: list[int] = field(default_factory=list)  # pairs sent to the model, in the order of `future`'s logits
     future: concurrent.futures.Future[torch.Tensor] | None = None
-    relevance: Callable[[list[float]], list[float]] | None = None
     calibration: Calibration | None = None
     passes: int | None = None  # a listwise list's passes (cached under `passes_key`, since a hit must say it too)
     passes_key: bytes | None = None
@@ -352,7 +352,7 @@ class RerankEngine:
             assert logit is not None
             best[owner] = max(best[owner], logit)
             tokens[owner] += count
-        return DocumentScores(work.stored.model_id, best, tokens, work.calibration, work.relevance, work.passes)
+        return DocumentScores(work.stored.model_id, best, tokens, work.relevance, work.calibration, work.passes)
 
 
 def _for_model(

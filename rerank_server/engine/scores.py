@@ -6,8 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-
 from rerank_server.models.calibration import Calibration
 from rerank_server.models.store import StoredReranker
 
@@ -20,8 +18,8 @@ class DocumentScores:
     model_id: str
     logits: list[float]
     document_tokens: list[int]  # what the model saw of each document (all its windows), templates included
+    relevance: Callable[[list[float]], list[float]]  # the recipe's own map from raw scores (`Recipe.relevance`)
     calibration: Calibration | None = None
-    relevance: Callable[[list[float]], list[float]] | None = None  # the recipe's own map (None: the sigmoid)
     passes: int | None = None  # a listwise model's passes over the list (more than one: they were fused)
 
     @property
@@ -30,14 +28,12 @@ class DocumentScores:
 
     @property
     def scores(self) -> list[float]:
-        """The relevance score of each document in 0..1: the sigmoid of its logit (the recipe's own activation), or
+        """The relevance score of each document: the recipe's own map of its logit (a sigmoid for most families), or
         with a calibration the calibrated probability. Applied after the result cache, which holds raw logits only,
         so a cached score never carries another calibration."""
         if self.calibration is not None:
             return self.calibration.apply(self.logits)
-        if self.relevance is not None:
-            return self.relevance(self.logits)
-        return torch.sigmoid(torch.tensor(self.logits, dtype=torch.float32)).tolist()
+        return self.relevance(self.logits)
 
     def ranking(self, top_n: int | None = None) -> list[int]:
         """Document indices best first, by logit: any calibration is monotone, so this is the order of the relevance

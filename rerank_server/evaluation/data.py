@@ -127,7 +127,14 @@ def load(path: Path, candidates: Path | None = None, depth: int = 100, split: st
     return data
 
 
-def _load_jsonl(path: Path) -> EvalData:
+def read_jsonl(path: Path, limit: int | None = None) -> EvalData:
+    """The samples of a JSONL file, each line checked as `load` checks it, without `load`'s demand for a relevant
+    candidate: for a caller that needs the queries and their documents only (the importer's fidelity gate). `limit`:
+    the first samples only, and the rest of the file is not read."""
+    return _load_jsonl(path, limit)
+
+
+def _load_jsonl(path: Path, limit: int | None = None) -> EvalData:
     queries: list[Query] = []
     kinds: dict[str, int] = {}  # each shape seen → its first line
     for number, value in _json_lines(path):
@@ -168,6 +175,8 @@ def _load_jsonl(path: Path) -> EvalData:
         qid = str(number)
         doc_ids = tuple(f"{qid}.{index}" for index in range(len(documents)))
         queries.append(Query(qid, sample.query, doc_ids, tuple(documents), tuple(labels), f"line {number}"))
+        if limit is not None and len(queries) >= limit:
+            break
     if not queries:
         raise EvaluationError(f"{path}: no samples")
     (kind,) = kinds

@@ -40,6 +40,7 @@ try:
     from rerank_server.importer.commit import ImportOptions
     from rerank_server.importer.fidelity import DEFAULT_FLOOR
     from rerank_server.importer.folder import ModelImportError
+    from rerank_server.importer.probe_data import MAX_DOCUMENTS, MAX_QUERIES, read_probe_data
     from rerank_server.importer.sources import import_model
     from rerank_server.models.store import find_reranker, list_rerankers
     from rerank_server.recipes import RECIPES
@@ -90,6 +91,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"(default {DEFAULT_FLOOR}; 0 stores it unchecked)",
     )  # fmt: skip
     parser.add_argument(
+        "--probe-data", type=Path, metavar="FILE",
+        help="gate on your own data instead: a JSONL file in evaluate.py's format (labels are not used); its first "
+        f"{MAX_QUERIES} samples, at most {MAX_DOCUMENTS} documents each (a sample of one document is skipped). Only "
+        "where the gate runs: not with --backend torch in float32, nor with --min-spearman 0",
+    )  # fmt: skip
+    parser.add_argument(
         "--recipe", choices=list(RECIPES),
         help="how pairs are scored, for a model whose id, folder or the catalogue does not tell: cross-encoder "
         "(a *ForSequenceClassification), qwen3 (Qwen3-Reranker and fine-tunes), bge-gemma (bge-reranker-v2-gemma)",
@@ -120,6 +127,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--min-spearman is a rank correlation: between 0 (no check) and 1")
     if args.from_dir and len(args.models) != 1:
         parser.error("--from-dir registers one folder: give exactly one MODEL_ID")
+    try:
+        # Read once, before any model: a bad file stops the command like any other bad argument, nothing stored.
+        args.probes = read_probe_data(args.probe_data) if args.probe_data else None
+    except ModelImportError as exc:
+        parser.error(str(exc))
     return args
 
 
@@ -254,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     options = ImportOptions(
         force=args.force, backend=args.backend, recipe=args.recipe, check=not args.no_check,
         trust_remote_code=args.trust_remote_code, cpu_precision=args.precision, min_spearman=args.min_spearman,
+        probe_data=args.probes,
     )  # fmt: skip
     failures = 0
     for model_id in wanted:

@@ -114,7 +114,7 @@ def test_auto_falls_back_to_float32_when_no_faster_path_keeps_rankings(
 
     broken = Fidelity(worst_spearman=0.5, worst_top10=3, top=10, max_abs_delta=1.0, lists=6, documents=20)
     monkeypatch.setattr(cpu_path, "_scores", lambda draft, choice, probes: [np.zeros(20)])
-    monkeypatch.setattr(cpu_path, "compare", lambda candidate, reference: broken)
+    monkeypatch.setattr(cpu_path, "compare", lambda candidate, reference, source: broken)
     cpu_is("avx512-bf16")
     result = import_from_folder("test-org/auto-strict", fixture_model_dir, ImportOptions(backend="auto"))
     stored = result.stored

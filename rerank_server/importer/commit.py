@@ -23,6 +23,7 @@ from rerank_server.importer.check import check_runs, check_vocabulary
 from rerank_server.importer.cpu_path import FLOAT32, CpuChoice, candidates, gpu_visible, settle
 from rerank_server.importer.fidelity import DEFAULT_FLOOR
 from rerank_server.importer.folder import WEIGHT_FILES, ModelImportError, catalogue_mismatch, inspect_folder
+from rerank_server.importer.probe_data import ProbeData
 from rerank_server.models.store import APP_LABEL, StoredReranker, as_stored, find_reranker, list_rerankers
 from rerank_server.recipes import RECIPES
 from rerank_server.recipes.colbert import store_arguments
@@ -60,6 +61,7 @@ class ImportOptions:
     backend: BackendName | Literal["auto"] = "torch"  # auto: the fastest CPU path that keeps rankings (cpu_path.py)
     cpu_precision: CpuPrecision = "float32"  # a named backend's CPU arithmetic
     min_spearman: float = DEFAULT_FLOOR  # the fidelity gate's floor for anything but float32 torch; 0 turns it off
+    probe_data: ProbeData | None = None  # the gate's lists from the user's file (--probe-data), else generated ones
     recipe: str | None = None  # the scoring recipe, when neither the catalogue, the id nor the folder tells it
     check: bool = True  # load the stored copy and score a pair before committing it
     trust_remote_code: bool = False  # store the model's own Python code (auto_map) with it, and run it
@@ -103,6 +105,7 @@ def store_folder(
         _check_cpu_runtime(model_id, backend, info.recipe, info.architecture, code)
     cpu = cpu_class()
     _check_precision(model_id, backend, precision, cpu)
+    _check_probe_data(model_id, options)
     # After the refusals: an import refused for another reason says that reason alone, in one line.
     if mismatch := catalogue_mismatch(folder, model_id, info.architecture):
         logger.warning(mismatch)
@@ -114,6 +117,8 @@ def store_folder(
         fingerprint = f"{fingerprint}+{backend}" + ("" if precision == "float32" else f"@{precision}")
     if options.min_spearman <= 0 and (backend == "auto" or backend != "torch" or precision != "float32"):
         fingerprint = f"{fingerprint}+unchecked"  # a later checked import must not find it "already stored"
+    elif options.probe_data and not on_gpu:
+        fingerprint = f"{fingerprint}+probes:{options.probe_data.digest}"  # gated on other data: not "already stored"
     if info.recipe != "cross-encoder":
         fingerprint = f"{fingerprint}+{info.recipe}"
     if code and code.files:
@@ -160,8 +165,9 @@ def store_folder(
         plan = candidates(cpu, convertible) if backend == "auto" else (CpuChoice(backend, precision),)
         # A GPU host serves torch, in the precision RERANK_DTYPE gives it there: nothing to choose for its CPU.
         settled = settle(
-            draft, (FLOAT32,) if on_gpu else plan, floor=options.min_spearman, auto=backend == "auto", cpu=cpu
-        )
+            draft, (FLOAT32,) if on_gpu else plan, floor=options.min_spearman, auto=backend == "auto", cpu=cpu,
+            probe_data=options.probe_data,
+        )  # fmt: skip
         if on_gpu:
             settled = replace(settled, note="torch: a GPU is visible, where RERANK_DTYPE decides the precision")
         model.info.metadata.update(
@@ -204,6 +210,22 @@ def _check_precision(model_id: str, backend: str, precision: str, cpu: str) -> N
         raise ModelImportError(
             f"{model_id}: --precision bfloat16 is checked against float32 at import, and this CPU ({cpu}) has no "
             "native bfloat16 to check it on; import it on the CPU that serves it (--backend auto chooses there)"
+        )
+
+
+def _check_probe_data(model_id: str, options: ImportOptions) -> None:
+    """--probe-data feeds the fidelity gate: refused where no gate runs, rather than silently ignored."""
+    if options.probe_data is None:
+        return
+    if options.min_spearman <= 0:
+        raise ModelImportError(
+            f"{model_id}: --probe-data is what the fidelity gate checks, and --min-spearman 0 turns the gate off; "
+            "leave one of them out"
+        )
+    if options.backend == "torch" and options.cpu_precision == "float32":
+        raise ModelImportError(
+            f"{model_id}: --probe-data checks a path faster than float32 torch (--backend auto, a CPU runtime or "
+            "--precision bfloat16) against it; --backend torch in float32 is that reference, nothing to check"
         )
 
 

@@ -20,6 +20,7 @@ from rerank_server.cpu import CPU_CLASSES, CpuClass
 from rerank_server.importer.check import first_line
 from rerank_server.importer.fidelity import Fidelity, compare, probe_lists, scores_of
 from rerank_server.importer.folder import ModelImportError
+from rerank_server.importer.probe_data import ProbeData
 from rerank_server.models.store import StoredReranker
 
 logger = logging.getLogger("bentoml")
@@ -79,16 +80,26 @@ class Settled:
     note: str  # one line for the user: what was chosen and why
 
 
-def settle(draft: StoredReranker, plan: Sequence[CpuChoice], *, floor: float, auto: bool, cpu: CpuClass) -> Settled:
+def settle(
+    draft: StoredReranker,
+    plan: Sequence[CpuChoice],
+    *,
+    floor: float,
+    auto: bool,
+    cpu: CpuClass,
+    probe_data: ProbeData | None = None,
+) -> Settled:
     """Convert the stored copy at `draft.path` for the first path of `plan` whose rankings hold against float32 (its
     runtime's files are left there; a refused path's are removed). Named (`auto=False`, one path): a path that breaks
     rankings, or cannot convert or score, is a ModelImportError. `auto`: the next is tried, and float32 torch is the
-    last resort. `floor` 0: nothing is checked, the first path that converts is stored."""
+    last resort. `floor` 0: nothing is checked, the first path that converts is stored. `probe_data`: the user's
+    queries and documents are checked instead of lists generated from the model's vocabulary."""
     if not plan:
         return Settled(FLOAT32, None, f"torch in float32 on {cpu} CPUs ({CPU_CLASSES[cpu]}): no faster path for them")
     if plan[0].exact:
         return Settled(plan[0], None, "")
-    probes = probe_lists(_tokenizer(draft)) if floor > 0 else []
+    probes = [] if floor <= 0 else list(probe_data.lists) if probe_data else probe_lists(_tokenizer(draft))
+    source = probe_data.source if probe_data else ""
     reference: list | None = None  # after the first conversion: a model that cannot convert says so first
     refused = []
     for choice in plan:
@@ -100,7 +111,7 @@ def settle(draft: StoredReranker, plan: Sequence[CpuChoice], *, floor: float, au
                 # The float32 model and the candidate in turn, each released before the next (fidelity.py).
                 logger.info("Checking %s's rankings with %s against float32", draft.model_id, choice.label)
                 reference = _scores(draft, FLOAT32, probes)
-            fidelity = compare(_scores(draft, choice, probes), reference)
+            fidelity = compare(_scores(draft, choice, probes), reference, source)
         except ModelImportError as exc:
             backends.remove_conversion(draft.path, choice.backend)
             if not auto or isinstance(exc, _ReferenceFailed):

@@ -6,6 +6,7 @@ query against float32 on the same weights, the worst query deciding (issue #31: 
 float32 top 10 stay in the top 10. The probe set is made of the model's own vocabulary, so no data is downloaded and
 every language a tokenizer covers works: each query's documents hold from none to all of its words among filler
 words, so a real reranker sees graded relevance and its ranking means something; documents of 24 to 220 tokens.
+`--probe-data FILE` puts the user's own queries and documents in their place (probe_data.py).
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ class Fidelity:
     top: int  # the size of the "top 10" (smaller when a list is shorter)
     max_abs_delta: float
     lists: int
-    documents: int
+    documents: int  # in all the lists
+    source: str = ""  # the file the lists came from; "" for the generated ones
 
     def passes(self, floor: float) -> bool:
         return self.worst_spearman >= floor
@@ -57,7 +59,8 @@ class Fidelity:
     def describe(self) -> str:
         return (
             f"worst-query Spearman {self.worst_spearman:.4f}, top-{self.top} kept {self.worst_top10}/{self.top}, "
-            f"on {self.lists} queries of {self.documents} generated documents"
+            f"on {self.lists} queries of {self.documents} "
+            + (f"documents from {self.source}" if self.source else "generated documents")
         )
 
 
@@ -104,8 +107,8 @@ def scores_of(model: LoadedReranker, lists: Sequence[ProbeList]) -> list[np.ndar
     ]
 
 
-def compare(candidate: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> Fidelity:
-    """The candidate's rankings against the reference's, list by list."""
+def compare(candidate: Sequence[np.ndarray], reference: Sequence[np.ndarray], source: str = "") -> Fidelity:
+    """The candidate's rankings against the reference's, list by list (`source`: the file of the probes, if any)."""
     spearman, kept = [], []
     top = min(10, *(len(r) for r in reference))
     for c, r in zip(candidate, reference, strict=True):
@@ -114,4 +117,5 @@ def compare(candidate: Sequence[np.ndarray], reference: Sequence[np.ndarray]) ->
         spearman.append(1.0 if np.isnan(rho) and np.ptp(c) == np.ptp(r) == 0 else float(np.nan_to_num(rho)))
         kept.append(len(set(np.argsort(-c, kind="stable")[:top]) & set(np.argsort(-r, kind="stable")[:top])))
     delta = max(float(np.max(np.abs(c - r))) for c, r in zip(candidate, reference, strict=True))
-    return Fidelity(min(spearman), min(kept), top, delta, len(reference), len(reference[0]))
+    documents = sum(len(r) for r in reference)
+    return Fidelity(min(spearman), min(kept), top, delta, len(reference), documents, source)

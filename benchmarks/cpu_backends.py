@@ -20,7 +20,6 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ from scipy.stats import spearmanr
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.rerank_bench import machine, write  # noqa: E402
+from benchmarks.rerank_bench import report  # noqa: E402
 from benchmarks.workload import build_model, documents  # noqa: E402
 from rerank_server.backends import BACKENDS, convert  # noqa: E402
 from rerank_server.cpu import usable_cpus  # noqa: E402
@@ -131,15 +130,11 @@ def main(argv: list[str] | None = None) -> None:
             row = f"{mean * 1e3:,.0f} | {pairs_per_s:,.1f} | {pairs_per_s / base:.2f}× | {compared}"
             lines.append(f"| {name} | {backend} | {row} |")
             print(lines[-1], flush=True)
-    command = "python -m benchmarks.cpu_backends " + " ".join(argv if argv is not None else sys.argv[1:])
-    markdown = (
-        f"### {machine()} — {date.today().isoformat()}\n\n`{command.strip()}`\n\n"
+    setup = (
         f"{args.queries} queries × {args.docs} documents (32–480 tokens each), {usable_cpus()} threads, the server's "
-        f"scorer in-process, fidelity against torch fp32 on the same pairs.\n\n" + "\n".join(lines)
+        "scorer in-process, fidelity against torch fp32 on the same pairs."
     )
-    print(markdown)
-    if args.write:
-        write(markdown, "cpu-backends")
+    report("cpu_backends", argv, setup, lines, "cpu-backends" if args.write else None)
 
 
 if __name__ == "__main__":

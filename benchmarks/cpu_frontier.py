@@ -24,7 +24,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +33,11 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("NNCF_CI", "1")  # no telemetry from NNCF (see rerank_server/backends/openvino_backend.py)
 
 from benchmarks.cpu_backends import QUERIES  # noqa: E402
-from benchmarks.rerank_bench import machine, write  # noqa: E402
+from benchmarks.rerank_bench import report  # noqa: E402
 from benchmarks.workload import build_model, documents  # noqa: E402
 from rerank_server.backends.onnx_backend import export_onnx  # noqa: E402
 from rerank_server.backends.openvino_backend import KEPT_FLOAT  # noqa: E402
-from rerank_server.cpu import cpu_class, usable_cpus  # noqa: E402
+from rerank_server.cpu import usable_cpus  # noqa: E402
 from rerank_server.importer.fidelity import compare, probe_lists  # noqa: E402
 
 Batch = tuple[list[int], dict[str, np.ndarray]]
@@ -225,16 +224,12 @@ def main(argv: list[str] | None = None) -> None:
         else:
             tail = f"{fidelity.worst_spearman:.4f} | {fidelity.worst_top10}/{fidelity.top}"
         lines.append(f"| {path} | " + " | ".join(cells) + f" | {tail} |")
-    command = "python -m benchmarks.cpu_frontier " + " ".join(argv if argv is not None else sys.argv[1:])
-    markdown = (
-        f"### {machine()}, CPU class {cpu_class()} — {date.today().isoformat()}\n\n`{command.strip()}`\n\n"
+    setup = (
         f"{args.queries} requests × {args.docs} documents (32–480 tokens each), {usable_cpus()} threads, the same "
         f"padded batches for every path ({args.token_budget:,}-token budget); fidelity on the MiniLM fixture against "
-        "torch fp32.\n\n" + "\n".join(lines)
+        "torch fp32."
     )
-    print(markdown)
-    if args.write:
-        write(markdown, "cpu-frontier")
+    report("cpu_frontier", argv, setup, lines, "cpu-frontier" if args.write else None)
 
 
 if __name__ == "__main__":

@@ -17,15 +17,14 @@ import argparse
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.rerank_bench import machine, write  # noqa: E402
+from benchmarks.rerank_bench import report  # noqa: E402
 from benchmarks.workload import documents  # noqa: E402
-from rerank_server.cpu import cpu_class, usable_cpus  # noqa: E402
+from rerank_server.cpu import usable_cpus  # noqa: E402
 from rerank_server.engine.passes import score_directly  # noqa: E402
 from rerank_server.importer.fidelity import compare, probe_lists, scores_of  # noqa: E402
 from rerank_server.models.loaded import load_folder, load_tokenizer  # noqa: E402
@@ -93,15 +92,11 @@ def main(argv: list[str] | None = None) -> None:
             base = base or seconds
             lines.append(f"| {name} | {dtype} | {seconds * 1e3:,.0f} | {base / seconds:.2f}× | {checked[dtype]} |")
             print(lines[-1], flush=True)
-    command = "python -m benchmarks.llm_cpu " + " ".join(argv if argv is not None else sys.argv[1:])
-    markdown = (
-        f"### {machine()}, CPU class {cpu_class()} — {date.today().isoformat()}\n\n`{command.strip()}`\n\n"
-        f"{args.requests} requests × {args.docs} documents (32–{args.max_tokens} tokens), {usable_cpus()} threads, the "
-        "server's scorer in-process.\n\n" + "\n".join(lines)
+    setup = (
+        f"{args.requests} requests × {args.docs} documents (32–{args.max_tokens} tokens), {usable_cpus()} threads, "
+        "the server's scorer in-process."
     )
-    print(markdown)
-    if args.write:
-        write(markdown, "llm-cpu")
+    report("llm_cpu", argv, setup, lines, "llm-cpu" if args.write else None)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.workload import QUERY, build_model, documents  # noqa: E402
+from rerank_server.cpu import cpu_class as class_of_cpu  # noqa: E402
 from rerank_server.cpu import usable_cpus  # noqa: E402
 
 
@@ -347,6 +348,17 @@ def write(markdown: str, key: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)
+
+
+def report(module: str, argv: list[str] | None, setup: str, lines: list[str], key: str | None) -> None:
+    """Print a result table under its heading (machine, CPU class, date), the command that made it and one line on
+    its setup; with `key`, also record it in docs/benchmarks.md (the CPU-path scripts share this form)."""
+    command = f"python -m benchmarks.{module} " + " ".join(argv if argv is not None else sys.argv[1:])
+    heading = f"### {machine()}, CPU class {class_of_cpu()} — {date.today().isoformat()}"
+    markdown = f"{heading}\n\n`{command.strip()}`\n\n{setup}\n\n" + "\n".join(lines)
+    print(markdown)
+    if key:
+        write(markdown, key)
 
 
 def main(argv: list[str] | None = None) -> None:
